@@ -1,0 +1,59 @@
+"""Orbax checkpoints of a run: arrays (params, optimizer state, carry, RNG) plus JSON metadata.
+
+Keeps the latest `keep` checkpoints and the best one by validation loss; the newest is never
+deleted. Saves are asynchronous; `close()` waits for them.
+"""
+import os
+
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+
+class Checkpoints:
+
+  def __init__(self, directory: str, keep: int = 3, read_only: bool = False):
+    best = lambda metrics: metrics['val_loss']
+    options = ocp.CheckpointManagerOptions(
+        best_fn=best, best_mode='min', create=not read_only, read_only=read_only,
+        enable_async_checkpointing=not read_only,
+        preservation_policy=None if read_only else policies.AnyPreservationPolicy([
+            policies.LatestN(n=max(1, keep)),
+            policies.BestN(get_metric_fn=best, reverse=True, n=1,
+                           keep_checkpoints_without_metrics=False),
+        ]))
+    self.directory = os.path.abspath(directory)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=('arrays', 'meta'))
+
+  def latest_step(self):
+    return self.manager.latest_step()
+
+  def best_step(self):
+    return self.manager.best_step()
+
+  def all_steps(self):
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, arrays, meta: dict, val_loss: float | None = None):
+    self.manager.save(
+        step,
+        args=ocp.args.Composite(arrays=ocp.args.StandardSave(arrays),
+                                meta=ocp.args.JsonSave(meta)),
+        metrics=None if val_loss is None else {'val_loss': float(val_loss)},
+        force=True)
+
+  def restore_meta(self, step: int) -> dict:
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+
+  def restore(self, step: int, abstract_arrays):
+    """Restores arrays onto `abstract_arrays` (ShapeDtypeStructs with shardings) and meta."""
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        arrays=ocp.args.StandardRestore(abstract_arrays), meta=ocp.args.JsonRestore()))
+    return out['arrays'], out['meta']
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()

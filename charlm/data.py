@@ -1,0 +1,314 @@
+"""Text to tokens to batches: vocabulary, cached token files, splits and TBPTT streams.
+
+A corpus is encoded once into a flat token file in a cache directory; training memory-maps
+it, so memory does not grow with the corpus. Batches follow char-rnn: the split is cut into
+`batch_size` contiguous streams and consecutive batches continue every stream, so the model's
+hidden state can be carried from one batch to the next.
+"""
+import codecs
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+import numpy as np
+
+from charlm.errors import UserError
+
+CHUNK_BYTES = 16 << 20
+MAX_CODE_POINT = 0x110000
+LARGE_VOCAB_WARNING = 5000
+
+
+class Vocab:
+  """Maps characters (or bytes) to token ids and back."""
+
+  def __init__(self, level: str, chars: list[str] | None = None):
+    if level not in ('char', 'byte'):
+      raise UserError(f"unknown data level {level!r}; use --config.data.level=char or =byte")
+    self.level = level
+    self.chars = list(chars) if level == 'char' else []
+    self._index = {c: i for i, c in enumerate(self.chars)}
+
+  @property
+  def size(self) -> int:
+    return len(self.chars) if self.level == 'char' else 256
+
+  @property
+  def dtype(self):
+    return np.uint8 if self.size <= 256 else np.uint16 if self.size <= 65536 else np.uint32
+
+  def unknown(self, text: str) -> list[str]:
+    """Characters of `text` that this vocabulary cannot encode, in order of first appearance."""
+    if self.level == 'byte':
+      return []
+    return list(dict.fromkeys(c for c in text if c not in self._index))
+
+  def encode(self, text: str) -> np.ndarray:
+    if self.level == 'byte':
+      return np.frombuffer(text.encode('utf-8'), np.uint8).astype(np.int32)
+    missing = self.unknown(text)
+    if missing:
+      raise UserError(f'text has characters outside the vocabulary: {_show(missing)}')
+    return np.array([self._index[c] for c in text], np.int32)
+
+  def decode(self, ids) -> str:
+    ids = np.asarray(ids).reshape(-1)
+    if self.level == 'byte':
+      return bytes(ids.astype(np.uint8).tolist()).decode('utf-8', errors='replace')
+    return ''.join(self.chars[i] for i in ids.tolist())
+
+  def to_json(self) -> dict:
+    return {'level': self.level, 'chars': self.chars}
+
+  @classmethod
+  def from_json(cls, d: dict) -> 'Vocab':
+    return cls(d['level'], d.get('chars'))
+
+  def __eq__(self, other):
+    return isinstance(other, Vocab) and self.to_json() == other.to_json()
+
+
+def _show(chars, limit=10) -> str:
+  shown = ', '.join(repr(c) for c in chars[:limit])
+  return shown + (f' and {len(chars) - limit} more' if len(chars) > limit else '')
+
+
+# ---------------------------------------------------------------------------------------------
+# Preparation: source text file -> cached token file.
+
+@dataclasses.dataclass
+class Corpus:
+  """A prepared corpus: memory-mapped tokens and their vocabulary."""
+  tokens: np.ndarray  # np.memmap of token ids, one per character (or byte).
+  vocab: Vocab
+  source: str
+  cache: str
+
+
+def default_cache_dir(config_dir: str = '') -> str:
+  return config_dir or os.environ.get('CHARLM_CACHE') or os.path.join(
+      os.path.expanduser('~'), '.cache', 'charlm')
+
+
+def sha256_file(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    while chunk := f.read(CHUNK_BYTES):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _source_fingerprint(path: str) -> dict:
+  st = os.stat(path)
+  return {'size': st.st_size, 'mtime_ns': st.st_mtime_ns}
+
+
+def _decoded_chunks(path: str) -> Iterator[str]:
+  """Yields the UTF-8 text of `path` in chunks; invalid UTF-8 is a UserError naming the offset."""
+  decoder = codecs.getincrementaldecoder('utf-8')('strict')
+  offset = 0
+  with open(path, 'rb') as f:
+    while True:
+      raw = f.read(CHUNK_BYTES)
+      pending = len(decoder.getstate()[0])  # Bytes of a character split across chunks.
+      try:
+        text = decoder.decode(raw, final=not raw)
+      except UnicodeDecodeError as e:
+        at = offset - pending + e.start
+        raise UserError(
+            f'{path} is not valid UTF-8 (byte {at}); train on bytes with '
+            '--config.data.level=byte, or convert the file to UTF-8') from None
+      if text:
+        yield text
+      if not raw:
+        return
+      offset += len(raw)
+
+
+def _code_points(text: str) -> np.ndarray:
+  return np.frombuffer(text.encode('utf-32-le', 'surrogatepass'), np.uint32)
+
+
+def _encode_file(path: str, out_path: str, level: str) -> Vocab:
+  """Writes the token file for `path`; two streaming passes in char mode, one in byte mode."""
+  if level == 'byte':
+    with open(path, 'rb') as src, open(out_path, 'wb') as dst:
+      shutil.copyfileobj(src, dst, CHUNK_BYTES)
+    return Vocab('byte')
+  counts = np.zeros(MAX_CODE_POINT, np.int64)
+  for text in _decoded_chunks(path):
+    counts += np.bincount(_code_points(text), minlength=MAX_CODE_POINT)
+  present = np.flatnonzero(counts)
+  vocab = Vocab('char', [chr(c) for c in present])
+  if vocab.size > LARGE_VOCAB_WARNING:
+    print(f'warning: {path} has {vocab.size} distinct characters; the output layer will be '
+          'large. Consider --config.data.level=byte.', flush=True)
+  lut = np.zeros(MAX_CODE_POINT, vocab.dtype)
+  lut[present] = np.arange(len(present))
+  with open(out_path, 'wb') as dst:
+    for text in _decoded_chunks(path):
+      lut[_code_points(text)].tofile(dst)
+  return vocab
+
+
+def prepare(path: str, level: str = 'char', cache_dir: str = '') -> Corpus:
+  """Encodes `path` into a cached token file (reused while the source is unchanged)."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.isfile(path):
+    raise UserError(f'text file not found: {path}; set --config.data.path to an existing file')
+  fingerprint = _source_fingerprint(path)
+  if fingerprint['size'] == 0:
+    raise UserError(f'text file is empty: {path}; give a file with some text in it')
+  key = hashlib.sha1(f'{path}|{level}'.encode()).hexdigest()[:12]
+  stem = os.path.splitext(os.path.basename(path))[0]
+  root = default_cache_dir(cache_dir)
+  cache = os.path.join(root, f'{stem}-{level}-{key}')
+  meta_path = os.path.join(cache, 'meta.json')
+
+  digest = None
+  if os.path.exists(meta_path):
+    with open(meta_path) as f:
+      meta = json.load(f)
+    if {k: meta.get(k) for k in fingerprint} == fingerprint:
+      digest = sha256_file(path)
+      if digest == meta['sha256']:
+        return _load(cache, path)
+
+  os.makedirs(root, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f'.{stem}-', dir=root)
+  os.chmod(tmp, 0o755)
+  try:
+    vocab = _encode_file(path, os.path.join(tmp, 'tokens.bin'), level)
+    meta = {**fingerprint, 'sha256': digest or sha256_file(path), 'source': path,
+            'level': level, 'dtype': np.dtype(vocab.dtype).name,
+            'num_tokens': os.path.getsize(os.path.join(tmp, 'tokens.bin'))
+                          // np.dtype(vocab.dtype).itemsize}
+    _write_json(os.path.join(tmp, 'vocab.json'), vocab.to_json())
+    _write_json(os.path.join(tmp, 'meta.json'), meta)
+    if os.path.exists(cache):
+      shutil.rmtree(cache)
+    os.replace(tmp, cache)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return _load(cache, path)
+
+
+def _load(cache: str, source: str) -> Corpus:
+  with open(os.path.join(cache, 'vocab.json')) as f:
+    vocab = Vocab.from_json(json.load(f))
+  tokens = np.memmap(os.path.join(cache, 'tokens.bin'), dtype=vocab.dtype, mode='r')
+  return Corpus(tokens=tokens, vocab=vocab, source=source, cache=cache)
+
+
+def _write_json(path, obj):
+  with open(path, 'w') as f:
+    json.dump(obj, f, ensure_ascii=False)
+
+
+def load_corpus(data_config) -> Corpus:
+  """Prepares the corpus a data config names: a local `path`, or a named corpus."""
+  if data_config.path:
+    path = data_config.path
+  elif data_config.name:
+    from charlm import corpora  # Named corpora may download; import only when asked for.
+    path = corpora.fetch(data_config.name, default_cache_dir(data_config.cache_dir))
+  else:
+    raise UserError('no corpus given; set --config.data.path=FILE or --config.data.name=NAME')
+  return prepare(path, data_config.level, data_config.cache_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits and batches.
+
+def split(tokens: np.ndarray, fractions) -> dict[str, np.ndarray]:
+  """Contiguous train/val/test views of `tokens` by `fractions` (which must sum to 1)."""
+  fractions = tuple(float(f) for f in fractions)
+  if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+    raise UserError(f'data.split must be three non-negative fractions summing to 1, got '
+                    f'{fractions}; for example --config.data.split="(0.9,0.05,0.05)"')
+  n = len(tokens)
+  a = int(round(n * fractions[0]))
+  b = int(round(n * (fractions[0] + fractions[1])))
+  return {'train': tokens[:a], 'val': tokens[a:b], 'test': tokens[b:]}
+
+
+@dataclasses.dataclass
+class Batch:
+  inputs: np.ndarray  # [rows, seq_len] int32
+  targets: np.ndarray  # [rows, seq_len] int32
+  weights: np.ndarray  # [rows, seq_len] float32; 0 marks padding
+  reset: bool  # True on the first batch of a pass: start from a zero hidden state.
+
+
+class Streams:
+  """`batch_size` contiguous streams over `tokens`, read `seq_len` characters at a time.
+
+  Stream b covers tokens[b*L : (b+1)*L + 1] with L = (len(tokens) - 1) // batch_size. Batch k of
+  a pass holds, for every stream, inputs at offsets [k*T, (k+1)*T) and targets shifted by one.
+  `rows` selects the streams this process feeds (all of them on one host). With `pad_last`, a
+  final partial window is padded and masked, so a pass scores every stream's characters.
+  """
+
+  def __init__(self, tokens, batch_size: int, seq_len: int, rows=None, pad_last=False,
+               what='the training split'):
+    self.tokens, self.batch_size, self.seq_len = tokens, batch_size, seq_len
+    self.length = (len(tokens) - 1) // batch_size
+    need = batch_size * (1 if pad_last else seq_len) + 1
+    if self.length < (1 if pad_last else seq_len):
+      raise UserError(
+          f'{what} has {len(tokens)} characters, too few for one batch of {batch_size} streams '
+          f'x {seq_len if not pad_last else 1} characters (needs at least {need}); use a larger '
+          'file or lower --config.train.batch_size / --config.train.seq_len')
+    self.rows = np.arange(batch_size) if rows is None else np.asarray(rows)
+    self.starts = self.rows * self.length
+    self.pad_last = pad_last
+    self.num_batches = (-(-self.length // seq_len) if pad_last else self.length // seq_len)
+
+  def batch(self, index: int) -> Batch:
+    t = self.seq_len
+    offsets = np.arange(index * t, (index + 1) * t + 1)
+    valid = offsets <= self.length
+    idx = self.starts[:, None] + np.minimum(offsets, self.length)[None, :]
+    window = np.asarray(self.tokens[idx.reshape(-1)], np.int32).reshape(idx.shape)
+    weights = np.broadcast_to(valid[1:].astype(np.float32), (len(self.rows), t)).copy()
+    return Batch(window[:, :-1], window[:, 1:], weights, reset=index == 0)
+
+  def __iter__(self) -> Iterator[Batch]:
+    for k in range(self.num_batches):
+      yield self.batch(k)
+
+
+class TrainIterator:
+  """Endless TBPTT batches over the train split; its position is a small, exact state."""
+
+  def __init__(self, streams: Streams):
+    self.streams = streams
+    self.epoch, self.index = 0, 0
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.streams.num_batches
+
+  def __next__(self) -> Batch:
+    batch = self.streams.batch(self.index)
+    self.index += 1
+    if self.index == self.streams.num_batches:
+      self.epoch, self.index = self.epoch + 1, 0
+    return batch
+
+  def __iter__(self):
+    return self
+
+  def get_state(self) -> dict:
+    return {'epoch': self.epoch, 'index': self.index}
+
+  def set_state(self, state: dict):
+    if not 0 <= state['index'] < self.streams.num_batches:
+      raise UserError('the checkpoint\'s data position does not fit this corpus; the corpus, '
+                      'batch size or sequence length changed: use a new --workdir')
+    self.epoch, self.index = int(state['epoch']), int(state['index'])

@@ -1,0 +1,105 @@
+"""The character-level recurrent network: embedding, stacked LSTM/GRU/RNN layers, softmax.
+
+Each layer computes its input projection for all timesteps as one large matmul before the
+loop; inside `lax.scan` only the recurrent matmul (all gates fused into one) and the gate
+arithmetic remain. The carry (hidden state) comes in and goes out, so it flows across batches.
+"""
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from charlm.errors import UserError
+
+CELLS = ('lstm', 'gru', 'rnn')
+
+
+def lstm_step(w_h, carry, gx):
+  c, h = carry
+  i, f, g, o = jnp.split(gx + h @ w_h, 4, axis=-1)
+  c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+  h = jax.nn.sigmoid(o) * jnp.tanh(c)
+  return (c, h), h
+
+
+def gru_step(w_h, b_h, carry, gx):
+  (h,) = carry
+  xr, xz, xn = jnp.split(gx, 3, axis=-1)
+  hr, hz, hn = jnp.split(h @ w_h + b_h, 3, axis=-1)
+  r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
+  h = (1 - z) * jnp.tanh(xn + r * hn) + z * h
+  return (h,), h
+
+
+def rnn_step(w_h, carry, gx):
+  (h,) = carry
+  h = jnp.tanh(gx + h @ w_h)
+  return (h,), h
+
+
+class Recurrent(nn.Module):
+  """One recurrent layer over a [batch, time, features] sequence."""
+  cell: str
+  hidden: int
+
+  @nn.compact
+  def __call__(self, carry, xs):
+    gates = {'lstm': 4, 'gru': 3, 'rnn': 1}[self.cell]
+    h = self.hidden
+
+    def bias_init(key, shape, dtype=jnp.float32):
+      if self.cell == 'lstm':  # Forget-gate bias 1, so that memory is kept early in training.
+        return jnp.zeros(shape, dtype).at[h:2 * h].set(1.0)
+      return jnp.zeros(shape, dtype)
+
+    gx = nn.Dense(gates * h, bias_init=bias_init, name='input')(xs)
+    w_h = self.param('recurrent', nn.initializers.orthogonal(), (h, gates * h))
+    if self.cell == 'lstm':
+      step = lambda c, x: lstm_step(w_h, c, x)
+    elif self.cell == 'gru':
+      b_h = self.param('recurrent_bias', nn.initializers.zeros, (gates * h,))
+      step = lambda c, x: gru_step(w_h, b_h, c, x)
+    else:
+      step = lambda c, x: rnn_step(w_h, c, x)
+    carry, hs = jax.lax.scan(step, carry, jnp.swapaxes(gx, 0, 1))
+    return carry, jnp.swapaxes(hs, 0, 1)
+
+
+class CharRNN(nn.Module):
+  """tokens [batch, time] and carry -> logits [batch, time, vocab] and the next carry."""
+  vocab_size: int
+  cell: str = 'lstm'
+  num_layers: int = 2
+  hidden: int = 128
+  embed: int = 0
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, tokens, carry, train: bool = False):
+    x = nn.Embed(self.vocab_size, self.embed or self.hidden, name='embed')(tokens)
+    new_carry = []
+    for layer in range(self.num_layers):
+      if layer > 0:
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+      c, x = Recurrent(self.cell, self.hidden, name=f'layer{layer}')(carry[layer], x)
+      new_carry.append(c)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    logits = nn.Dense(self.vocab_size, name='output')(x)
+    return logits, tuple(new_carry)
+
+  def initial_carry(self, batch_size: int):
+    """Zero hidden state: per layer (c, h) for an LSTM, (h,) for a GRU or RNN."""
+    zeros = jnp.zeros((batch_size, self.hidden), jnp.float32)
+    per_layer = (zeros, zeros) if self.cell == 'lstm' else (zeros,)
+    return tuple(per_layer for _ in range(self.num_layers))
+
+
+def from_config(model_config, vocab_size: int) -> CharRNN:
+  if model_config.cell not in CELLS:
+    raise UserError(f'unknown model.cell {model_config.cell!r}; use one of {", ".join(CELLS)}')
+  return CharRNN(vocab_size=vocab_size, cell=model_config.cell,
+                 num_layers=model_config.num_layers, hidden=model_config.hidden,
+                 embed=model_config.embed, dropout=model_config.dropout)
+
+
+def count_params(params) -> int:
+  return sum(x.size for x in jax.tree_util.tree_leaves(params))

@@ -1,0 +1,48 @@
+"""The device mesh: data parallel over every device of every process.
+
+The batch (and the carried hidden state) is split along the `data` axis; parameters and
+optimizer state are replicated. A later FSDP-style `model` axis would shard parameters too.
+"""
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from charlm.errors import UserError
+
+DATA_AXIS = 'data'
+
+
+def create_mesh() -> jax.sharding.Mesh:
+  # Auto axes: XLA propagates shardings through the model; only inputs and state are pinned.
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def check_batch_size(batch_size: int, mesh) -> None:
+  n = mesh.size
+  if batch_size % n:
+    ok = ', '.join(str(n * k) for k in range(1, 5))
+    raise UserError(f'batch_size {batch_size} does not divide evenly over {n} devices; use a '
+                    f'multiple of {n} (for example {ok}) with --config.train.batch_size')
+
+
+def batch_sharding(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def process_rows(mesh, batch_size: int) -> np.ndarray:
+  """The global batch rows (streams) whose data this process feeds."""
+  index_map = batch_sharding(mesh).addressable_devices_indices_map((batch_size,))
+  rows = sorted({i for idx in index_map.values() for i in range(*idx[0].indices(batch_size))})
+  return np.asarray(rows)
+
+
+def to_global(mesh, local: np.ndarray, batch_size: int) -> jax.Array:
+  """Builds a global batch-sharded array from this process's rows."""
+  return jax.make_array_from_process_local_data(
+      batch_sharding(mesh), local, (batch_size,) + local.shape[1:])

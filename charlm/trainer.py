@@ -1,0 +1,407 @@
+"""train_and_evaluate(config, workdir): data, model, optimizer, the jitted step, the loop.
+
+The workdir holds everything of one run (config.json, metrics.jsonl, TensorBoard events,
+samples.md, checkpoints); running again with the same workdir resumes exactly.
+"""
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from charlm import data as data_lib
+from charlm import model as model_lib
+from charlm import sharding
+from charlm.checkpoint import Checkpoints
+from charlm.errors import UserError
+from charlm.metrics import MetricWriter
+from charlm.sampling import Sampler
+
+LN2 = math.log(2)
+SHAPE_KEYS = ('cell', 'num_layers', 'hidden', 'embed')
+
+
+class TrainingDiverged(UserError):
+  pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer.
+
+def make_schedule(optim, steps_per_epoch: int, total_steps: int):
+  lr = optim.lr
+  if optim.schedule == 'constant':
+    return optax.constant_schedule(lr)
+  if optim.schedule == 'char_rnn':  # char-rnn: after every epoch from `decay_after` on, lr *= rate.
+    def schedule(step):
+      decays = jnp.maximum(0, step // steps_per_epoch - optim.decay_after_epochs + 1)
+      return lr * optim.decay_rate ** decays
+    return schedule
+  if optim.schedule == 'cosine':
+    warmup = min(optim.warmup_steps, max(total_steps - 1, 0))
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1),
+                                              end_value=lr * optim.min_lr_ratio)
+  raise UserError(f'unknown optim.schedule {optim.schedule!r}; use constant, char_rnn or cosine')
+
+
+def make_optimizer(optim, steps_per_epoch: int, total_steps: int):
+  makers = {
+      'adam': lambda learning_rate: optax.adam(learning_rate),
+      'adamw': lambda learning_rate: optax.adamw(learning_rate, weight_decay=optim.weight_decay),
+      'rmsprop': lambda learning_rate: optax.rmsprop(learning_rate, decay=optim.rmsprop_decay,
+                                                     eps=1e-8),
+      'sgd': lambda learning_rate: optax.sgd(learning_rate, momentum=optim.momentum),
+  }
+  if optim.name not in makers:
+    raise UserError(f'unknown optim.name {optim.name!r}; use one of {", ".join(makers)}')
+  schedule = make_schedule(optim, steps_per_epoch, total_steps)
+  return optax.chain(
+      optax.clip_by_global_norm(optim.clip) if optim.clip > 0 else optax.identity(),
+      optax.inject_hyperparams(makers[optim.name])(learning_rate=schedule))
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps. State is one pytree: step, params, opt_state, carry (hidden state), rng.
+
+def cross_entropy_sum(logits, targets, weights):
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  return (losses * weights).sum(), weights.sum()
+
+
+def reset_where(reset, carry):
+  return jax.tree.map(lambda c: jnp.where(reset, jnp.zeros_like(c), c), carry)
+
+
+def make_train_step(model, tx):
+  def train_step(state, inputs, targets, weights, reset):
+    carry = reset_where(reset, state['carry'])
+    rng = jax.random.fold_in(state['rng'], state['step'])
+
+    def loss_fn(params):
+      logits, new_carry = model.apply({'params': params}, inputs, carry, train=True,
+                                      rngs={'dropout': rng})
+      total, count = cross_entropy_sum(logits, targets, weights)
+      return total / count, new_carry
+
+    (loss, new_carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    new_state = dict(state, step=state['step'] + 1, params=optax.apply_updates(
+        state['params'], updates), opt_state=opt_state, carry=new_carry)
+    metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads),
+               'lr': opt_state[-1].hyperparams['learning_rate']}
+    return new_state, metrics
+  return train_step
+
+
+def make_eval_step(model):
+  def eval_step(params, carry, inputs, targets, weights, reset):
+    logits, carry = model.apply({'params': params}, inputs, reset_where(reset, carry))
+    total, count = cross_entropy_sum(logits, targets, weights)
+    return carry, total, count
+  return eval_step
+
+
+class Evaluator:
+  """Loss over a whole token sequence in `batch_size` streams, carrying state like training."""
+
+  def __init__(self, model, mesh, batch_size: int, seq_len: int):
+    self.model, self.mesh, self.batch_size, self.seq_len = model, mesh, batch_size, seq_len
+    data = sharding.batch_sharding(mesh)
+    self.step = jax.jit(make_eval_step(model),
+                        in_shardings=(sharding.replicated(mesh), data, data, data, data, None),
+                        out_shardings=(data, None, None), donate_argnums=1)
+    self.rows = sharding.process_rows(mesh, batch_size)
+
+  def streams(self, tokens, what) -> data_lib.Streams:
+    return data_lib.Streams(tokens, self.batch_size, self.seq_len, rows=self.rows,
+                            pad_last=True, what=what)
+
+  def __call__(self, params, tokens, max_batches: int = 0, what='the validation split') -> dict:
+    """Returns {'loss': nats/char, 'bpc', 'chars'}."""
+    streams = self.streams(tokens, what)
+    carry = jax.jit(lambda: self.model.initial_carry(self.batch_size),
+                    out_shardings=sharding.batch_sharding(self.mesh))()
+    total, count = 0.0, 0.0
+    for k, batch in enumerate(streams):
+      if max_batches and k >= max_batches:
+        break
+      to_global = lambda a: sharding.to_global(self.mesh, a, self.batch_size)
+      carry, t, c = self.step(params, carry, to_global(batch.inputs), to_global(batch.targets),
+                              to_global(batch.weights), jnp.bool_(batch.reset))
+      total, count = total + t, count + c
+    loss = float(total) / float(count)
+    return {'loss': loss, 'bpc': loss / LN2, 'chars': int(count)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The run.
+
+class _StopRequests:
+  """Turns SIGINT/SIGTERM into a flag checked between steps; a second signal interrupts."""
+
+  def __init__(self):
+    self.requested, self._old = False, {}
+
+  def __enter__(self):
+    if jax.process_count() == 1 and _in_main_thread():
+      for sig in (signal.SIGINT, signal.SIGTERM):
+        self._old[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    if self.requested:
+      raise KeyboardInterrupt
+    self.requested = True
+    print('\nstopping: saving a checkpoint after this step (signal again to abort)',
+          file=sys.stderr, flush=True)
+
+  def __exit__(self, *exc):
+    for sig, handler in self._old.items():
+      signal.signal(sig, handler)
+
+
+def _in_main_thread():
+  import threading
+  return threading.current_thread() is threading.main_thread()
+
+
+def default_workdir(config) -> str:
+  return os.path.join('runs', config.name)
+
+
+def _shape(config) -> dict:
+  return {k: config.model[k] for k in SHAPE_KEYS}
+
+
+def _check_compatible(meta: dict, vocab, config, workdir):
+  if meta['vocab'] != vocab.to_json():
+    raise UserError(f'{workdir} holds checkpoints made with another vocabulary (another text '
+                    'or data.level); use a new --workdir or delete the old one')
+  old = {k: meta['config']['model'][k] for k in SHAPE_KEYS}
+  if old != _shape(config):
+    raise UserError(f'{workdir} holds checkpoints of another model shape ({old}, now '
+                    f'{_shape(config)}); use a new --workdir or the same model settings')
+  old_batch = meta['config']['train']['batch_size'], meta['config']['train']['seq_len']
+  if old_batch != (config.train.batch_size, config.train.seq_len):
+    raise UserError(f'{workdir} was trained with batch_size, seq_len = {old_batch}; resume '
+                    'with the same values or use a new --workdir')
+
+
+def _truncate_metrics(workdir, step):
+  """Drops metrics.jsonl lines logged after the checkpoint a run resumes from."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if jax.process_index() != 0 or not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
+  with open(path, 'w') as f:
+    f.writelines(lines)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns its final metrics."""
+  tc = config.train
+  corpus = data_lib.load_corpus(config.data)
+  splits = data_lib.split(corpus.tokens, config.data.split)
+  mesh = sharding.create_mesh()
+  sharding.check_batch_size(tc.batch_size, mesh)
+  rows = sharding.process_rows(mesh, tc.batch_size)
+  train_iter = data_lib.TrainIterator(data_lib.Streams(splits['train'], tc.batch_size,
+                                                       tc.seq_len, rows=rows))
+  model = model_lib.from_config(config.model, corpus.vocab.size)
+  tx = make_optimizer(config.optim, train_iter.steps_per_epoch, tc.steps)
+
+  def init_state(key):
+    params = model.init(key, jnp.zeros((1, 1), jnp.int32), model.initial_carry(1))['params']
+    return {'step': jnp.int32(0), 'params': params, 'opt_state': tx.init(params),
+            'carry': model.initial_carry(tc.batch_size), 'rng': jax.random.fold_in(key, 1)}
+
+  abstract = jax.eval_shape(init_state, jax.random.PRNGKey(tc.seed))
+  state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
+  state_sharding['carry'] = jax.tree.map(lambda _: sharding.batch_sharding(mesh), abstract['carry'])
+
+  os.makedirs(workdir, exist_ok=True)
+  ckpts = Checkpoints(os.path.join(workdir, 'checkpoints'), keep=tc.keep_checkpoints)
+  progress = {'best_val_loss': None, 'evals_since_best': 0}
+  start = ckpts.latest_step()
+  if start is not None:
+    _check_compatible(ckpts.restore_meta(start), corpus.vocab, config, workdir)
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, state_sharding)
+    state, meta = ckpts.restore(start, target)
+    train_iter.set_state(meta['data'])
+    progress.update(meta['progress'])
+    print(f'resuming {workdir} from step {start}', flush=True)
+    _truncate_metrics(workdir, start)
+  else:
+    start = 0
+    state = jax.jit(init_state, out_shardings=state_sharding)(jax.random.PRNGKey(tc.seed))
+
+  writer = MetricWriter(workdir)
+  if writer.active:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+    with open(os.path.join(workdir, 'vocab.json'), 'w') as f:
+      json.dump(corpus.vocab.to_json(), f, ensure_ascii=False)
+
+  data = sharding.batch_sharding(mesh)
+  train_step = jax.jit(make_train_step(model, tx),
+                       in_shardings=(state_sharding, data, data, data, None),
+                       out_shardings=(state_sharding, None), donate_argnums=0)
+  evaluator = Evaluator(model, mesh, tc.batch_size, tc.seq_len)
+  sampler = Sampler(model, corpus.vocab)
+  to_global = lambda a: sharding.to_global(mesh, a, tc.batch_size)
+  chars_per_step = tc.batch_size * tc.seq_len
+  summary = {'step': start, 'interrupted': False, 'workdir': workdir}
+
+  def meta_for_checkpoint():
+    return {'data': train_iter.get_state(), 'progress': progress, 'vocab': corpus.vocab.to_json(),
+            'config': json.loads(config.to_json_best_effort())}
+
+  if start >= tc.steps:
+    print(f'{workdir} is already trained to step {start} (train.steps={tc.steps}); raise '
+          '--config.train.steps to train further', flush=True)
+
+  pending = []  # (step, metrics on device), fetched every log_every steps.
+  window_start, window_steps = time.perf_counter(), 0
+  bar = _progress_bar(start, tc.steps)
+  step = start
+  try:
+    with _StopRequests() as stop:
+      while step < tc.steps:
+        batch = next(train_iter)
+        state, metrics = train_step(state, to_global(batch.inputs), to_global(batch.targets),
+                                    to_global(batch.weights), jnp.bool_(batch.reset))
+        step += 1
+        pending.append((step, metrics))
+        window_steps += 1
+        due = lambda every, step=step: step == tc.steps or bool(every and step % every == 0)
+
+        if due(tc.log_every) or due(tc.eval_every) or due(tc.ckpt_every) or stop.requested:
+          fetched = _fetch(pending)
+          pending = []
+          elapsed = time.perf_counter() - window_start
+          rate = window_steps * chars_per_step / max(elapsed, 1e-9)
+          train_loss = float(np.mean([m['loss'] for _, m in fetched]))
+          row = {'train/loss': train_loss, 'train/bpc': train_loss / LN2,
+                 'grad_norm': fetched[-1][1]['grad_norm'], 'lr': fetched[-1][1]['lr'],
+                 'chars_per_sec': rate, 'epoch': train_iter.epoch}
+          writer.scalars(step, row)
+          bar.update(step, train_loss, rate)
+
+        val_loss = None
+        if due(tc.eval_every):
+          result = evaluator(state['params'], splits['val'], tc.eval_batches)
+          val_loss = result['loss']
+          writer.scalars(step, {'val/loss': val_loss, 'val/bpc': result['bpc']})
+          bar.note(f'step {step}: val loss {val_loss:.4f} nats, {result["bpc"]:.4f} bpc')
+          best = progress['best_val_loss']
+          if best is None or val_loss < best:
+            progress['best_val_loss'], progress['evals_since_best'] = val_loss, 0
+          else:
+            progress['evals_since_best'] += 1
+          summary['val_loss'], summary['val_bpc'] = val_loss, result['bpc']
+        if tc.sample_every and (step % tc.sample_every == 0 or step == tc.steps):
+          _write_samples(writer, sampler, state['params'], config, step, val_loss)
+        patience_over = tc.patience and progress['evals_since_best'] >= tc.patience
+        if due(tc.ckpt_every) or patience_over or stop.requested:
+          ckpts.save(step, state, meta_for_checkpoint(), val_loss)
+        writer.flush()
+        if step == start + 1 or pending == []:  # Keep compile, eval and saves out of chars/s.
+          jax.block_until_ready(state['step'])
+          window_start, window_steps = time.perf_counter(), 0
+        if stop.requested:
+          summary['interrupted'] = True
+          bar.note(f'interrupted at step {step}; checkpoint saved. Run the same command to '
+                   'resume.')
+          break
+        if patience_over:
+          bar.note(f'early stop at step {step}: no val improvement in {tc.patience} evals')
+          break
+  finally:
+    bar.close()
+    ckpts.close()
+    writer.close()
+
+  summary['step'] = step
+  summary['best_val_loss'] = progress['best_val_loss']
+  if tc.final_sample_length and not summary['interrupted'] and jax.process_index() == 0:
+    text = sampler.sample(state['params'], _usable_prime(corpus.vocab, tc.sample_prime),
+                          tc.final_sample_length, temperature=0.8, seed=tc.seed)[0]
+    summary['sample'] = text
+    print(f'\n--- sample at step {step} (temperature 0.8) ---\n{text}\n---', flush=True)
+  return summary
+
+
+def _fetch(pending):
+  """Brings pending step metrics to the host; a non-finite loss stops the run."""
+  fetched = jax.device_get(pending)
+  for step, m in fetched:
+    if not (np.isfinite(m['loss']) and np.isfinite(m['grad_norm'])):
+      raise TrainingDiverged(
+          f'loss or gradient became non-finite at step {step} (loss {m["loss"]}, grad norm '
+          f'{m["grad_norm"]}); stopped without saving, so the last checkpoint is still good. '
+          'Lower --config.optim.lr or set --config.optim.clip')
+  return fetched
+
+
+def _usable_prime(vocab, prime: str) -> str:
+  return ''.join(c for c in prime if not vocab.unknown(c))
+
+
+def _write_samples(writer, sampler, params, config, step, val_loss):
+  tc = config.train
+  prime = _usable_prime(sampler.vocab, tc.sample_prime)
+  head = f'## step {step}' + (f', val loss {val_loss:.4f}' if val_loss is not None else '')
+  parts = [head + '\n']
+  for t in tc.sample_temperatures:
+    text = sampler.sample(params, prime, tc.sample_length, temperature=t, seed=tc.seed)[0]
+    writer.text(step, f'samples/temperature_{t}', text)
+    indented = '\n'.join('    ' + line for line in text.split('\n'))
+    parts.append(f'\ntemperature {t}:\n\n{indented}\n')
+  writer.append_markdown('samples.md', ''.join(parts) + '\n')
+
+
+class _progress_bar:
+  """tqdm on a terminal; otherwise a plain line per logged step."""
+
+  def __init__(self, start, total):
+    self.total, self.start, self.t0 = total, start, time.perf_counter()
+    self.tty = sys.stderr.isatty() and jax.process_index() == 0
+    self.quiet = jax.process_index() != 0
+    self.bar = None
+    if self.tty:
+      from tqdm import tqdm
+      self.bar = tqdm(total=total, initial=start, unit='step', dynamic_ncols=True)
+
+  def update(self, step, loss, rate):
+    if self.bar is not None:
+      self.bar.update(step - self.bar.n)
+      self.bar.set_postfix(loss=f'{loss:.4f}', chars_s=f'{rate:,.0f}')
+    elif not self.quiet:
+      done = step - self.start
+      eta = (time.perf_counter() - self.t0) / max(done, 1) * (self.total - step)
+      print(f'step {step}/{self.total}  loss {loss:.4f}  bpc {loss / LN2:.4f}  '
+            f'chars/s {rate:,.0f}  eta {_hms(eta)}', flush=True)
+
+  def note(self, text):
+    if self.bar is not None:
+      self.bar.write(text)
+    elif not self.quiet:
+      print(text, flush=True)
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
+
+
+def _hms(seconds):
+  seconds = int(seconds)
+  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'

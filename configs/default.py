@@ -1,0 +1,73 @@
+"""Default configuration: every field charlm reads, documented. Other configs start from this.
+
+    python -m charlm.train --config configs/default.py --config.data.path=input.txt
+
+Variants through the colon argument: `configs/default.py:smoke` is a tiny model for tests.
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+  config = ml_collections.ConfigDict()
+  config.name = 'default'  # Names the default workdir: runs/<name>.
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = ''  # A named corpus ('shakespeare'); used when `path` is empty.
+  config.data.path = ''  # Any local text file; takes precedence over `name`.
+  config.data.level = 'char'  # 'char': the corpus' code points. 'byte': all 256 bytes.
+  config.data.split = (0.9, 0.05, 0.05)  # Contiguous train/val/test fractions.
+  config.data.cache_dir = ''  # Token-file cache ('': $CHARLM_CACHE or ~/.cache/charlm).
+
+  config.model = ml_collections.ConfigDict()
+  config.model.cell = 'lstm'  # 'lstm', 'gru' or 'rnn' (tanh).
+  config.model.num_layers = 2
+  config.model.hidden = 128
+  config.model.embed = 0  # Embedding size; 0 means the same as `hidden`.
+  config.model.dropout = 0.0  # Between layers and before the output layer, as in char-rnn.
+
+  config.train = ml_collections.ConfigDict()
+  config.train.steps = 1000  # Total optimizer steps; rerunning a finished run with more resumes it.
+  config.train.batch_size = 32  # Global number of parallel character streams.
+  config.train.seq_len = 64  # Characters per stream per step (truncated BPTT length).
+  config.train.seed = 0
+  config.train.log_every = 50  # Steps between train metrics (and host syncs).
+  config.train.eval_every = 500  # Steps between validation passes (0: only at the end).
+  config.train.eval_batches = 0  # Validation batches per pass; 0 means the whole split.
+  config.train.ckpt_every = 500  # Steps between checkpoints (0: only at the end).
+  config.train.keep_checkpoints = 3  # Latest checkpoints kept, besides the best by val loss.
+  config.train.patience = 0  # Stop after this many evals without improvement (0: never).
+  config.train.sample_every = 0  # Steps between samples in samples.md and TensorBoard (0: never).
+  config.train.sample_length = 500  # Characters per sample.
+  config.train.sample_prime = '\n'  # Text the samples start from.
+  config.train.sample_temperatures = (0.5, 1.0)
+  config.train.final_sample_length = 500  # Characters printed at the end of training (0: none).
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = 'adam'  # 'adam', 'adamw', 'rmsprop' or 'sgd'.
+  config.optim.lr = 2e-3
+  config.optim.schedule = 'constant'  # 'constant', 'char_rnn' (per-epoch decay) or 'cosine'.
+  config.optim.clip = 5.0  # Global gradient-norm clipping (0: off).
+  config.optim.weight_decay = 0.0  # adamw only.
+  config.optim.momentum = 0.9  # sgd only.
+  config.optim.rmsprop_decay = 0.95  # rmsprop only (char-rnn's alpha).
+  config.optim.decay_rate = 0.97  # char_rnn: multiply lr by this after every epoch ...
+  config.optim.decay_after_epochs = 10  # ... from this epoch on.
+  config.optim.warmup_steps = 100  # cosine: linear warmup steps.
+  config.optim.min_lr_ratio = 0.1  # cosine: final lr as a fraction of `lr`.
+
+  if arg == 'smoke':
+    config.name = 'smoke'
+    config.model.hidden = 32
+    config.model.num_layers = 2
+    config.train.steps = 20
+    config.train.batch_size = 4
+    config.train.seq_len = 16
+    config.train.log_every = 5
+    config.train.eval_every = 10
+    config.train.ckpt_every = 10
+    config.train.final_sample_length = 50
+  elif arg:
+    raise ValueError(f'unknown variant {arg!r} of configs/default.py; use "smoke" or none')
+
+  config.lock()
+  return config
