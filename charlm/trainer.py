@@ -108,6 +108,64 @@ def make_eval_step(model):
   return eval_step
 
 
+def build(config, vocab_size: int, steps_per_epoch: int):
+  """The model, the optimizer and `init_state(key)`, which makes the whole train state."""
+  model = model_lib.from_config(config.model, vocab_size)
+  tx = make_optimizer(config.optim, steps_per_epoch, config.train.steps)
+
+  def init_state(key):
+    params = model.init(key, jnp.zeros((1, 1), jnp.int32), model.initial_carry(1))['params']
+    return {'step': jnp.int32(0), 'params': params, 'opt_state': tx.init(params),
+            'carry': model.initial_carry(config.train.batch_size),
+            'rng': jax.random.fold_in(key, 1)}
+  return model, tx, init_state
+
+
+def state_shardings(abstract, mesh):
+  """Everything replicated but the carried hidden state, which is split with the batch."""
+  shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
+  shardings['carry'] = jax.tree.map(lambda _: sharding.batch_sharding(mesh), abstract['carry'])
+  return shardings
+
+
+def load_checkpoint(workdir: str, step='latest'):
+  """Loads a run for inference: (config, vocab, model, params, step) from its workdir.
+
+  `step` is 'latest', 'best' or a step number. Works on any device, whatever trained it.
+  """
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    raise UserError(f'no checkpoints in {workdir}; train first with python -m charlm.train '
+                    f'--config ... --workdir {workdir}')
+  ckpts = Checkpoints(directory, read_only=True)
+  try:
+    steps = ckpts.all_steps()
+    if not steps:
+      raise UserError(f'no checkpoints in {workdir}; train first, or check the --workdir')
+    if step == 'latest':
+      chosen = ckpts.latest_step()
+    elif step == 'best':
+      chosen = ckpts.best_step()
+    else:
+      chosen = int(step)
+      if chosen not in steps:
+        raise UserError(f'no checkpoint at step {chosen} in {workdir}; it has steps '
+                        f'{sorted(steps)}')
+    meta = ckpts.restore_meta(chosen)
+    config = ml_collections.ConfigDict(meta['config'])
+    vocab = data_lib.Vocab.from_json(meta['vocab'])
+    mesh = jax.make_mesh((1,), (sharding.DATA_AXIS,), devices=jax.local_devices()[:1],
+                         axis_types=(jax.sharding.AxisType.Auto,))
+    model, _, init_state = build(config, vocab.size, 1)
+    abstract = jax.eval_shape(init_state, jax.random.PRNGKey(0))
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, state_shardings(abstract, mesh))
+    arrays, _ = ckpts.restore(chosen, target)
+  finally:
+    ckpts.close()
+  return config, vocab, model, arrays['params'], chosen
+
+
 class Evaluator:
   """Loss over a whole token sequence in `batch_size` streams, carrying state like training."""
 
@@ -215,17 +273,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   rows = sharding.process_rows(mesh, tc.batch_size)
   train_iter = data_lib.TrainIterator(data_lib.Streams(splits['train'], tc.batch_size,
                                                        tc.seq_len, rows=rows))
-  model = model_lib.from_config(config.model, corpus.vocab.size)
-  tx = make_optimizer(config.optim, train_iter.steps_per_epoch, tc.steps)
-
-  def init_state(key):
-    params = model.init(key, jnp.zeros((1, 1), jnp.int32), model.initial_carry(1))['params']
-    return {'step': jnp.int32(0), 'params': params, 'opt_state': tx.init(params),
-            'carry': model.initial_carry(tc.batch_size), 'rng': jax.random.fold_in(key, 1)}
-
+  model, tx, init_state = build(config, corpus.vocab.size, train_iter.steps_per_epoch)
   abstract = jax.eval_shape(init_state, jax.random.PRNGKey(tc.seed))
-  state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
-  state_sharding['carry'] = jax.tree.map(lambda _: sharding.batch_sharding(mesh), abstract['carry'])
+  state_sharding = state_shardings(abstract, mesh)
 
   os.makedirs(workdir, exist_ok=True)
   ckpts = Checkpoints(os.path.join(workdir, 'checkpoints'), keep=tc.keep_checkpoints)
