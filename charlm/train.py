@@ -7,22 +7,19 @@ The workdir defaults to runs/<config name>; running the same command again resum
 """
 import sys
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from charlm.errors import exit_on_user_error
+from charlm import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<config name>).')
+flags.mark_flags_as_required(['config'])
 
 
-@exit_on_user_error
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  del argv
   from charlm import trainer  # Imports JAX; keep flag errors fast.
   config = _CONFIG.value
   summary = trainer.train_and_evaluate(config, _WORKDIR.value or trainer.default_workdir(config))
@@ -31,5 +28,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli.run(main)
