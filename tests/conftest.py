@@ -1,0 +1,51 @@
+"""Shared test helpers: small texts and shrunken configs; nothing here reads ../shared."""
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+WORDS = ('the of and to a in that is was he for it with as his on be at by I ROMEO JULIET '
+         'thou thee art what shall love night day sweet').split()
+
+
+def write_text(path, lines=400, seed=0):
+  """A small pseudo-English text file, deterministic in `seed`."""
+  rng = random.Random(seed)
+  text = '\n'.join(' '.join(rng.choice(WORDS) for _ in range(8)) for _ in range(lines)) + '\n'
+  with open(path, 'w') as f:
+    f.write(text)
+  return str(path)
+
+
+def smoke_config(tmp_path, text_path=None, **overrides):
+  """configs/default.py:smoke on a test-made text file, with a private cache.
+
+  `overrides` are 'section.field' (dots as double underscores) -> value, e.g. train__steps=40.
+  """
+  from configs import default
+  config = default.get_config('smoke')
+  config.data.path = text_path or write_text(tmp_path / 'text.txt')
+  config.data.cache_dir = str(tmp_path / 'cache')
+  config.train.final_sample_length = 0
+  for key, value in overrides.items():
+    section, field = key.split('__')
+    config[section][field] = value
+  return config
+
+
+def run_cli(module, *args, env=None, timeout=300):
+  """Runs `python -m module args` from the repository root; returns the CompletedProcess."""
+  full_env = dict(os.environ, **(env or {}))
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, env=full_env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def text_file(tmp_path):
+  return write_text(tmp_path / 'text.txt')
