@@ -22,7 +22,9 @@ def _parse(argv):
     _fail(_one_line(e))
   except (AttributeError, KeyError) as e:  # ml_collections: a field that the config lacks.
     hint = re.search(r'Did you mean "(\w+)"', str(e))
-    bad = next((a.split('=')[0] for a in argv if a.startswith('--config.')), '--config.?')
+    key = re.search(r'instead of "(\w+)"', str(e)) or re.search(r"(\w+)\\*'", str(e))
+    flag_names = [a.split('=')[0] for a in argv if a.startswith('--config.')]
+    bad = next((f for f in flag_names if key and f.endswith('.' + key[1])), ' '.join(flag_names))
     _fail(f'unknown config field {bad}' + (f' (did you mean "{hint[1]}"?)' if hint else '')
           + '; every field is listed in configs/default.py')
   except (OSError, ValueError, SyntaxError) as e:

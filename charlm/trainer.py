@@ -94,7 +94,7 @@ def make_train_step(model, tx):
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     new_state = dict(state, step=state['step'] + 1, params=optax.apply_updates(
         state['params'], updates), opt_state=opt_state, carry=new_carry)
-    metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads),
+    metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
                'lr': opt_state[-1].hyperparams['learning_rate']}
     return new_state, metrics
   return train_step

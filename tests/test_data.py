@@ -1,0 +1,150 @@
+import os
+
+import numpy as np
+import pytest
+
+from charlm import data
+from charlm.errors import UserError
+
+
+def test_vocab_round_trip_non_ascii(tmp_path):
+  text = 'Grüße, Ελληνικά, 日本語 — naïve café ☕\n' * 3
+  path = tmp_path / 'u.txt'
+  path.write_text(text, encoding='utf-8')
+  corpus = data.prepare(str(path), 'char', str(tmp_path / 'cache'))
+  assert corpus.vocab.chars == sorted(set(text))
+  assert corpus.vocab.decode(corpus.tokens) == text
+  assert corpus.vocab.decode(corpus.vocab.encode('café')) == 'café'
+  restored = data.Vocab.from_json(corpus.vocab.to_json())
+  assert restored == corpus.vocab
+
+
+def test_byte_level_round_trip(tmp_path):
+  text = 'naïve ☕ bytes\n'
+  path = tmp_path / 'b.txt'
+  path.write_text(text, encoding='utf-8')
+  corpus = data.prepare(str(path), 'byte', str(tmp_path / 'cache'))
+  assert corpus.vocab.size == 256
+  assert bytes(np.asarray(corpus.tokens)) == text.encode('utf-8')
+  assert corpus.vocab.decode(corpus.vocab.encode('日本')) == '日本'
+  assert corpus.vocab.unknown('anything ✓') == []
+
+
+def test_token_dtype_grows_with_vocabulary(tmp_path):
+  small = tmp_path / 's.txt'
+  small.write_text('abcabc')
+  large = tmp_path / 'l.txt'
+  large.write_text(''.join(chr(0x4E00 + i) for i in range(3000)) * 2)
+  assert data.prepare(str(small), cache_dir=str(tmp_path / 'c')).tokens.dtype == np.uint8
+  corpus = data.prepare(str(large), cache_dir=str(tmp_path / 'c'))
+  assert corpus.tokens.dtype == np.uint16
+  assert corpus.vocab.size == 3000
+  assert corpus.vocab.decode(corpus.tokens[:3]) == '一丁丂'
+
+
+def test_chunked_encoding_matches_whole_file(tmp_path, monkeypatch):
+  monkeypatch.setattr(data, 'CHUNK_BYTES', 7)  # Splits multi-byte characters across chunks.
+  text = 'héllo wörld ☕ ' * 50
+  path = tmp_path / 't.txt'
+  path.write_text(text, encoding='utf-8')
+  corpus = data.prepare(str(path), cache_dir=str(tmp_path / 'c'))
+  assert corpus.vocab.decode(corpus.tokens) == text
+
+
+def test_cache_reused_then_rebuilt_when_source_changes(tmp_path, monkeypatch):
+  path = tmp_path / 't.txt'
+  path.write_text('abc' * 100)
+  calls = []
+  real = data._encode_file
+  monkeypatch.setattr(data, '_encode_file', lambda *a: calls.append(a) or real(*a))
+  first = data.prepare(str(path), cache_dir=str(tmp_path / 'c'))
+  again = data.prepare(str(path), cache_dir=str(tmp_path / 'c'))
+  assert len(calls) == 1 and again.cache == first.cache
+  path.write_text('abd' * 100)  # Same size: only the mtime and the hash tell.
+  changed = data.prepare(str(path), cache_dir=str(tmp_path / 'c'))
+  assert len(calls) == 2
+  assert changed.vocab.chars == ['a', 'b', 'd']
+  assert changed.vocab.decode(changed.tokens[:3]) == 'abd'
+
+
+def test_invalid_utf8_names_offset_and_leaves_no_cache(tmp_path, monkeypatch):
+  monkeypatch.setattr(data, 'CHUNK_BYTES', 5)
+  path = tmp_path / 'bad.txt'
+  path.write_bytes(b'hello world \xff\xfe more')
+  with pytest.raises(UserError) as e:
+    data.prepare(str(path), cache_dir=str(tmp_path / 'c'))
+  message = str(e.value)
+  assert 'byte 12' in message and 'level=byte' in message and '\n' not in message
+  assert [p for p in os.listdir(tmp_path / 'c')] == []
+  corpus = data.prepare(str(path), 'byte', cache_dir=str(tmp_path / 'c'))
+  assert len(corpus.tokens) == path.stat().st_size
+
+
+@pytest.mark.parametrize('content,expect', [(None, 'not found'), (b'', 'empty')])
+def test_missing_and_empty_files(tmp_path, content, expect):
+  path = tmp_path / 'x.txt'
+  if content is not None:
+    path.write_bytes(content)
+  with pytest.raises(UserError, match=expect):
+    data.prepare(str(path), cache_dir=str(tmp_path / 'c'))
+
+
+def test_splits_are_contiguous_and_cover_everything():
+  tokens = np.arange(1000)
+  parts = data.split(tokens, (0.9, 0.05, 0.05))
+  assert [len(p) for p in parts.values()] == [900, 50, 50]
+  np.testing.assert_array_equal(np.concatenate(list(parts.values())), tokens)
+  with pytest.raises(UserError, match='summing to 1'):
+    data.split(tokens, (0.9, 0.2, 0.05))
+
+
+def test_streams_are_contiguous_and_targets_shifted():
+  tokens = np.arange(1001)
+  streams = data.Streams(tokens, batch_size=4, seq_len=10)
+  assert streams.length == 250 and streams.num_batches == 25
+  b0, b1 = streams.batch(0), streams.batch(1)
+  np.testing.assert_array_equal(b0.inputs[:, 0], [0, 250, 500, 750])
+  np.testing.assert_array_equal(b0.targets, b0.inputs + 1)
+  np.testing.assert_array_equal(b1.inputs[:, 0], b0.inputs[:, -1] + 1)  # Each stream continues.
+  assert b0.reset and not b1.reset
+  seen = np.concatenate([streams.batch(k).inputs for k in range(25)], axis=1)
+  np.testing.assert_array_equal(seen.reshape(-1), np.arange(1000))
+
+
+def test_padded_streams_score_every_character():
+  tokens = np.arange(1003)
+  streams = data.Streams(tokens, batch_size=4, seq_len=64, pad_last=True)
+  batches = list(streams)
+  assert len(batches) == 4  # 250 targets per stream: 3 full windows and one of 58.
+  assert sum(b.weights.sum() for b in batches) == 4 * 250
+  last = batches[-1]
+  valid = last.weights[0] > 0
+  np.testing.assert_array_equal(last.targets[:, valid], last.inputs[:, valid] + 1)
+
+
+def test_train_iterator_state_restores_exactly():
+  streams = data.Streams(np.arange(10_001) % 7, batch_size=5, seq_len=20)
+  a = data.TrainIterator(streams)
+  for _ in range(123):
+    next(a)
+  state = a.get_state()
+  assert state == {'epoch': 1, 'index': 23}
+  b = data.TrainIterator(streams)
+  b.set_state(state)
+  for _ in range(150):
+    x, y = next(a), next(b)
+    np.testing.assert_array_equal(x.inputs, y.inputs)
+    assert x.reset == y.reset
+
+
+def test_too_small_for_one_batch_says_how_small():
+  with pytest.raises(UserError) as e:
+    data.Streams(np.arange(100), batch_size=8, seq_len=16)
+  assert 'needs at least 129' in str(e.value) and 'batch_size' in str(e.value)
+
+
+def test_stream_rows_select_this_process_share():
+  tokens = np.arange(801)
+  full = data.Streams(tokens, 8, 10).batch(3)
+  part = data.Streams(tokens, 8, 10, rows=[4, 5, 6, 7]).batch(3)
+  np.testing.assert_array_equal(part.inputs, full.inputs[4:])

@@ -1,0 +1,242 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import ROOT, run_cli, smoke_config, write_text
+
+from charlm import trainer
+from charlm.errors import UserError
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def losses(workdir, key='train/loss'):
+  return {m['step']: m[key] for m in read_metrics(workdir) if key in m}
+
+
+def test_overfits_a_tiny_text(tmp_path):
+  path = tmp_path / 'tiny.txt'
+  path.write_text('hello world, hello charlm. ' * 40)
+  config = smoke_config(tmp_path, str(path), train__steps=300, train__eval_every=300,
+                        train__ckpt_every=0, train__log_every=50, optim__lr=1e-2,
+                        data__split=(0.9, 0.1, 0.0))
+  summary = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  curve = losses(tmp_path / 'run')
+  assert curve[50] > 1.0  # The first window still has the untrained loss in it.
+  assert curve[300] < 0.1
+  assert summary['val_loss'] < 0.1
+
+
+def test_initial_loss_is_about_log_vocab(tmp_path):
+  config = smoke_config(tmp_path, train__steps=1, train__log_every=1)
+  trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  vocab = len(json.load(open(tmp_path / 'run' / 'vocab.json'))['chars'])
+  assert abs(losses(tmp_path / 'run')[1] - math.log(vocab)) < 0.3
+
+
+def test_resume_is_exact(tmp_path):
+  overrides = dict(train__log_every=1, train__eval_every=5, train__ckpt_every=5,
+                   model__dropout=0.2, model__cell='lstm')
+  straight = str(tmp_path / 'straight')
+  trainer.train_and_evaluate(smoke_config(tmp_path, train__steps=20, **overrides), straight)
+  resumed = str(tmp_path / 'resumed')
+  first = trainer.train_and_evaluate(smoke_config(tmp_path, train__steps=10, **overrides), resumed)
+  assert first['step'] == 10
+  second = trainer.train_and_evaluate(smoke_config(tmp_path, train__steps=20, **overrides), resumed)
+  assert second['step'] == 20
+  for key in ('train/loss', 'val/loss', 'grad_norm'):
+    assert losses(resumed, key) == losses(straight, key)  # Bitwise, on CPU.
+  assert sorted(losses(resumed)) == list(range(1, 21))  # No duplicated lines.
+
+
+def test_rerunning_a_finished_run_does_not_train(tmp_path, capsys):
+  config = smoke_config(tmp_path, train__steps=5, train__log_every=1)
+  trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  summary = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert summary['step'] == 5
+  assert 'already trained to step 5' in capsys.readouterr().out
+  assert len(losses(tmp_path / 'run')) == 5
+
+
+@pytest.mark.parametrize('cell', ['gru', 'rnn'])
+def test_other_cells_train(tmp_path, cell):
+  config = smoke_config(tmp_path, model__cell=cell, train__steps=30, train__log_every=10,
+                        optim__lr=1e-2)
+  trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  curve = losses(tmp_path / 'run')
+  assert curve[30] < curve[10]
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
+  workdir = str(tmp_path / 'run')
+  trainer.train_and_evaluate(smoke_config(tmp_path, train__steps=10), workdir)
+  config = smoke_config(tmp_path, train__steps=20, optim__lr=float('inf'), optim__clip=0.0,
+                        train__log_every=1)
+  with pytest.raises(trainer.TrainingDiverged, match=r'non-finite at step 1\d'):
+    trainer.train_and_evaluate(config, workdir)
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['10']
+  *_, params, step = trainer.load_checkpoint(workdir, 'latest')
+  assert step == 10
+  import jax
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(params))
+
+
+def test_early_stopping_with_patience(tmp_path):
+  config = smoke_config(tmp_path, train__steps=100, train__eval_every=2, train__patience=2,
+                        optim__name='sgd', optim__lr=0.0)
+  summary = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert summary['step'] == 6  # Evals at 2 (best), 4 and 6 (no improvement twice).
+
+
+def test_learning_rate_schedules():
+  from configs import default
+  optim = default.get_config().optim
+  optim.schedule, optim.decay_after_epochs, optim.decay_rate = 'char_rnn', 2, 0.5
+  schedule = trainer.make_schedule(optim, steps_per_epoch=10, total_steps=100)
+  assert [float(schedule(s)) for s in (0, 19, 20, 30, 45)] == pytest.approx(
+      [optim.lr, optim.lr, optim.lr / 2, optim.lr / 4, optim.lr / 8])
+  optim.schedule, optim.warmup_steps = 'cosine', 10
+  schedule = trainer.make_schedule(optim, 10, 100)
+  assert float(schedule(0)) == 0 and float(schedule(10)) == pytest.approx(optim.lr)
+  assert float(schedule(100)) == pytest.approx(optim.lr * optim.min_lr_ratio)
+  optim.schedule = 'linear'
+  with pytest.raises(UserError, match='constant, char_rnn or cosine'):
+    trainer.make_schedule(optim, 10, 100)
+
+
+def test_workdir_from_another_vocabulary_or_shape_is_refused(tmp_path):
+  workdir = str(tmp_path / 'run')
+  trainer.train_and_evaluate(smoke_config(tmp_path, train__steps=5), workdir)
+  other = tmp_path / 'other.txt'
+  other.write_text('completely different characters: 0123456789 ' * 100)
+  with pytest.raises(UserError, match='another vocabulary'):
+    trainer.train_and_evaluate(smoke_config(tmp_path, str(other), train__steps=10), workdir)
+  with pytest.raises(UserError, match='another model shape'):
+    trainer.train_and_evaluate(smoke_config(tmp_path, train__steps=10, model__hidden=48), workdir)
+
+
+@pytest.mark.parametrize('make,expect', [
+    (lambda p: None, 'not found'),
+    (lambda p: p.write_text(''), 'empty'),
+    (lambda p: p.write_text('tiny'), 'too few for one batch'),
+    (lambda p: p.write_bytes(b'caf\xe9 au lait\n' * 200), r'not valid UTF-8 \(byte 3\)'),
+])
+def test_bad_text_files_fail_before_writing_anything(tmp_path, make, expect):
+  path = tmp_path / 'input.txt'
+  make(path)
+  workdir = tmp_path / 'run'
+  with pytest.raises(UserError, match=expect) as e:
+    trainer.train_and_evaluate(smoke_config(tmp_path, str(path)), str(workdir))
+  assert '\n' not in str(e.value)
+  assert not workdir.exists()
+
+
+def test_batch_size_must_divide_over_devices():
+  import jax
+
+  from charlm import sharding
+  mesh = sharding.create_mesh()
+  sharding.check_batch_size(mesh.size * 3, mesh)
+  if mesh.size > 1:
+    with pytest.raises(UserError, match='multiple of'):
+      sharding.check_batch_size(mesh.size * 3 + 1, mesh)
+  assert jax.device_count() == mesh.size
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the command line, in fresh processes.
+
+SMOKE = ['--config', 'configs/default.py:smoke', '--config.train.final_sample_length=0']
+
+
+def test_cli_smoke_run_leaves_a_readable_workdir(tmp_path):
+  text = write_text(tmp_path / 'text.txt')
+  workdir = tmp_path / 'run'
+  result = run_cli('charlm.train', *SMOKE, f'--config.data.path={text}',
+                   f'--config.data.cache_dir={tmp_path}/cache', '--config.train.sample_every=0',
+                   '--config.train.final_sample_length=40', f'--workdir={workdir}')
+  assert result.returncode == 0, result.stderr
+  assert 'sample at step 20' in result.stdout
+  assert 'step 20/20' in result.stdout  # Plain progress lines when not on a terminal.
+  config = json.load(open(workdir / 'config.json'))
+  assert config['data']['path'] == text and config['model']['hidden'] == 32
+  rows = read_metrics(workdir)
+  assert {'step', 'train/loss', 'train/bpc', 'lr', 'grad_norm', 'chars_per_sec'} <= set(rows[0])
+  assert any('val/bpc' in r for r in rows)
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['10', '20']
+
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  events = EventAccumulator(str(workdir))
+  events.Reload()
+  tags = events.Tags()['scalars']
+  assert {'train/loss', 'val/loss', 'val/bpc', 'lr', 'chars_per_sec'} <= set(tags)
+  assert [e.step for e in events.Scalars('val/loss')] == [10, 20]
+  assert events.Scalars('train/loss')[-1].value == pytest.approx(rows[-2]['train/loss'])
+
+
+@pytest.mark.parametrize('args,expect', [
+    (['--config.model.hiden=3'], 'unknown config field --config.model.hiden (did you mean'),
+    (['--config.train.steps=many'], "--config.train.steps=many: invalid literal"),
+    (['--config.data.path=/no/such/file.txt'], 'text file not found: /no/such/file.txt'),
+])
+def test_cli_errors_are_one_line(tmp_path, args, expect):
+  result = run_cli('charlm.train', *SMOKE, *args, f'--workdir={tmp_path}/run')
+  assert result.returncode != 0
+  assert result.stderr.strip().count('\n') == 0, result.stderr
+  assert result.stderr.startswith('error: ') and expect in result.stderr
+  assert not (tmp_path / 'run').exists()
+
+
+def test_one_device_and_four_devices_give_the_same_losses(tmp_path):
+  text = write_text(tmp_path / 'text.txt')
+  curves = {}
+  for n in (1, 4):
+    workdir = tmp_path / f'run{n}'
+    result = run_cli('charlm.train', *SMOKE, f'--config.data.path={text}',
+                     f'--config.data.cache_dir={tmp_path}/cache', '--config.train.log_every=1',
+                     '--config.model.dropout=0.1', f'--workdir={workdir}',
+                     env={'JAX_NUM_CPU_DEVICES': str(n), 'JAX_PLATFORMS': 'cpu'})
+    assert result.returncode == 0, result.stderr
+    curves[n] = [*losses(workdir).values(), *losses(workdir, 'val/loss').values()]
+    assert len(curves[n]) == 22
+  np.testing.assert_allclose(curves[4], curves[1], rtol=2e-5)
+
+
+def _lines(path):
+  return open(path).readlines() if path.exists() else []
+
+
+def test_ctrl_c_saves_and_the_same_command_resumes(tmp_path):
+  text = write_text(tmp_path / 'text.txt')
+  args = [*SMOKE, f'--config.data.path={text}', f'--config.data.cache_dir={tmp_path}/cache',
+          '--config.train.log_every=1', '--config.train.steps=400', '--config.train.ckpt_every=0',
+          '--config.train.eval_every=0']
+  straight = run_cli('charlm.train', *args, f'--workdir={tmp_path}/straight')
+  assert straight.returncode == 0, straight.stderr
+
+  workdir = tmp_path / 'run'
+  proc = subprocess.Popen([sys.executable, '-m', 'charlm.train', *args, f'--workdir={workdir}'],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 120
+  while time.time() < deadline and len(_lines(workdir / 'metrics.jsonl')) < 20:
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGINT)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err
+  assert 'interrupted at step' in out
+  stopped = int(os.listdir(workdir / 'checkpoints')[0])
+  assert 0 < stopped < 400
+
+  resumed = run_cli('charlm.train', *args, f'--workdir={workdir}')
+  assert resumed.returncode == 0, resumed.stderr
+  assert f'resuming {workdir} from step {stopped}' in resumed.stdout
+  assert losses(workdir) == losses(tmp_path / 'straight')
