@@ -3,6 +3,8 @@
 The batch (and the carried hidden state) is split along the `data` axis; parameters and
 optimizer state are replicated. A later FSDP-style `model` axis would shard parameters too.
 """
+import os
+
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
@@ -46,3 +48,30 @@ def to_global(mesh, local: np.ndarray, batch_size: int) -> jax.Array:
   """Builds a global batch-sharded array from this process's rows."""
   return jax.make_array_from_process_local_data(
       batch_sharding(mesh), local, (batch_size,) + local.shape[1:])
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None, process_id: int | None = None,
+                           auto: bool = False) -> bool:
+  """Joins a multi-process run through jax.distributed; must run before devices are touched.
+
+  Explicit arguments (or JAX_COORDINATOR_ADDRESS in the environment) join that run; `auto` lets
+  JAX detect the cluster (SLURM, TPU pods, Kubernetes, Open MPI). Returns whether it joined.
+  """
+  if not (coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS') or auto):
+    return False
+  # CPU devices need a collectives library to talk across processes; GPUs and TPUs bring theirs.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  try:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  except (RuntimeError, ValueError) as e:
+    detail = ' '.join(str(e).split())[:300]
+    raise UserError(f'could not join the distributed run ({detail}); check --coordinator_address'
+                    ', --num_processes and --process_id, or run inside SLURM/TPU with '
+                    '--distributed') from None
+  return True
+
+
+def local_copy(tree):
+  """The first local replica of replicated arrays: usable by this process alone (sampling)."""
+  return jax.tree.map(lambda x: x.addressable_data(0), tree)

@@ -15,12 +15,21 @@ from charlm import cli
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<config name>).')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Join a multi-process run, letting JAX detect the cluster (SLURM, TPU '
+    'pod, Kubernetes); or give the three flags below.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
+                                   'host:port of process 0 in a multi-process run.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process: 0 .. num_processes-1.')
 flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
   del argv
-  from charlm import trainer  # Imports JAX; keep flag errors fast.
+  from charlm import sharding, trainer  # Imports JAX; keep flag errors fast.
+  sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                  auto=_DISTRIBUTED.value)
   config = _CONFIG.value
   summary = trainer.train_and_evaluate(config, _WORKDIR.value or trainer.default_workdir(config))
   if summary['interrupted']:

@@ -358,8 +358,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           else:
             progress['evals_since_best'] += 1
           summary['val_loss'], summary['val_bpc'] = val_loss, result['bpc']
-        if tc.sample_every and (step % tc.sample_every == 0 or step == tc.steps):
-          _write_samples(writer, sampler, state['params'], config, step, val_loss)
+        if writer.active and tc.sample_every and due(tc.sample_every):
+          _write_samples(writer, sampler, sharding.local_copy(state['params']), config, step,
+                         val_loss)
         patience_over = tc.patience and progress['evals_since_best'] >= tc.patience
         if due(tc.ckpt_every) or patience_over or stop.requested:
           ckpts.save(step, state, meta_for_checkpoint(), val_loss)
@@ -383,8 +384,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summary['step'] = step
   summary['best_val_loss'] = progress['best_val_loss']
   if tc.final_sample_length and not summary['interrupted'] and jax.process_index() == 0:
-    text = sampler.sample(state['params'], _usable_prime(corpus.vocab, tc.sample_prime),
-                          tc.final_sample_length, temperature=0.8, seed=tc.seed)[0]
+    prime = _usable_prime(corpus.vocab, tc.sample_prime)
+    text = sampler.sample(sharding.local_copy(state['params']), prime, tc.final_sample_length,
+                          temperature=0.8, seed=tc.seed)[0]
     summary['sample'] = text
     print(f'\n--- sample at step {step} (temperature 0.8) ---\n{text}\n---', flush=True)
   return summary

@@ -1,0 +1,86 @@
+"""Data parallelism across devices and processes, on CPU devices (JAX_NUM_CPU_DEVICES)."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT, run_cli, write_text
+
+SMOKE = ['--config', 'configs/default.py:smoke', '--config.train.final_sample_length=0',
+         '--config.train.log_every=1', '--config.model.dropout=0.1']
+
+
+def curve(workdir):
+  rows = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  return {(r['step'], k): r[k] for r in rows for k in ('train/loss', 'val/loss') if k in r}
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def devices_env(n):
+  return {'JAX_NUM_CPU_DEVICES': str(n), 'JAX_PLATFORMS': 'cpu'}
+
+
+@pytest.fixture(scope='module')
+def four_device_run(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp('four')
+  text = write_text(tmp / 'text.txt')
+  args = [*SMOKE, f'--config.data.path={text}', f'--config.data.cache_dir={tmp}/cache']
+  result = run_cli('charlm.train', *args, f'--workdir={tmp}/run', env=devices_env(4))
+  assert result.returncode == 0, result.stderr
+  return args, tmp
+
+
+def test_two_processes_match_one_process_with_four_devices(four_device_run, tmp_path):
+  args, tmp = four_device_run
+  port, workdir = free_port(), tmp_path / 'run'
+  procs = [subprocess.Popen(
+      [sys.executable, '-m', 'charlm.train', *args, f'--workdir={workdir}',
+       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
+      cwd=ROOT, env=dict(os.environ, **devices_env(2)), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  try:
+    outputs = [p.communicate(timeout=240) for p in procs]
+  finally:
+    for p in procs:  # A hung child must not outlive the test.
+      if p.poll() is None:
+        p.kill()
+  assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+  assert 'step 20/20' in outputs[0][0] and 'step 20/20' not in outputs[1][0]  # Process 0 logs.
+  single, multi = curve(tmp / 'run'), curve(workdir)
+  assert single.keys() == multi.keys() and len(single) == 22
+  np.testing.assert_allclose([multi[k] for k in single], list(single.values()), rtol=2e-5)
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['10', '20']
+
+
+def test_resume_a_four_device_checkpoint_on_one_device(four_device_run, tmp_path):
+  args, tmp = four_device_run
+  workdir = tmp_path / 'run'
+  first = run_cli('charlm.train', *args, '--config.train.steps=10', f'--workdir={workdir}',
+                  env=devices_env(4))
+  assert first.returncode == 0, first.stderr
+  resumed = run_cli('charlm.train', *args, f'--workdir={workdir}', env=devices_env(1))
+  assert resumed.returncode == 0, resumed.stderr
+  assert 'from step 10' in resumed.stdout
+  straight, mixed = curve(tmp / 'run'), curve(workdir)
+  assert straight.keys() == mixed.keys()
+  np.testing.assert_allclose([mixed[k] for k in straight], list(straight.values()), rtol=2e-5)
+
+
+def test_batch_size_that_does_not_divide_is_a_clear_error(tmp_path):
+  text = write_text(tmp_path / 'text.txt')
+  result = run_cli('charlm.train', *SMOKE, f'--config.data.path={text}',
+                   f'--config.data.cache_dir={tmp_path}/cache', '--config.train.batch_size=6',
+                   f'--workdir={tmp_path}/run', env=devices_env(4))
+  assert result.returncode == 1
+  assert result.stderr.strip() == (
+      'error: batch_size 6 does not divide evenly over 4 devices; use a multiple of 4 (for '
+      'example 4, 8, 12, 16) with --config.train.batch_size')
+  assert not (tmp_path / 'run').exists()
