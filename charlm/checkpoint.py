@@ -3,10 +3,21 @@
 Keeps the latest `keep` checkpoints and the best one by validation loss; the newest is never
 deleted. Saves are asynchronous; `close()` waits for them.
 """
+import logging
 import os
 
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+
+
+class _QuietMissingMetrics(logging.Filter):
+  """Saves between evaluations carry no val loss by design; Orbax warns about each one."""
+
+  def filter(self, record):
+    return 'did not provide metrics' not in record.getMessage()
+
+
+logging.getLogger('absl').addFilter(_QuietMissingMetrics())
 
 
 class Checkpoints:
