@@ -5,6 +5,7 @@ it, so memory does not grow with the corpus. Batches follow char-rnn: the split 
 `batch_size` contiguous streams and consecutive batches continue every stream, so the model's
 hidden state can be carried from one batch to the next.
 """
+import argparse
 import codecs
 import dataclasses
 import hashlib
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from charlm.errors import UserError
+from charlm.errors import UserError, exit_on_user_error
 
 CHUNK_BYTES = 16 << 20
 MAX_CODE_POINT = 0x110000
@@ -226,15 +227,30 @@ def load_corpus(data_config) -> Corpus:
 # Splits and batches.
 
 def split(tokens: np.ndarray, fractions) -> dict[str, np.ndarray]:
-  """Contiguous train/val/test views of `tokens` by `fractions` (which must sum to 1)."""
+  """Contiguous train/val/test views of `tokens` by `fractions` (which must sum to 1), or by
+  three integer token counts summing to len(tokens): a published split, kept exactly."""
+  n = len(tokens)
+  if _is_counts(fractions):
+    a, b, c = (int(x) for x in fractions)
+    if min(a, b, c) < 0 or a + b + c != n:
+      raise UserError(f'data.split gives token counts {(a, b, c)} summing to {a + b + c:,}, but '
+                      f'the corpus has {n:,} tokens; give counts that sum to that, or fractions '
+                      'such as --config.data.split="(0.9,0.05,0.05)"')
+    return {'train': tokens[:a], 'val': tokens[a:a + b], 'test': tokens[a + b:]}
   fractions = tuple(float(f) for f in fractions)
   if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
     raise UserError(f'data.split must be three non-negative fractions summing to 1, got '
                     f'{fractions}; for example --config.data.split="(0.9,0.05,0.05)"')
-  n = len(tokens)
   a = int(round(n * fractions[0]))
   b = int(round(n * (fractions[0] + fractions[1])))
   return {'train': tokens[:a], 'val': tokens[a:b], 'test': tokens[b:]}
+
+
+def _is_counts(parts) -> bool:
+  """Three integers summing to more than 1 are token counts; (1, 0, 0) is still fractions."""
+  parts = tuple(parts)
+  return (len(parts) == 3 and sum(parts) > 1 if all(
+      isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in parts) else False)
 
 
 @dataclasses.dataclass
@@ -312,3 +328,48 @@ class TrainIterator:
       raise UserError('the checkpoint\'s data position does not fit this corpus; the corpus, '
                       'batch size or sequence length changed: use a new --workdir')
     self.epoch, self.index = int(state['epoch']), int(state['index'])
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: python -m charlm.data prepare NAME [--source PATH] [--level byte].
+
+@exit_on_user_error
+def main(argv=None):
+  from charlm import corpora
+  parser = argparse.ArgumentParser(
+      prog='python -m charlm.data', description='Prepares corpora ahead of training.')
+  commands = parser.add_subparsers(dest='command', required=True)
+  prep = commands.add_parser(
+      'prepare', help='fetch, verify and encode a named corpus (or encode a text file)',
+      description='Fetches, verifies and encodes a named corpus into the token cache, or '
+                  'encodes a text file. Training does the same on first use.')
+  prep.add_argument('name', help=f'{", ".join(sorted(corpora.RECIPES))}, or a text file')
+  prep.add_argument('--source', help='a local copy of the corpus source (a file, archive or '
+                    'directory) to use instead of the usual download')
+  prep.add_argument('--level', choices=('char', 'byte'),
+                    help="tokens: characters or bytes (default: the corpus' own; char for files)")
+  prep.add_argument('--cache_dir', default='',
+                    help='cache directory (default: $CHARLM_CACHE or ~/.cache/charlm)')
+  args = parser.parse_args(argv)
+
+  if args.name in corpora.RECIPES:
+    recipe = corpora.get(args.name)
+    print(f'{recipe.name}: {recipe.about}\nlicence: {recipe.licence}', flush=True)
+    path = corpora.fetch(recipe.name, default_cache_dir(args.cache_dir), args.source)
+    level, fractions = args.level or recipe.level, recipe.split
+  elif os.path.isfile(args.name) and args.source is None:
+    path, level, fractions = args.name, args.level or 'char', (0.9, 0.05, 0.05)
+  else:
+    raise UserError(f'{args.name} is neither a corpus name ({", ".join(sorted(corpora.RECIPES))})'
+                    ' nor a text file; give one of those (and --source only with a name)')
+  corpus = prepare(path, level, args.cache_dir)
+  vocab = corpus.vocab
+  print(f'text:   {corpus.source} ({os.path.getsize(corpus.source):,} bytes)')
+  print(f'tokens: {len(corpus.tokens):,} {level}s, vocabulary {vocab.size:,} '
+        f'({np.dtype(vocab.dtype).name}), in {corpus.cache}')
+  parts = split(corpus.tokens, fractions)
+  print('split:  ' + ', '.join(f'{k} {len(v):,}' for k, v in parts.items()), flush=True)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,28 @@
+"""Named corpora: recipes that fetch, verify and cache the text files configs name.
+
+    python -m charlm.data prepare NAME [--source PATH]
+
+prepares one by hand; a config whose `data.name` names one prepares it on first use. Each
+recipe records its source, licence note, size and checksum in `<cache>/corpora/NAME/meta.json`.
+"""
+from charlm.corpora import babynames, books, trees, wikipedia
+from charlm.corpora.core import Recipe
+from charlm.errors import UserError
+
+RECIPES = {r.name: r for r in (
+    books.SHAKESPEARE, books.TINYSHAKESPEARE, books.WARANDPEACE, wikipedia.RECIPE, trees.LATEX,
+    trees.LINUX, trees.LINUX_SMALL, babynames.RECIPE)}
+
+
+def get(name: str) -> Recipe:
+  if name not in RECIPES:
+    raise UserError(f'unknown corpus {name!r}; choose one of {", ".join(sorted(RECIPES))}, or set '
+                    '--config.data.path=FILE')
+  return RECIPES[name]
+
+
+def fetch(name: str, cache_dir: str, source: str | None = None) -> str:
+  """Returns the path of the text file of corpus `name`, preparing it on first use (from
+  `source`, a local file or directory, when given)."""
+  from charlm.corpora import core
+  return core.fetch(get(name), cache_dir, source)

@@ -1,0 +1,48 @@
+"""enwik8: the first 10^8 bytes of the English Wikipedia XML dump of March 2006 (Hutter Prize)."""
+import os
+import shutil
+import zipfile
+
+from charlm.corpora.core import Recipe
+from charlm.data import CHUNK_BYTES
+from charlm.errors import UserError
+
+ENWIK8_BYTES = 100_000_000
+
+
+def build(source: str, out: str) -> str:
+  """Unzips enwik8.zip; an already unzipped enwik8 is used where it is."""
+  if zipfile.is_zipfile(source):
+    with zipfile.ZipFile(source) as z:
+      members = [m for m in z.infolist() if os.path.basename(m.filename) == 'enwik8']
+      if not members:
+        raise UserError(f'{source} holds no file named enwik8; give enwik8.zip from the Hutter '
+                        'Prize page, or the unzipped enwik8')
+      _check(source, members[0].file_size, z.open(members[0]).read(16))
+      with z.open(members[0]) as src, open(out, 'wb') as dst:
+        shutil.copyfileobj(src, dst, CHUNK_BYTES)
+    return out
+  with open(source, 'rb') as f:
+    _check(source, os.path.getsize(source), f.read(16))
+  return source
+
+
+def _check(source, size, head):
+  if size != ENWIK8_BYTES:
+    raise UserError(f'{source} holds {size:,} bytes of text, but enwik8 is exactly '
+                    f'{ENWIK8_BYTES:,}; give enwik8.zip from the Hutter Prize page, or its enwik8')
+  if not head.startswith(b'<mediawiki'):
+    raise UserError(f'{source} does not start with <mediawiki, so it is not enwik8; give '
+                    'enwik8.zip from the Hutter Prize page, or its enwik8')
+
+
+RECIPE = Recipe(
+    name='wikipedia',
+    about='enwik8: the first 10^8 bytes of an English Wikipedia XML dump, the Hutter Prize file; '
+          'bytes, split 90M/5M/5M as the literature reports bits per character',
+    licence='Wikipedia text: CC BY-SA 3.0 / GFDL',
+    build=build,
+    url='http://mattmahoney.net/dc/enwik8.zip',
+    filename='enwik8.zip',
+    level='byte',
+    split=(0.9, 0.05, 0.05))

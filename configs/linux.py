@@ -1,0 +1,33 @@
+"""The C source of the Linux kernel, all .c and .h files, as bytes (the seed's Linux experiment).
+
+    python -m charlm.data prepare linux [--source DIR_OR_TARBALL]
+    python -m charlm.train --config configs/linux.py
+
+The source is a kernel tree (a directory), a kernel.org tarball, or the tarball Debian's
+`linux-source-6.1` package installs under /usr/src (found by itself); 6.1 gives 1.18 GB of C.
+The GPU model is the seed's: a 3-layer LSTM, here of 640 units (10.2M parameters), batch 100 x
+100 bytes, 50k steps. Expected: about 1.0 nats per byte on validation, and samples with
+plausible function signatures, #defines, comments and matched braces (an estimate, not measured
+here).
+
+Variants:
+  configs/linux.py:small  a 2-core CPU run of about 10 minutes on `linux_small`, the kernel/
+                          and mm/ directories (17 MB): a 2x256 LSTM. Expected: about 1.5
+                          nats per byte, C-shaped text with comments, braces and
+                          identifiers (an estimate, not measured here).
+  configs/linux.py:smoke  seconds; for tests.
+"""
+from configs import common
+
+
+def get_config(arg=None):
+  config = common.corpus_config(
+      arg, name='linux', data={'name': 'linux', 'level': 'byte'},
+      gpu={'num_layers': 3, 'hidden': 640, 'dropout': 0.1, 'batch_size': 100, 'seq_len': 100,
+           'steps': 50_000},
+      small={'num_layers': 2, 'hidden': 256, 'steps': 2500})
+  if arg in ('small', 'smoke'):
+    config.unlock()
+    config.data.name = 'linux_small'
+    config.lock()
+  return config

