@@ -6,7 +6,6 @@ it, so memory does not grow with the corpus. Batches follow char-rnn: the split 
 hidden state can be carried from one batch to the next.
 """
 import argparse
-import codecs
 import dataclasses
 import hashlib
 import json
@@ -108,51 +107,97 @@ def _source_fingerprint(path: str) -> dict:
   return {'size': st.st_size, 'mtime_ns': st.st_mtime_ns}
 
 
-def _decoded_chunks(path: str) -> Iterator[str]:
-  """Yields the UTF-8 text of `path` in chunks; invalid UTF-8 is a UserError naming the offset."""
-  decoder = codecs.getincrementaldecoder('utf-8')('strict')
-  offset = 0
+def _utf8_chunks(path: str, validate: bool = True) -> Iterator[bytes]:
+  """Yields `path` in chunks of about CHUNK_BYTES that end between characters. With `validate`,
+  invalid UTF-8 is a UserError naming its byte offset."""
+  offset, carry = 0, b''
   with open(path, 'rb') as f:
     while True:
       raw = f.read(CHUNK_BYTES)
-      pending = len(decoder.getstate()[0])  # Bytes of a character split across chunks.
-      try:
-        text = decoder.decode(raw, final=not raw)
-      except UnicodeDecodeError as e:
-        at = offset - pending + e.start
-        raise UserError(
-            f'{path} is not valid UTF-8 (byte {at}); train on bytes with '
-            '--config.data.level=byte, or convert the file to UTF-8') from None
-      if text:
-        yield text
+      chunk = carry + raw
+      cut = len(chunk) if not raw else _last_boundary(chunk)
+      chunk, carry = chunk[:cut], chunk[cut:]
+      if validate and not chunk.isascii():
+        try:
+          chunk.decode('utf-8')
+        except UnicodeDecodeError as e:
+          raise UserError(
+              f'{path} is not valid UTF-8 (byte {offset + e.start}); train on bytes with '
+              '--config.data.level=byte, or convert the file to UTF-8') from None
+      if chunk:
+        yield chunk
       if not raw:
         return
-      offset += len(raw)
+      offset += len(chunk)
+
+
+def _last_boundary(data: bytes) -> int:
+  """The offset after the last whole UTF-8 sequence: before a trailing incomplete one, if any."""
+  for back in range(1, min(4, len(data)) + 1):
+    byte = data[-back]
+    if byte < 0x80:
+      return len(data)
+    if byte >= 0xC0:  # A lead byte: its sequence is 2, 3 or 4 bytes long.
+      length = 2 + (byte >= 0xE0) + (byte >= 0xF0)
+      return len(data) - back if back < length else len(data)
+  return len(data)
 
 
 def _code_points(text: str) -> np.ndarray:
   return np.frombuffer(text.encode('utf-32-le', 'surrogatepass'), np.uint32)
 
 
+def _lead_code_points(b: np.ndarray, lead: np.ndarray) -> np.ndarray:
+  """Code points of the multi-byte UTF-8 sequences starting at `lead` in valid UTF-8 `b`."""
+  last = len(b) - 1
+  b0 = b[lead].astype(np.uint32)
+  c1, c2, c3 = (b[np.minimum(lead + k, last)].astype(np.uint32) & 0x3F for k in (1, 2, 3))
+  return np.where(b0 < 0xE0, ((b0 & 0x1F) << 6) | c1,
+                  np.where(b0 < 0xF0, ((b0 & 0x0F) << 12) | (c1 << 6) | c2,
+                           ((b0 & 0x07) << 18) | (c1 << 12) | (c2 << 6) | c3))
+
+
 def _encode_file(path: str, out_path: str, level: str) -> Vocab:
-  """Writes the token file for `path`; two streaming passes in char mode, one in byte mode."""
+  """Writes the token file for `path`; two streaming passes in char mode, one in byte mode.
+
+  Char mode works on UTF-8 bytes rather than decoded text: most characters of most files are
+  ASCII, which `bytes.translate` handles at memory speed, so only the multi-byte sequences go
+  through numpy.
+  """
   if level == 'byte':
     with open(path, 'rb') as src, open(out_path, 'wb') as dst:
       shutil.copyfileobj(src, dst, CHUNK_BYTES)
     return Vocab('byte')
-  counts = np.zeros(MAX_CODE_POINT, np.int64)
-  for text in _decoded_chunks(path):
-    counts += np.bincount(_code_points(text), minlength=MAX_CODE_POINT)
-  present = np.flatnonzero(counts)
-  vocab = Vocab('char', [chr(c) for c in present])
+  present = np.zeros(MAX_CODE_POINT, bool)
+  seen_ascii = b''
+  for chunk in _utf8_chunks(path):
+    new = chunk.translate(None, seen_ascii)  # Multi-byte sequences stay whole.
+    if new:
+      points = _code_points(new.decode('utf-8'))
+      for i in range(0, len(points), 1 << 22):
+        present[points[i:i + (1 << 22)]] = True
+      seen_ascii = bytes(np.flatnonzero(present[:128]).tolist())
+  chars = np.flatnonzero(present)
+  vocab = Vocab('char', [chr(c) for c in chars])
   if vocab.size > LARGE_VOCAB_WARNING:
-    print(f'warning: {path} has {vocab.size} distinct characters; the output layer will be '
-          'large. Consider --config.data.level=byte.', flush=True)
+    print(f'warning: {path} has {vocab.size:,} distinct characters, so the embedding and output '
+          f'layers have {vocab.size:,} rows; consider --config.data.level=byte (256).', flush=True)
   lut = np.zeros(MAX_CODE_POINT, vocab.dtype)
-  lut[present] = np.arange(len(present))
+  lut[chars] = np.arange(len(chars))
+  ascii_ids = np.zeros(256, np.uint8)
+  ascii_ids[:128] = lut[:128]  # Sorted by code point, ASCII characters have the smallest ids.
+  ascii_ids = ascii_ids.tobytes()
   with open(out_path, 'wb') as dst:
-    for text in _decoded_chunks(path):
-      lut[_code_points(text)].tofile(dst)
+    for chunk in _utf8_chunks(path, validate=False):
+      ids = np.frombuffer(chunk.translate(ascii_ids), np.uint8)
+      if chunk.isascii():
+        ids.astype(vocab.dtype, copy=False).tofile(dst)
+        continue
+      b = np.frombuffer(chunk, np.uint8)
+      lead = np.flatnonzero(b >= 0xC0)
+      ids = ids.astype(vocab.dtype)
+      ids[lead] = lut[_lead_code_points(b, lead)]
+      ids[(b < 0x80) | (b >= 0xC0)].tofile(dst)  # Drops continuation bytes.
   return vocab
 
 
