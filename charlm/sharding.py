@@ -13,12 +13,13 @@ from jax.sharding import PartitionSpec as P
 from charlm.errors import UserError
 
 DATA_AXIS = 'data'
+MODEL_AXIS = 'model'  # Size 1 today: the axis an FSDP-style parameter sharding would use.
 
 
 def create_mesh() -> jax.sharding.Mesh:
   # Auto axes: XLA propagates shardings through the model; only inputs and state are pinned.
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.make_mesh((jax.device_count(), 1), (DATA_AXIS, MODEL_AXIS),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
 def check_batch_size(batch_size: int, mesh) -> None:
@@ -55,11 +56,17 @@ def initialize_distributed(coordinator_address: str | None = None,
                            auto: bool = False) -> bool:
   """Joins a multi-process run through jax.distributed; must run before devices are touched.
 
-  Explicit arguments (or JAX_COORDINATOR_ADDRESS in the environment) join that run; `auto` lets
-  JAX detect the cluster (SLURM, TPU pods, Kubernetes, Open MPI). Returns whether it joined.
+  Explicit arguments (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID in the
+  environment) join that run; `auto` lets JAX detect the cluster (SLURM, TPU pods, Kubernetes,
+  Open MPI). Returns whether it joined.
   """
-  if not (coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS') or auto):
+  coordinator_address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
+  if not (coordinator_address or auto):
     return False
+  if num_processes is None and os.environ.get('JAX_NUM_PROCESSES'):
+    num_processes = int(os.environ['JAX_NUM_PROCESSES'])
+  if process_id is None and os.environ.get('JAX_PROCESS_ID'):
+    process_id = int(os.environ['JAX_PROCESS_ID'])
   # CPU devices need a collectives library to talk across processes; GPUs and TPUs bring theirs.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   try:

@@ -154,8 +154,9 @@ def load_checkpoint(workdir: str, step='latest'):
     meta = ckpts.restore_meta(chosen)
     config = ml_collections.ConfigDict(meta['config'])
     vocab = data_lib.Vocab.from_json(meta['vocab'])
-    mesh = jax.make_mesh((1,), (sharding.DATA_AXIS,), devices=jax.local_devices()[:1],
-                         axis_types=(jax.sharding.AxisType.Auto,))
+    mesh = jax.make_mesh((1, 1), (sharding.DATA_AXIS, sharding.MODEL_AXIS),
+                         devices=jax.local_devices()[:1],
+                         axis_types=(jax.sharding.AxisType.Auto,) * 2)
     model, _, init_state = build(config, vocab.size, 1)
     abstract = jax.eval_shape(init_state, jax.random.PRNGKey(0))
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),

@@ -41,11 +41,14 @@ def four_device_run(tmp_path_factory):
 def test_two_processes_match_one_process_with_four_devices(four_device_run, tmp_path):
   args, tmp = four_device_run
   port, workdir = free_port(), tmp_path / 'run'
+  joins = [  # Process 0 joins through flags, process 1 through the environment.
+      ([f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', '--process_id=0'], {}),
+      ([], {'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}', 'JAX_NUM_PROCESSES': '2',
+            'JAX_PROCESS_ID': '1'})]
   procs = [subprocess.Popen(
-      [sys.executable, '-m', 'charlm.train', *args, f'--workdir={workdir}',
-       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
-      cwd=ROOT, env=dict(os.environ, **devices_env(2)), stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True) for i in range(2)]
+      [sys.executable, '-m', 'charlm.train', *args, f'--workdir={workdir}', *flags],
+      cwd=ROOT, env=dict(os.environ, **devices_env(2), **env), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for flags, env in joins]
   try:
     outputs = [p.communicate(timeout=240) for p in procs]
   finally:
