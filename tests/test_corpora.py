@@ -415,3 +415,9 @@ def test_smoke_configs_train_on_a_tiny_corpus(name, tmp_path, monkeypatch):
   config.lock()
   summary = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
   assert summary['step'] == config.train.steps and np.isfinite(summary['val_loss'])
+  if name == 'names':
+    result = subprocess.run(
+        [sys.executable, 'experiments/names_novelty.py', '--workdir', str(tmp_path / 'run'),
+         '--num', '50', '--temperatures', '1.0'], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert '3 distinct training names' in result.stdout and '50' in result.stdout
