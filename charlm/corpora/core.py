@@ -7,6 +7,7 @@ size and sha256. The text is rebuilt when its source changes, and reused otherwi
 """
 import dataclasses
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 
 from charlm.data import CHUNK_BYTES, sha256_file
@@ -95,13 +97,15 @@ def _build(recipe, cache_dir, source, fingerprint, old_meta) -> str:
   root = corpus_dir(cache_dir, recipe.name)
   os.makedirs(root, exist_ok=True)
   out = os.path.join(root, f'{recipe.name}.txt')
-  partial = out + '.partial'
+  partial = _partial(out)
   print(f'preparing {recipe.name} from {source}', flush=True)
   try:
     text = recipe.build(source, partial)
     if text == partial:
       os.replace(partial, out)
       text = out
+    elif os.path.exists(out):
+      os.remove(out)  # The source itself is the text now; drop an older copy.
   finally:
     if os.path.exists(partial):
       os.remove(partial)
@@ -127,13 +131,17 @@ def _verify(recipe, source, fetched, old_meta) -> str:
   it was first fetched. A file given with --source is used as given."""
   digest = sha256_file(source)
   pinned = old_meta and old_meta['source']['path'] == source and old_meta['source']['sha256']
-  expected = recipe.sha256 or (pinned if fetched else '')
-  if expected and digest != expected:
+  if recipe.sha256 and digest != recipe.sha256:
     if fetched:
-      raise UserError(f'{source} has sha256 {digest}, expected {expected}; delete it and run '
+      raise UserError(f'{source} has sha256 {digest}, expected {recipe.sha256}; delete it and run '
                       f'`python -m charlm.data prepare {recipe.name}` to fetch it again')
     print(f'note: {source} is not the published {recipe.filename} (sha256 {digest}, expected '
-          f'{expected}); using it as given', flush=True)
+          f'{recipe.sha256}); using it as given', flush=True)
+  elif fetched and pinned and digest != pinned:
+    meta = os.path.join(os.path.dirname(source), 'meta.json')
+    raise UserError(f'{source} changed since it was first fetched (sha256 {digest}, recorded '
+                    f'{pinned}); to build {recipe.name} from it anyway, delete {meta} and run '
+                    f'`python -m charlm.data prepare {recipe.name}`')
   return digest
 
 
@@ -167,10 +175,16 @@ def _read_meta(root: str) -> dict | None:
   return meta if meta.get('version') == META_VERSION else None
 
 
+def _partial(path: str) -> str:
+  """A temporary name beside `path`, unique to this writer (hosts may share the cache)."""
+  return f'{path}.{uuid.uuid4().hex[:8]}.partial'
+
+
 def _write_json(path, obj):
-  with open(path + '.partial', 'w') as f:
+  partial = _partial(path)
+  with open(partial, 'w') as f:
     json.dump(obj, f, indent=2, ensure_ascii=False)
-  os.replace(path + '.partial', path)
+  os.replace(partial, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,12 +201,12 @@ def _unreachable(recipe: Recipe, what: str, reason: str, dest: str) -> UserError
 def download(recipe: Recipe, dest: str, timeout: float = 60):
   """Streams `recipe.url` to `dest` (through a partial file, so a failed download leaves none)."""
   print(f'downloading {recipe.url}', flush=True)
-  partial = dest + '.partial'
+  partial = _partial(dest)
   request = urllib.request.Request(recipe.url, headers={'User-Agent': 'charlm'})
   try:
     with urllib.request.urlopen(request, timeout=timeout) as response, open(partial, 'wb') as f:
       shutil.copyfileobj(response, f, CHUNK_BYTES)
-  except (urllib.error.URLError, OSError) as e:
+  except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
     if os.path.exists(partial):
       os.remove(partial)
     reason = getattr(e, 'reason', None) or e
