@@ -1,82 +1,203 @@
-"""Compiled text generation: the recurrent step runs inside `lax.scan`, a chunk at a time.
+"""Compiled text generation and scoring for a trained CharRNN.
 
-A chunk of CHUNK characters is one compiled call, so a sample streams to the terminal chunk
-by chunk while the per-character work never returns to Python. The random stream depends only
-on the seed (chunk c uses fold_in(key, c)), so the same seed gives the same text.
+Generation runs CHUNK characters per compiled call with the recurrent step inside `lax.scan`,
+so the per-character work never returns to Python and a sample streams chunk by chunk. The
+step is `CharRNN.apply` for one character with the parameters rearranged for speed (the same
+function, equal up to float rounding): the first layer's input projection of every character
+is looked up in a table computed once per call, instead of an embedding and a matmul per step.
+Tokens are drawn by inverse CDF from uniforms drawn a chunk at a time; they depend only on the
+seed (chunk c uses fold_in(key, c)), so the same seed gives the same text.
 """
 import codecs
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from charlm import model as model_lib
 from charlm.data import Vocab
-from charlm.model import CharRNN
+from charlm.errors import UserError
 
 CHUNK = 128
+TABLE_LIMIT = 1 << 24  # The largest first-layer lookup table, in floats (64 MB).
 
 
-def filter_logits(logits, temperature, top_k: int, top_p):
-  """Scaled logits with everything outside the top-k / nucleus (top-p) set to -inf."""
-  logits = logits.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
+def drop_unknown(vocab: Vocab, text: str, unknown: str = 'error', what: str = 'the prime',
+                 skip_hint: str = '--unknown=skip') -> tuple[str, list[str], int]:
+  """Checks `text` against the vocabulary: (usable text, unknown characters, number dropped).
+
+  unknown='error' raises a UserError that names the characters; 'skip' drops them.
+  """
+  if unknown not in ('error', 'skip'):
+    raise UserError(f"unknown must be 'error' or 'skip', got {unknown!r}")
+  missing = vocab.unknown(text)
+  if not missing:
+    return text, [], 0
+  kept = text.translate({ord(c): None for c in missing})
+  dropped = len(text) - len(kept)
+  if unknown == 'error':
+    raise UserError(f'{what} has {dropped} character{"s" if dropped > 1 else ""} outside the '
+                    f'model\'s vocabulary: {show_chars(missing)}; remove them, or pass '
+                    f'{skip_hint} to drop them')
+  return kept, missing, dropped
+
+
+def show_chars(chars: Sequence[str], limit: int = 10) -> str:
+  shown = ', '.join(repr(c) for c in chars[:limit])
+  return shown + (f' and {len(chars) - limit} more' if len(chars) > limit else '')
+
+
+# ---------------------------------------------------------------------------------------------
+# One character at a time.
+
+@functools.partial(jax.jit, static_argnums=0)
+def step_weights(model: model_lib.CharRNN, params) -> dict:
+  """`params` rearranged for `step`."""
+  layers = []
+  for i in range(model.num_layers):
+    p = params[f'layer{i}']
+    layers.append({'kernel': p['input']['kernel'], 'bias': p['input']['bias'],
+                   'recurrent': p['recurrent'], **{k: p[k] for k in ('recurrent_bias',) if k in p}})
+  first, embedding = layers[0], params['embed']['embedding']
+  if embedding.shape[0] * first['kernel'].shape[1] <= TABLE_LIMIT:
+    first['table'] = embedding @ first.pop('kernel') + first.pop('bias')
+  else:
+    first['embedding'] = embedding
+  return {'layers': layers, 'output': params['output']}
+
+
+def _cell_step(cell: str, layer: dict, carry, gx):
+  if cell == 'lstm':
+    return model_lib.lstm_step(layer['recurrent'], carry, gx)
+  if cell == 'gru':
+    return model_lib.gru_step(layer['recurrent'], layer['recurrent_bias'], carry, gx)
+  return model_lib.rnn_step(layer['recurrent'], carry, gx)
+
+
+def step(model: model_lib.CharRNN, weights: dict, carry, tokens):
+  """tokens [B] -> logits [B, V] and the next carry: `model.apply` on tokens[:, None]."""
+  x, new_carry = None, []
+  for i, layer in enumerate(weights['layers']):
+    if 'table' in layer:
+      gx = layer['table'][tokens]
+    else:
+      gx = (layer['embedding'][tokens] if i == 0 else x) @ layer['kernel'] + layer['bias']
+    layer_carry, x = _cell_step(model.cell, layer, carry[i], gx)
+    new_carry.append(layer_carry)
+  out = weights['output']
+  return x @ out['kernel'] + out['bias'], tuple(new_carry)
+
+
+def choose(u, logits, temperature, top_k: int = 0, top_p=None):
+  """Draws a token per row by inverse CDF from uniforms `u` in (0, 1]; temperature 0 is argmax.
+
+  logits [B, V]; u and temperature [B]. `top_k` (0: off) keeps the k most likely tokens, `top_p`
+  (None: off) the fewest whose probability reaches it, as in nucleus sampling.
+  """
+  t = temperature[:, None]
+  z = logits.astype(jnp.float32) / jnp.maximum(t, 1e-6)
   if top_k:
-    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
-    logits = jnp.where(logits < kth, -jnp.inf, logits)
-  sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
-  probs = jax.nn.softmax(sorted_logits, axis=-1)
-  mass_before = jnp.cumsum(probs, axis=-1) - probs
-  # The smallest logit still inside the nucleus: the most likely token is always kept.
-  cutoff = jnp.min(jnp.where(mass_before < top_p, sorted_logits, jnp.inf), axis=-1, keepdims=True)
-  return jnp.where(logits < cutoff, -jnp.inf, logits)
+    kth = jax.lax.top_k(z, top_k)[0][:, -1:]
+    z = jnp.where(z < kth, -jnp.inf, z)
+  if top_p is not None:
+    ranked = jnp.sort(z, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(ranked, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    # The smallest logit still inside the nucleus; the most likely token is always kept.
+    cutoff = jnp.min(jnp.where(mass_before < top_p, ranked, jnp.inf), axis=-1, keepdims=True)
+    z = jnp.where(z < cutoff, -jnp.inf, z)
+  cdf = jnp.cumsum(jnp.exp(z - z.max(axis=-1, keepdims=True)), axis=-1)
+  # Token k is drawn when cdf[k-1] < u * total <= cdf[k], so a token of probability 0 never is.
+  drawn = jnp.sum(cdf < u[:, None] * cdf[:, -1:], axis=-1)
+  return jnp.where(t[:, 0] > 0, drawn, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
 
 
-def choose(key, logits, temperature, top_k: int, top_p):
-  """Samples one token per row; temperature 0 means argmax."""
-  sampled = jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p))
-  return jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
+@functools.partial(jax.jit, static_argnums=(0, 7, 8))
+def _generate_chunk(model, weights, carry, last, key, temperature, top_p, top_k, nucleus):
+  us = 1.0 - jax.random.uniform(key, (CHUNK, last.shape[0]))
 
+  def body(state, u):
+    carry, last = state
+    logits, carry = step(model, weights, carry, last)
+    token = choose(u, logits, temperature, top_k, top_p if nucleus else None)
+    return (carry, token), token
+
+  (carry, last), tokens = jax.lax.scan(body, (carry, last), us)
+  return carry, last, tokens.T
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _feed_chunk(model, weights, carry, tokens, valid):
+  """Reads tokens [B, CHUNK] (steps where `valid` is False leave the carry as it was).
+
+  Returns the carry and the log-probabilities [B, CHUNK, V] of the token after each.
+  """
+  def body(carry, inputs):
+    token, ok = inputs
+    logits, new_carry = step(model, weights, carry, token)
+    carry = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_carry, carry)
+    return carry, jax.nn.log_softmax(logits.astype(jnp.float32))
+
+  carry, log_probs = jax.lax.scan(body, carry, (tokens.T, valid))
+  return carry, jnp.swapaxes(log_probs, 0, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Text.
 
 class Sampler:
-  """Generates text from a CharRNN's parameters."""
+  """Generates and scores text with a CharRNN's parameters.
 
-  def __init__(self, model: CharRNN, vocab: Vocab):
+  A sample continues `prime`; an empty prime starts as if after a newline (token 0 if the
+  vocabulary has no newline).
+  """
+
+  def __init__(self, model: model_lib.CharRNN, vocab: Vocab):
     self.model, self.vocab = model, vocab
+    newline = vocab.encode('\n') if not vocab.unknown('\n') else [0]
+    self.start_token = int(newline[0])
 
-  @functools.partial(jax.jit, static_argnums=(0,))
-  def _prime(self, params, tokens):
-    carry = self.model.initial_carry(tokens.shape[0])
-    _, carry = self.model.apply({'params': params}, tokens, carry)
-    return carry
+  def _feed(self, weights, carry, ids: np.ndarray):
+    """Reads token ids [B, n] from `carry`: the new carry and log-probabilities per chunk."""
+    log_probs = []
+    for begin in range(0, ids.shape[1], CHUNK):
+      piece = ids[:, begin:begin + CHUNK]
+      n = piece.shape[1]
+      padded = np.pad(piece, ((0, 0), (0, CHUNK - n)))
+      carry, lp = _feed_chunk(self.model, weights, carry, padded, np.arange(CHUNK) < n)
+      log_probs.append(lp[:, :n])
+    return carry, log_probs
 
-  @functools.partial(jax.jit, static_argnums=(0, 7))
-  def _chunk(self, params, carry, last, key, temperature, top_p, top_k):
-    def step(state, key):
-      carry, last = state
-      logits, carry = self.model.apply({'params': params}, last[:, None], carry)
-      token = choose(key, logits[:, 0], temperature, top_k, top_p)
-      return (carry, token), token
-    (carry, last), tokens = jax.lax.scan(step, (carry, last), jax.random.split(key, CHUNK))
-    return carry, last, tokens.T
+  def generate(self, params, prime_ids, length: int, temperature=1.0, top_k: int = 0,
+               top_p: float = 1.0, seed: int = 0, num_samples: int = 1) -> Iterator[np.ndarray]:
+    """Yields [num_samples, n] arrays of new token ids, chunk by chunk, `length` in total.
 
-  def generate(self, params, prime_ids, length: int, temperature=1.0, top_k=0, top_p=1.0,
-               seed=0, num_samples=1) -> Iterator[np.ndarray]:
-    """Yields [num_samples, n] arrays of new token ids, chunk by chunk, `length` in total."""
-    prime_ids = np.asarray(prime_ids, np.int32).reshape(-1)
-    if len(prime_ids) == 0:
-      prime_ids = np.zeros(1, np.int32)  # No prime: start from a zero state and token 0.
-    batch = np.broadcast_to(prime_ids, (num_samples, len(prime_ids)))
-    carry = self._prime(params, jnp.asarray(batch[:, :-1]))
-    last = jnp.asarray(batch[:, -1])
+    `temperature` is one number or one per sample.
+    """
+    temps = np.broadcast_to(np.asarray(temperature, np.float32), (num_samples,))
+    check_options(length, temps, top_k, top_p, num_samples)
+    top_k = 0 if top_k >= self.vocab.size else int(top_k)
+    weights = step_weights(self.model, params)
+    ids = np.asarray(prime_ids, np.int32).reshape(-1)
+    if len(ids) == 0:
+      ids = np.array([self.start_token], np.int32)
+    carry, _ = self._feed(weights, self.model.initial_carry(1), ids[None, :-1])
+    carry = jax.tree.map(lambda c: jnp.repeat(c, num_samples, axis=0), carry)
+    last = jnp.full((num_samples,), ids[-1], jnp.int32)
     key = jax.random.PRNGKey(seed)
-    done, index = 0, 0
+    pending, index, done = None, 0, 0
     while done < length:
-      carry, last, tokens = self._chunk(params, carry, last, jax.random.fold_in(key, index),
-                                        jnp.float32(temperature), jnp.float32(top_p), int(top_k))
-      tokens = np.asarray(tokens)[:, :length - done]
-      done, index = done + tokens.shape[1], index + 1
-      yield tokens
+      carry, last, tokens = _generate_chunk(
+          self.model, weights, carry, last, jax.random.fold_in(key, index), temps,
+          jnp.float32(top_p), top_k, top_p < 1)
+      if pending is not None:  # The next chunk is already dispatched while this one is read.
+        yield np.asarray(pending[0])[:, :pending[1]]
+      n = min(CHUNK, length - done)
+      pending, index, done = (tokens, n), index + 1, done + n
+    if pending is not None:
+      yield np.asarray(pending[0])[:, :pending[1]]
 
   def stream_text(self, params, prime: str, length: int, **kwargs) -> Iterator[list[str]]:
     """Like `generate`, but yields decoded text per sample (bytes split across chunks held)."""
@@ -93,6 +214,33 @@ class Sampler:
 
   def sample(self, params, prime: str, length: int, **kwargs) -> list[str]:
     """Whole samples (prime included), one string per sample."""
-    pieces = list(self.stream_text(params, prime, length, **kwargs))
     num = kwargs.get('num_samples', 1)
+    pieces = list(self.stream_text(params, prime, length, **kwargs))
     return [prime + ''.join(p[i] for p in pieces) for i in range(num)]
+
+  def logprobs(self, params, ids) -> np.ndarray:
+    """log p(ids[i] | ids[:i]) for every i, in nats; ids[0] is read after the start token."""
+    ids = np.asarray(ids, np.int32).reshape(-1)
+    if len(ids) == 0:
+      return np.zeros(0, np.float32)
+    inputs = np.concatenate([[self.start_token], ids[:-1]]).astype(np.int32)
+    _, chunks = self._feed(step_weights(self.model, params), self.model.initial_carry(1),
+                           inputs[None])
+    log_probs = np.concatenate([np.asarray(c[0]) for c in chunks])
+    return np.take_along_axis(log_probs, ids[:, None], axis=1)[:, 0]
+
+
+def check_options(length, temperature, top_k, top_p, num_samples):
+  """Raises a UserError for a sampling option out of range."""
+  temperatures = np.asarray(temperature, np.float32)
+  if int(length) != length or length < 0:
+    raise UserError(f'length must be a whole number of characters >= 0, got {length}')
+  if not np.all(np.isfinite(temperatures)) or np.any(temperatures < 0):
+    raise UserError(f'temperature must be >= 0 (0: always the most likely character), got '
+                    f'{temperature}')
+  if int(top_k) != top_k or top_k < 0:
+    raise UserError(f'top_k must be a whole number >= 0 (0: off), got {top_k}')
+  if not 0 < top_p <= 1:
+    raise UserError(f'top_p must be in (0, 1] (1: off), got {top_p}')
+  if int(num_samples) != num_samples or num_samples < 1:
+    raise UserError(f'num_samples must be a whole number >= 1, got {num_samples}')

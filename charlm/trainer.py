@@ -22,7 +22,7 @@ from charlm import sharding
 from charlm.checkpoint import Checkpoints
 from charlm.errors import UserError
 from charlm.metrics import MetricWriter
-from charlm.sampling import Sampler
+from charlm.sampling import Sampler, drop_unknown
 
 LN2 = math.log(2)
 SHAPE_KEYS = ('cell', 'num_layers', 'hidden', 'embed')
@@ -131,26 +131,37 @@ def state_shardings(abstract, mesh):
 def load_checkpoint(workdir: str, step='latest'):
   """Loads a run for inference: (config, vocab, model, params, step) from its workdir.
 
-  `step` is 'latest', 'best' or a step number. Works on any device, whatever trained it.
+  `step` is 'latest', 'best', a step number, or None: the best if there is one, else the
+  latest. Works on any device, whatever trained it.
   """
+  if not os.path.isdir(workdir):
+    raise UserError(f'workdir {workdir} does not exist; pass the --workdir of a training run '
+                    '(python -m charlm.train --config ... --workdir DIR)')
   directory = os.path.join(workdir, 'checkpoints')
+  untrained = UserError(f'no checkpoints in {workdir}; train first with python -m charlm.train '
+                        f'--config ... --workdir {workdir}, or check the --workdir')
   if not os.path.isdir(directory):
-    raise UserError(f'no checkpoints in {workdir}; train first with python -m charlm.train '
-                    f'--config ... --workdir {workdir}')
+    raise untrained
   ckpts = Checkpoints(directory, read_only=True)
   try:
     steps = ckpts.all_steps()
     if not steps:
-      raise UserError(f'no checkpoints in {workdir}; train first, or check the --workdir')
-    if step == 'latest':
+      raise untrained
+    best = ckpts.best_step()
+    if step is None:
+      chosen = ckpts.latest_step() if best is None else best
+    elif step == 'latest':
       chosen = ckpts.latest_step()
     elif step == 'best':
-      chosen = ckpts.best_step()
+      if best is None:
+        raise UserError(f'{workdir} has no checkpoint with a validation loss, so no best one; '
+                        'use --step latest or a step number')
+      chosen = best
     else:
-      chosen = int(step)
+      chosen = int(step) if str(step).isdigit() else None
       if chosen not in steps:
-        raise UserError(f'no checkpoint at step {chosen} in {workdir}; it has steps '
-                        f'{sorted(steps)}')
+        raise UserError(f'no checkpoint at step {step} in {workdir}; choose latest, best or one '
+                        f'of the steps {", ".join(map(str, sorted(steps)))}')
     meta = ckpts.restore_meta(chosen)
     config = ml_collections.ConfigDict(meta['config'])
     vocab = data_lib.Vocab.from_json(meta['vocab'])
@@ -406,16 +417,23 @@ def _fetch(pending):
 
 
 def _usable_prime(vocab, prime: str) -> str:
-  return ''.join(c for c in prime if not vocab.unknown(c))
+  return drop_unknown(vocab, prime, 'skip')[0]
 
 
 def _write_samples(writer, sampler, params, config, step, val_loss):
+  """Writes a sample per train.sample_temperatures to TensorBoard and samples.md.
+
+  All temperatures are one batch from a fixed prime and seed, so successive steps compare.
+  """
   tc = config.train
-  prime = _usable_prime(sampler.vocab, tc.sample_prime)
+  temperatures = list(tc.sample_temperatures)
+  if not temperatures:
+    return
+  texts = sampler.sample(params, _usable_prime(sampler.vocab, tc.sample_prime), tc.sample_length,
+                         temperature=temperatures, seed=tc.seed, num_samples=len(temperatures))
   head = f'## step {step}' + (f', val loss {val_loss:.4f}' if val_loss is not None else '')
   parts = [head + '\n']
-  for t in tc.sample_temperatures:
-    text = sampler.sample(params, prime, tc.sample_length, temperature=t, seed=tc.seed)[0]
+  for t, text in zip(temperatures, texts, strict=True):
     writer.text(step, f'samples/temperature_{t}', text)
     indented = '\n'.join('    ' + line for line in text.split('\n'))
     parts.append(f'\ntemperature {t}:\n\n{indented}\n')
