@@ -1,0 +1,140 @@
+"""A trained model in Python, for notebooks and scripts.
+
+    import charlm
+    model = charlm.load('runs/shakespeare_small')
+    print(model.sample(prime='ROMEO:', length=300, temperature=0.8, seed=0))
+    model.logprobs('To be, or not to be')  # log-probability of each character, in nats
+    model.evaluate(split='test')  # {'chars': ..., 'loss': ..., 'bpc': ..., 'perplexity': ...}
+"""
+import math
+import os
+import secrets
+
+import jax
+import numpy as np
+
+from charlm import data as data_lib
+from charlm import trainer
+from charlm.errors import UserError
+from charlm.sampling import Sampler, drop_unknown
+
+SKIP_HINT = "unknown='skip'"
+
+
+class Model:
+  """A run's checkpoint loaded for inference.
+
+  Attributes: workdir, step (of the checkpoint), config, vocab, module (the flax CharRNN) and
+  params. Characters outside the vocabulary raise a UserError that names them, or with
+  unknown='skip' are dropped.
+  """
+
+  def __init__(self, workdir: str, step=None):
+    self.workdir = workdir
+    self.config, self.vocab, self.module, self.params, self.step = trainer.load_checkpoint(
+        workdir, step)
+    self._sampler = Sampler(self.module, self.vocab)
+
+  def __repr__(self):
+    m = self.module
+    return (f'<charlm model {self.workdir} at step {self.step}: {m.num_layers}x{m.hidden} '
+            f'{m.cell}, {self.vocab.level} vocabulary of {self.vocab.size}>')
+
+  def sample(self, prime: str = '', length: int = 500, temperature: float = 1.0,
+             top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+             unknown: str = 'error') -> str:
+    """The prime followed by `length` generated characters (bytes for a byte-level model).
+
+    temperature 0 always takes the most likely character; top_k keeps only the k most likely
+    (0: all), top_p the fewest whose probability reaches it (1: all). The same seed gives the
+    same text; seed None picks one at random. An empty prime starts as if after a newline.
+    """
+    return self.samples(1, prime, length, temperature, top_k, top_p, seed, unknown)[0]
+
+  def samples(self, num_samples: int, prime: str = '', length: int = 500,
+              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+              seed: int | None = None, unknown: str = 'error') -> list[str]:
+    """`num_samples` samples generated in parallel as one batch; see `sample`."""
+    prime = drop_unknown(self.vocab, prime, unknown, 'the prime', SKIP_HINT)[0]
+    return self._sampler.sample(
+        self.params, prime, length, temperature=temperature, top_k=top_k, top_p=top_p,
+        seed=secrets.randbelow(2 ** 31) if seed is None else seed, num_samples=num_samples)
+
+  def logprobs(self, text: str, unknown: str = 'error') -> np.ndarray:
+    """log p(character i | characters before it) for every character of `text`, in nats.
+
+    The first character is scored as if after a newline, as a sample with an empty prime
+    starts. One value per byte of the UTF-8 text for a byte-level model.
+    """
+    text = drop_unknown(self.vocab, text, unknown, 'the text', SKIP_HINT)[0]
+    return self._sampler.logprobs(self.params, self.vocab.encode(text))
+
+  def evaluate(self, split: str | None = None, file: str | None = None, batch_size: int = 0,
+               unknown: str = 'error', skip_hint: str = SKIP_HINT) -> dict:
+    """Scores a split of the run's corpus (default: test) or a UTF-8 text file.
+
+    Reads the text as training reads its validation split: in `batch_size` contiguous streams
+    (default: the run's), seq_len characters at a time, carrying the hidden state; so split
+    'val' gives the number training logged (when it evaluated the whole split). Returns chars
+    (scored), loss (nats/char), bpc, perplexity, and for a file how many characters it skipped.
+    """
+    if split and file:
+      raise UserError('give a split or a file, not both')
+    result = {'workdir': self.workdir, 'step': self.step}
+    if file:
+      tokens, missing, skipped = self._file_tokens(file, unknown, skip_hint)
+      what = file
+      result.update(file=file, skipped=skipped, skipped_chars=missing)
+    else:
+      split = split or 'test'
+      if split not in ('train', 'val', 'test'):
+        raise UserError(f'unknown split {split!r}; use train, val or test')
+      tokens = self._split_tokens(split)
+      what = f'the {split} split'
+      result['split'] = split
+    if len(tokens) < 2:
+      raise UserError(f'{what} has {len(tokens)} characters; scoring needs at least 2')
+    batch = batch_size or self.config.train.batch_size
+    if file:  # A short file is read in fewer streams rather than refused.
+      batch = min(batch, len(tokens) - 1)
+    mesh = jax.tree.leaves(self.params)[0].sharding.mesh
+    evaluator = trainer.Evaluator(self.module, mesh, batch, self.config.train.seq_len)
+    scores = evaluator(self.params, tokens, what=what)
+    result.update(chars=scores['chars'], loss=scores['loss'], bpc=scores['bpc'],
+                  perplexity=math.exp(scores['loss']), batch_size=batch)
+    return result
+
+  def _file_tokens(self, path: str, unknown: str, skip_hint: str):
+    try:
+      with open(path, 'rb') as f:
+        raw = f.read()
+    except OSError as e:
+      raise UserError(f'cannot read {path}: {e.strerror}') from None
+    if self.vocab.level == 'byte':
+      return np.frombuffer(raw, np.uint8).astype(np.int32), [], 0
+    try:
+      text = raw.decode('utf-8')
+    except UnicodeDecodeError as e:
+      raise UserError(f'{path} is not valid UTF-8 (byte {e.start}); convert it to UTF-8, or '
+                      'score it with a byte-level model') from None
+    text, missing, skipped = drop_unknown(self.vocab, text, unknown, path, skip_hint)
+    return self.vocab.encode(text), missing, skipped
+
+  def _split_tokens(self, split: str) -> np.ndarray:
+    data = self.config.data
+    if data.path and not os.path.isfile(os.path.expanduser(data.path)):
+      raise UserError(f'the run was trained on {data.path}, which is not there from here; run '
+                      'from the directory training ran in, or score a file instead')
+    corpus = data_lib.load_corpus(data)
+    if corpus.vocab != self.vocab:
+      raise UserError(f'{corpus.source} no longer has the characters the model was trained on '
+                      '(the text changed since training); score a file instead')
+    return data_lib.split(corpus.tokens, data.split)[split]
+
+
+def load(workdir: str, step=None) -> Model:
+  """Loads a run's checkpoint for sampling and scoring; on a CPU too, whatever trained it.
+
+  `step` is 'latest', 'best', a step number, or None: the best if there is one, else the latest.
+  """
+  return Model(workdir, step)
