@@ -10,9 +10,10 @@ nanoGPT). The GPU model is the seed's: a 3-layer LSTM of 512 units (6.4M paramet
 estimate, not measured here).
 
 Variants:
-  configs/tinyshakespeare.py:small  a 2-core CPU run of about 10 minutes (2x256). Expected:
-                                    about 1.65 nats/char and Shakespeare-shaped text (an
-                                    estimate, not measured here).
+  configs/tinyshakespeare.py:small  a 2-core CPU run of about 10 minutes (2x256, 2.5k steps).
+                                    Measured here: validation loss 1.555 nats/char (2.24 bpc)
+                                    on 50 batches (102k of the 111,540 validation characters),
+                                    with speaker names and verse-shaped lines in its samples.
   configs/tinyshakespeare.py:smoke  seconds; for tests (split 90/10 by fractions, so any
                                     small file does).
 """
