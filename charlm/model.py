@@ -1,16 +1,25 @@
 """The character-level recurrent network: embedding, stacked LSTM/GRU/RNN layers, softmax.
 
-Each layer computes its input projection for all timesteps as one large matmul before the
-loop; inside `lax.scan` only the recurrent matmul (all gates fused into one) and the gate
-arithmetic remain. The carry (hidden state) comes in and goes out, so it flows across batches.
+Inside, sequences are time-major ([T, B, ...]), the layout `lax.scan` loops over. Each layer
+computes its input projection for all timesteps as one large matmul before the loop; for the
+first layer that is a lookup in a [vocab, gates] table (the embedding times the input kernel,
+computed once per call, when the vocabulary is smaller than the batch's characters). Inside
+the loop only the recurrent matmul (all gates fused into one) and the gate arithmetic remain.
+LSTM layers train through `lstm_kernel.lstm`, whose hand-written backward pass computes the
+weight gradients as large matmuls over all timesteps (impl='fused'); impl='scan' is plain
+autodiff through `lax.scan` (the reference). The carry (hidden state) comes in and goes out,
+so it flows across batches.
 """
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from charlm import lstm_kernel
 from charlm.errors import UserError
 
 CELLS = ('lstm', 'gru', 'rnn')
+IMPLS = ('fused', 'scan')
+DTYPES = ('float32', 'bfloat16')
 
 
 def lstm_step(w_h, carry, gx):
@@ -37,12 +46,18 @@ def rnn_step(w_h, carry, gx):
 
 
 class Recurrent(nn.Module):
-  """One recurrent layer over a [batch, time, features] sequence."""
+  """One recurrent layer over a time-major [T, B, features] sequence.
+
+  With `tokens` [T, B], `xs` is instead an embedding table [vocab, features]: the layer
+  projects the table and looks each token's row up.
+  """
   cell: str
   hidden: int
+  impl: str = 'fused'
+  dtype: str = 'float32'
 
   @nn.compact
-  def __call__(self, carry, xs):
+  def __call__(self, carry, xs, tokens=None):
     gates = {'lstm': 4, 'gru': 3, 'rnn': 1}[self.cell]
     h = self.hidden
 
@@ -51,8 +66,14 @@ class Recurrent(nn.Module):
         return jnp.zeros(shape, dtype).at[h:2 * h].set(1.0)
       return jnp.zeros(shape, dtype)
 
-    gx = nn.Dense(gates * h, bias_init=bias_init, name='input')(xs)
+    gx = nn.Dense(gates * h, bias_init=bias_init, dtype=self.dtype, name='input')(xs)
+    gx = gx.astype(jnp.float32)
+    if tokens is not None:
+      gx = jnp.take(gx, tokens, axis=0)
     w_h = self.param('recurrent', nn.initializers.orthogonal(), (h, gates * h))
+    if self.cell == 'lstm' and self.impl == 'fused':
+      hs, c, h_last = lstm_kernel.lstm(gx, w_h.astype(self.dtype), *carry)
+      return (c, h_last), hs
     if self.cell == 'lstm':
       step = lambda c, x: lstm_step(w_h, c, x)
     elif self.cell == 'gru':
@@ -60,8 +81,7 @@ class Recurrent(nn.Module):
       step = lambda c, x: gru_step(w_h, b_h, c, x)
     else:
       step = lambda c, x: rnn_step(w_h, c, x)
-    carry, hs = jax.lax.scan(step, carry, jnp.swapaxes(gx, 0, 1))
-    return carry, jnp.swapaxes(hs, 0, 1)
+    return jax.lax.scan(step, carry, gx)
 
 
 class CharRNN(nn.Module):
@@ -72,19 +92,27 @@ class CharRNN(nn.Module):
   hidden: int = 128
   embed: int = 0
   dropout: float = 0.0
+  impl: str = 'fused'
+  dtype: str = 'float32'
 
   @nn.compact
   def __call__(self, tokens, carry, train: bool = False):
-    x = nn.Embed(self.vocab_size, self.embed or self.hidden, name='embed')(tokens)
+    embed = nn.Embed(self.vocab_size, self.embed or self.hidden, name='embed')
+    tokens = tokens.T
     new_carry = []
     for layer in range(self.num_layers):
-      if layer > 0:
+      recurrent = Recurrent(self.cell, self.hidden, self.impl, self.dtype, name=f'layer{layer}')
+      if layer == 0 and self.vocab_size <= tokens.size:
+        c, x = recurrent(carry[0], embed.embedding, tokens=tokens)
+      elif layer == 0:
+        c, x = recurrent(carry[0], embed(tokens))
+      else:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-      c, x = Recurrent(self.cell, self.hidden, name=f'layer{layer}')(carry[layer], x)
+        c, x = recurrent(carry[layer], x)
       new_carry.append(c)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    logits = nn.Dense(self.vocab_size, name='output')(x)
-    return logits, tuple(new_carry)
+    logits = nn.Dense(self.vocab_size, dtype=self.dtype, name='output')(x)
+    return jnp.swapaxes(logits, 0, 1), tuple(new_carry)
 
   def initial_carry(self, batch_size: int):
     """Zero hidden state: per layer (c, h) for an LSTM, (h,) for a GRU or RNN."""
@@ -96,9 +124,14 @@ class CharRNN(nn.Module):
 def from_config(model_config, vocab_size: int) -> CharRNN:
   if model_config.cell not in CELLS:
     raise UserError(f'unknown model.cell {model_config.cell!r}; use one of {", ".join(CELLS)}')
+  impl, dtype = model_config.get('impl', 'fused'), model_config.get('dtype', 'float32')
+  if impl not in IMPLS:
+    raise UserError(f'unknown model.impl {impl!r}; use one of {", ".join(IMPLS)}')
+  if dtype not in DTYPES:
+    raise UserError(f'unknown model.dtype {dtype!r}; use one of {", ".join(DTYPES)}')
   return CharRNN(vocab_size=vocab_size, cell=model_config.cell,
                  num_layers=model_config.num_layers, hidden=model_config.hidden,
-                 embed=model_config.embed, dropout=model_config.dropout)
+                 embed=model_config.embed, dropout=model_config.dropout, impl=impl, dtype=dtype)
 
 
 def count_params(params) -> int:

@@ -24,6 +24,12 @@ def get_config(arg=None):
   config.model.hidden = 128
   config.model.embed = 0  # Embedding size; 0 means the same as `hidden`.
   config.model.dropout = 0.0  # Between layers and before the output layer, as in char-rnn.
+  # LSTM training: 'fused' (a hand-written backward pass with the weight gradients as large
+  # matmuls; fast) or 'scan' (autodiff through lax.scan; the reference). Same parameters.
+  config.model.impl = 'fused'
+  # Matmul inputs: 'float32', or 'bfloat16' for GPUs/TPUs (parameters, state and the gate
+  # arithmetic stay float32). Slower on CPUs without bf16 units.
+  config.model.dtype = 'float32'
 
   config.train = ml_collections.ConfigDict()
   config.train.steps = 1000  # Total optimizer steps; rerunning a finished run with more resumes it.

@@ -1,0 +1,210 @@
+"""The model: shapes, initial loss, and the fast LSTM path against plain references."""
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from charlm import lstm_kernel
+from charlm import model as model_lib
+from charlm.errors import UserError
+
+VOCAB = 11
+
+
+def init(model, seed=0):
+  return jax.jit(model.init)(jax.random.PRNGKey(seed), jnp.zeros((1, 1), jnp.int32),
+                             model.initial_carry(1))['params']
+
+
+def random_like(tree, scale=0.5, seed=0):
+  """Random normal arrays shaped like `tree` (numpy: quick, where model.init compiles slowly)."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda x: jnp.asarray(scale * rng.standard_normal(x.shape), x.dtype), tree)
+
+
+def random_tokens(shape, vocab=VOCAB, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).integers(0, vocab, shape), jnp.int32)
+
+
+def random_params(model, seed=0):
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32),
+                          model.initial_carry(1))['params']
+  return random_like(shapes, seed=seed)
+
+
+def random_carry(model, batch, seed=1):
+  return random_like(model.initial_carry(batch), seed=seed)
+
+
+def reference_step(cell, p, state, gx):
+  """One step of each cell as textbooks write it: a sigmoid or tanh per gate."""
+  sig = jax.nn.sigmoid
+  if cell == 'lstm':
+    c, h = state
+    i, f, g, o = jnp.split(gx + h @ p['recurrent'], 4, axis=-1)
+    c = sig(f) * c + sig(i) * jnp.tanh(g)
+    return c, sig(o) * jnp.tanh(c)
+  (h,) = state
+  if cell == 'gru':
+    xr, xz, xn = jnp.split(gx, 3, axis=-1)
+    hr, hz, hn = jnp.split(h @ p['recurrent'] + p['recurrent_bias'], 3, axis=-1)
+    r, z = sig(xr + hr), sig(xz + hz)
+    return ((1 - z) * jnp.tanh(xn + r * hn) + z * h,)
+  return (jnp.tanh(gx + h @ p['recurrent']),)
+
+
+def reference_apply(cell, params, tokens, carry):
+  """The model written plainly: embedding, then per layer a scan of `reference_step`."""
+  x = jnp.swapaxes(params['embed']['embedding'][tokens], 0, 1)
+  new_carry = []
+  for layer, state in enumerate(carry):
+    p = params[f'layer{layer}']
+    step = lambda s, x_t, p=p: (reference_step(cell, p, s, x_t @ p['input']['kernel']
+                                                + p['input']['bias']),) * 2
+    state, states = jax.lax.scan(step, tuple(state), x)
+    new_carry.append(state)
+    x = states[-1]
+  out = params['output']
+  return jnp.swapaxes(x @ out['kernel'] + out['bias'], 0, 1), tuple(new_carry)
+
+
+def loss_with_carry(apply, tokens, targets):
+  """A loss that reaches every output: the logits and the final carry."""
+  def loss(params, carry):
+    logits, new_carry = apply(params, tokens, carry)
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1).mean()
+    return nll + sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(new_carry))
+  return loss
+
+
+def assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize('cell', ['lstm', 'gru', 'rnn'])
+def test_shapes(cell):
+  model = model_lib.CharRNN(VOCAB, cell, num_layers=2, hidden=8, embed=5)
+  params = init(model) if cell == 'lstm' else random_params(model)
+  logits, carry = jax.jit(model.apply)({'params': params}, jnp.zeros((3, 7), jnp.int32),
+                                       model.initial_carry(3))
+  assert logits.shape == (3, 7, VOCAB)
+  per_layer = 2 if cell == 'lstm' else 1
+  assert [len(c) for c in carry] == [per_layer] * 2
+  assert all(x.shape == (3, 8) for x in jax.tree.leaves(carry))
+  assert jax.tree.structure(carry) == jax.tree.structure(model.initial_carry(3))
+  assert params['embed']['embedding'].shape == (VOCAB, 5)
+  if cell == 'lstm':
+    np.testing.assert_array_equal(params['layer0']['input']['bias'],
+                                  np.repeat([0.0, 1.0, 0.0, 0.0], 8))  # i, f, g, o
+
+
+def test_initial_loss_is_about_ln_vocab():
+  vocab = 65
+  model = model_lib.CharRNN(vocab, 'lstm', num_layers=2, hidden=64)
+  tokens = random_tokens((8, 32), vocab, seed=2)
+  logits, _ = jax.jit(model.apply)({'params': init(model)}, tokens, model.initial_carry(8))
+  loss = -jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.roll(tokens, -1, 1)[..., None],
+                              -1).mean()
+  assert abs(float(loss) - math.log(vocab)) < 0.1
+
+
+def test_fused_lstm_matches_autodiff_of_plain_lstm():
+  """The hand-written backward pass against jax.grad of a textbook LSTM, all inputs."""
+  t, b, h = 4, 3, 5
+  gx, w_h, c0, h0, weights = random_like(
+      [jnp.zeros((t, b, 4 * h)), jnp.zeros((h, 4 * h)), jnp.zeros((b, h)), jnp.zeros((b, h)),
+       jnp.zeros((t, b, h))], scale=1.0, seed=3)
+
+  def plain(gx, w_h, c0, h0):
+    step = lambda state, gx_t: (reference_step('lstm', {'recurrent': w_h}, state, gx_t),) * 2
+    (c, hh), (_, hs) = jax.lax.scan(step, (c0, h0), gx)
+    return hs, c, hh
+
+  def loss(fn):
+    def f(*args):
+      hs, c, hh = fn(*args)
+      return jnp.sum(hs * weights) + jnp.sum(jnp.cos(c)) + jnp.sum(hh ** 2)
+    return f
+
+  args = (gx, w_h, c0, h0)
+  assert_trees_close(jax.jit(lstm_kernel.lstm)(*args), jax.jit(plain)(*args))
+  grad = lambda fn: jax.jit(jax.grad(loss(fn), argnums=(0, 1, 2, 3)))
+  assert_trees_close(grad(lstm_kernel.lstm)(*args), grad(plain)(*args))
+
+
+@pytest.mark.parametrize('cell,impl,batch,seq', [
+    ('lstm', 'fused', 2, 6),  # The first layer looks its input projection up in a table ...
+    ('lstm', 'fused', 1, 3),  # ... unless the vocabulary is larger than the batch (3 < VOCAB).
+    ('lstm', 'scan', 2, 6), ('gru', 'scan', 2, 6), ('rnn', 'scan', 2, 6)])
+def test_model_and_gradients_match_reference(cell, impl, batch, seq):
+  model = model_lib.CharRNN(VOCAB, cell, num_layers=2, hidden=6, embed=4, impl=impl)
+  params = random_params(model)
+  tokens = random_tokens((batch, seq), VOCAB, seed=4)
+  targets = jnp.roll(tokens, -1, axis=1)
+  carry = random_carry(model, batch)
+  apply = lambda p, x, c: model.apply({'params': p}, x, c)
+  ref = lambda p, x, c: reference_apply(cell, p, x, c)
+  assert_trees_close(jax.jit(apply)(params, tokens, carry), jax.jit(ref)(params, tokens, carry))
+  grad = lambda f: jax.jit(jax.grad(loss_with_carry(f, tokens, targets), argnums=(0, 1)))
+  assert_trees_close(grad(apply)(params, carry), grad(ref)(params, carry))
+
+
+def test_fused_and_scan_agree_with_dropout():
+  """Same masks (same rng), same gradients: dropout sits outside the fused recurrence."""
+  tokens = random_tokens((4, 6), VOCAB, seed=5)
+  targets = jnp.roll(tokens, -1, axis=1)
+  results = []
+  for impl in ('fused', 'scan'):
+    model = model_lib.CharRNN(VOCAB, 'lstm', num_layers=2, hidden=8, dropout=0.5, impl=impl)
+    apply = lambda p, x, c, model=model: model.apply(
+        {'params': p}, x, c, train=True, rngs={'dropout': jax.random.PRNGKey(6)})
+    params, carry = random_params(model), random_carry(model, 4)
+    results.append(jax.jit(jax.value_and_grad(loss_with_carry(apply, tokens, targets)))(
+        params, carry))
+  assert_trees_close(*results)
+
+
+def test_carry_continues_a_sequence():
+  model = model_lib.CharRNN(VOCAB, 'lstm', num_layers=2, hidden=8)
+  params = random_params(model)
+  tokens = random_tokens((2, 12), VOCAB, seed=7)
+  apply = jax.jit(lambda x, c: model.apply({'params': params}, x, c))
+  whole, carry = apply(tokens, model.initial_carry(2))
+  first, mid = apply(tokens[:, :6], model.initial_carry(2))
+  second, end = apply(tokens[:, 6:], mid)
+  assert_trees_close(jnp.concatenate([first, second], axis=1), whole)
+  assert_trees_close(end, carry)
+
+
+def test_bfloat16_matmuls_stay_close():
+  tokens = random_tokens((4, 8), VOCAB, seed=8)
+  targets = jnp.roll(tokens, -1, axis=1)
+  losses = []
+  for dtype in ('float32', 'bfloat16'):
+    model = model_lib.CharRNN(VOCAB, 'lstm', num_layers=2, hidden=16, dtype=dtype)
+    params = jax.tree.map(lambda x: 0.2 * x, random_params(model))
+    apply = lambda p, x, c, model=model: model.apply({'params': p}, x, c)
+    loss, grads = jax.jit(jax.value_and_grad(loss_with_carry(apply, tokens, targets)))(
+        params, model.initial_carry(4))
+    assert jax.tree.map(lambda x: x.dtype, grads) == jax.tree.map(lambda x: x.dtype, params)
+    losses.append(float(loss))
+  assert abs(losses[0] - losses[1]) < 2e-2
+
+
+def test_from_config_and_count_params():
+  config = ml_collections.ConfigDict({'cell': 'lstm', 'num_layers': 2, 'hidden': 8, 'embed': 0,
+                                      'dropout': 0.0, 'impl': 'fused', 'dtype': 'float32'})
+  model = model_lib.from_config(config, VOCAB)
+  params = random_params(model)
+  matmul = 2 * 4 * 8 * (8 + 8) + 8 * VOCAB
+  assert model_lib.count_params(params) == matmul + VOCAB * 8 + 2 * 4 * 8 + VOCAB
+  for field, bad in (('cell', 'tree'), ('impl', 'cudnn'), ('dtype', 'float16')):
+    with pytest.raises(UserError, match=field):
+      model_lib.from_config(ml_collections.ConfigDict({**config.to_dict(), field: bad}), VOCAB)
+  legacy = ml_collections.ConfigDict({k: v for k, v in config.items()
+                                      if k not in ('impl', 'dtype')})
+  assert model_lib.from_config(legacy, VOCAB).impl == 'fused'
