@@ -52,16 +52,28 @@ def show_chars(chars: Sequence[str], limit: int = 10) -> str:
 # ---------------------------------------------------------------------------------------------
 # One character at a time.
 
-@functools.partial(jax.jit, static_argnums=0)
 def step_weights(model: model_lib.CharRNN, params) -> dict:
-  """`params` rearranged for `step`."""
+  """`params` rearranged for `step`.
+
+  The first layer's input projection becomes a table of every token's, unless that table
+  would hold more than TABLE_LIMIT floats.
+  """
+  vocab, gates = params['embed']['embedding'].shape[0], params['layer0']['recurrent'].shape[1]
+  return _step_weights(model, params, vocab * gates <= TABLE_LIMIT)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _step_weights(model, params, table: bool) -> dict:
   layers = []
   for i in range(model.num_layers):
     p = params[f'layer{i}']
-    layers.append({'kernel': p['input']['kernel'], 'bias': p['input']['bias'],
-                   'recurrent': p['recurrent'], **{k: p[k] for k in ('recurrent_bias',) if k in p}})
+    layer = {'kernel': p['input']['kernel'], 'bias': p['input']['bias'],
+             'recurrent': p['recurrent']}
+    if 'recurrent_bias' in p:
+      layer['recurrent_bias'] = p['recurrent_bias']
+    layers.append(layer)
   first, embedding = layers[0], params['embed']['embedding']
-  if embedding.shape[0] * first['kernel'].shape[1] <= TABLE_LIMIT:
+  if table:
     first['table'] = embedding @ first.pop('kernel') + first.pop('bias')
   else:
     first['embedding'] = embedding
