@@ -12,9 +12,10 @@ here).
 
 Variants:
   configs/linux.py:small  a 2-core CPU run of about 10 minutes on `linux_small`, the kernel/
-                          and mm/ directories (17 MB): a 2x256 LSTM. Expected: about 1.5
-                          nats per byte, C-shaped text with comments, braces and
-                          identifiers (an estimate, not measured here).
+                          and mm/ directories (17 MB): a 2x256 LSTM, 2.5k steps. Measured
+                          here (on 6.1): validation loss 1.632 nats per byte (2.35 bits) on
+                          50 batches; samples have #ifdef CONFIG_..., if (...) blocks with
+                          tab indentation, struct declarations and kernel-shaped names.
   configs/linux.py:smoke  seconds; for tests.
 """
 from configs import common
