@@ -11,8 +11,8 @@ sampled names absent from the training list (an estimate, not measured here).
 Variants:
   configs/names.py:small  a 2-core CPU run of about 2 minutes (2x128, 1500 steps). Measured
                           here: best validation loss 2.006 nats/char (step 1250); of 2000
-                          names sampled at temperature 1.0, 87% are not in the list (56% at
-                          0.5), e.g. Dyon, Bannia, Enislee, Lusonio.
+                          names sampled at temperature 1.0, 88% are not in the list (56% at
+                          0.5), e.g. Dyrea, Bannia, Lusonio, Enison.
   configs/names.py:smoke  seconds; for tests.
 """
 from configs import common

@@ -30,11 +30,10 @@ def training_names(config) -> tuple[set, set]:
   return everything, {line for line in text[:train].split('\n')[:-1] if line}
 
 
-def sample_names(sampler, params, count: int, temperature: float, seed: int) -> list[str]:
-  names, streams, length = [], 64, 400
+def sample_names(model, count: int, temperature: float, seed: int) -> list[str]:
+  names = []
   while len(names) < count:
-    texts = sampler.sample(params, '\n', length, temperature=temperature, seed=seed,
-                           num_samples=streams)
+    texts = model.samples(64, '\n', 400, temperature=temperature, seed=seed)
     for text in texts:
       names += [line for line in text.split('\n')[1:-1] if line]  # The last line is unfinished.
     seed += 1
@@ -45,27 +44,26 @@ def sample_names(sampler, params, count: int, temperature: float, seed: int) -> 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--workdir', default='runs/names_small', help='a trained names run')
-  parser.add_argument('--step', default='best', help="'best', 'latest' or a step number")
+  parser.add_argument('--step', default=None,
+                      help="'best', 'latest' or a step number (default: best, else latest)")
   parser.add_argument('--num', type=int, default=2000, help='names to sample per temperature')
   parser.add_argument('--temperatures', default='0.5,1.0')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--json', default='', help='also write the results here')
   args = parser.parse_args()
 
-  from charlm import trainer  # Imports JAX.
-  from charlm.sampling import Sampler
-  config, vocab, model, params, step = trainer.load_checkpoint(args.workdir, args.step)
-  if '\n' in vocab.unknown('\n'):
+  import charlm  # Imports JAX.
+  model = charlm.load(args.workdir, args.step)
+  if model.vocab.unknown('\n'):
     raise UserError(f'{args.workdir} was not trained on a list of lines; train configs/names.py')
-  known, train = training_names(config)
-  sampler = Sampler(model, vocab)
-  print(f'{args.workdir} at step {step}: {len(known):,} distinct training names '
+  known, train = training_names(model.config)
+  print(f'{args.workdir} at step {model.step}: {len(known):,} distinct training names '
         f'({len(train):,} in the train split)')
   print(f'{"temperature":>11} {"sampled":>8} {"distinct":>8} {"new":>7} {"new vs train":>12}'
         '  examples of new names')
   rows = []
   for temperature in (float(t) for t in args.temperatures.split(',')):
-    names = sample_names(sampler, params, args.num, temperature, args.seed)
+    names = sample_names(model, args.num, temperature, args.seed)
     new = [n for n in names if n not in known]
     row = {'temperature': temperature, 'sampled': len(names), 'distinct': len(set(names)),
            'new_share': len(new) / len(names),
@@ -77,7 +75,7 @@ def main():
           f'{" ".join(row["examples"])}', flush=True)
   if args.json:
     with open(args.json, 'w') as f:
-      json.dump({'workdir': os.path.abspath(args.workdir), 'step': step, 'rows': rows}, f,
+      json.dump({'workdir': os.path.abspath(args.workdir), 'step': model.step, 'rows': rows}, f,
                 indent=2)
 
 
