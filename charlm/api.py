@@ -47,7 +47,7 @@ class Model:
 
     temperature 0 always takes the most likely character; top_k keeps only the k most likely
     (0: all), top_p the fewest whose probability reaches it (1: all). The same seed gives the
-    same text; seed None picks one at random. An empty prime starts as if after a newline.
+    same text; seed None picks one at random. The prime is read as if it followed a newline.
     """
     return self.samples(1, prime, length, temperature, top_k, top_p, seed, unknown)[0]
 
@@ -63,8 +63,8 @@ class Model:
   def logprobs(self, text: str, unknown: str = 'error') -> np.ndarray:
     """log p(character i | characters before it) for every character of `text`, in nats.
 
-    The first character is scored as if after a newline, as a sample with an empty prime
-    starts. One value per byte of the UTF-8 text for a byte-level model.
+    The text is read as if it followed a newline, as a prime is. One value per byte of the
+    UTF-8 text for a byte-level model.
     """
     text = drop_unknown(self.vocab, text, unknown, 'the text', SKIP_HINT)[0]
     return self._sampler.logprobs(self.params, self.vocab.encode(text))

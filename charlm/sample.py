@@ -26,8 +26,8 @@ _TOP_K = flags.DEFINE_integer('top_k', 0, 'Sample only from the k most likely ch
                               '(0: all).')
 _TOP_P = flags.DEFINE_float('top_p', 1.0, 'Sample only from the fewest most likely characters '
                             'whose probability reaches p (1: all).')
-_PRIME = flags.DEFINE_string('prime', '', 'Text the sample continues (default: start as if '
-                             'after a newline).')
+_PRIME = flags.DEFINE_string('prime', '', 'Text the sample continues, read as if it followed a '
+                             'newline (default: none, the start of a line).')
 _PRIME_FILE = flags.DEFINE_string('prime_file', None, 'A UTF-8 file with the prime text.')
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 1, 'Samples, generated in parallel.')
 _SEED = flags.DEFINE_integer('seed', None, 'The same seed gives the same text (default: a '

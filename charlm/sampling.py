@@ -5,6 +5,7 @@ so the per-character work never returns to Python and a sample streams chunk by 
 step is `CharRNN.apply` for one character with the parameters rearranged for speed (the same
 function, equal up to float rounding): the first layer's input projection of every character
 is looked up in a table computed once per call, instead of an embedding and a matmul per step.
+It computes in float32 whatever `model.dtype`: for a bfloat16 model, equal up to bf16 rounding.
 Tokens are drawn by inverse CDF from uniforms drawn a chunk at a time; they depend only on the
 seed (chunk c uses fold_in(key, c)), so the same seed gives the same text.
 """
@@ -162,8 +163,9 @@ def _feed_chunk(model, weights, carry, tokens, valid):
 class Sampler:
   """Generates and scores text with a CharRNN's parameters.
 
-  A sample continues `prime`; an empty prime starts as if after a newline (token 0 if the
-  vocabulary has no newline).
+  Text is read as if it followed a newline (token 0 if the vocabulary has none), so that a
+  prime such as 'ROMEO:' starts a line, as it would in the training text, and an empty prime
+  starts at the beginning of a line.
   """
 
   def __init__(self, model: model_lib.CharRNN, vocab: Vocab):
@@ -192,9 +194,7 @@ class Sampler:
     check_options(length, temps, top_k, top_p, num_samples)
     top_k = 0 if top_k >= self.vocab.size else int(top_k)
     weights = step_weights(self.model, params)
-    ids = np.asarray(prime_ids, np.int32).reshape(-1)
-    if len(ids) == 0:
-      ids = np.array([self.start_token], np.int32)
+    ids = np.concatenate([[self.start_token], np.asarray(prime_ids).reshape(-1)]).astype(np.int32)
     carry, _ = self._feed(weights, self.model.initial_carry(1), ids[None, :-1])
     carry = jax.tree.map(lambda c: jnp.repeat(c, num_samples, axis=0), carry)
     last = jnp.full((num_samples,), ids[-1], jnp.int32)

@@ -68,14 +68,14 @@ def test_logprobs_match_model_apply():
 
 
 def greedy(model, params, vocab, prime, length):
-  """Temperature-0 text the slow way: model.apply, one character at a time."""
-  ids = list(vocab.encode(prime))
+  """Temperature-0 text the slow way: model.apply, one character at a time, after a newline."""
+  ids = list(vocab.encode('\n' + prime))
   apply = jax.jit(model.apply)
   _, carry = apply({'params': params}, jnp.asarray([ids[:-1]]), model.initial_carry(1))
   for _ in range(length):
     logits, carry = apply({'params': params}, jnp.asarray([ids[-1:]]), carry)
     ids.append(int(jnp.argmax(logits[0, -1])))
-  return vocab.decode(ids)
+  return vocab.decode(ids[1:])
 
 
 def test_temperature_zero_is_argmax(model):
