@@ -1,0 +1,148 @@
+"""Sampling speed: charlm's compiled sampler against the PyTorch peer's per-character loop.
+
+    python experiments/bench_sample.py            # 2x256 LSTM, 1 and 64 streams, 3 reps (minutes)
+    python experiments/bench_sample.py --reps 1 --length 500 --out ''   # a quick look
+
+The same model size on both sides (random weights: speed does not depend on them), temperature
+sampling at 1.0, vocabulary 65. Each rep runs, for each number of streams, charlm (in this
+process, compiled beforehand) and then the peer (`../shared/bench/torch_charrnn.py sample` in its
+own environment, made by `../shared/bench/setup.sh`), so both see the same machine load; the
+table gives medians over reps. Also measured in the same run: the float32 matmul rate of the
+machine (a 2048^3 jnp.dot) and the rate charlm's 64-stream step reaches. Targets: one stream at
+least 30x the peer's one stream, 64 streams at least 8x the peer's 64 streams.
+"""
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags, logging
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEER = os.path.join(ROOT, '..', 'shared', 'bench')
+TARGETS = {1: 30.0, 64: 8.0}
+
+_LAYERS = flags.DEFINE_integer('layers', 2, 'LSTM layers.')
+_HIDDEN = flags.DEFINE_integer('hidden', 256, 'LSTM units per layer.')
+_VOCAB = flags.DEFINE_integer('vocab', 65, 'Vocabulary size.')
+_STREAMS = flags.DEFINE_list('streams', ['1', '64'], 'Numbers of parallel samples.')
+_LENGTH = flags.DEFINE_integer('length', 2000, 'Characters per stream for one stream.')
+_BATCH_CHARS = flags.DEFINE_integer('batch_chars', 32000,
+                                    'Characters in total for more than one stream.')
+_REPS = flags.DEFINE_integer('reps', 3, 'Alternating charlm/peer repetitions (medians).')
+_PEER_PYTHON = flags.DEFINE_string('peer_python', '', "The peer's python ('': from setup.sh).")
+_OUT = flags.DEFINE_string('out', os.path.join(ROOT, 'experiments', 'results',
+                                               'bench_sample.json'), "JSON results ('': none).")
+
+
+def seconds(fn, reps: int = 1) -> float:
+  """The median wall time of `reps` calls of fn()."""
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def charlm_rate(streams: int, length: int) -> float:
+  """Characters per second of charlm's sampler, generating `length` per stream."""
+  import jax
+  import jax.numpy as jnp
+
+  from charlm.data import Vocab
+  from charlm.model import CharRNN
+  from charlm.sampling import Sampler
+  model = CharRNN(vocab_size=_VOCAB.value, num_layers=_LAYERS.value, hidden=_HIDDEN.value)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32),
+                      model.initial_carry(1))['params']
+  sampler = Sampler(model, Vocab('char', [chr(32 + i) for i in range(_VOCAB.value)]))
+  run = lambda n: [t for t in sampler.generate(params, [0], n, num_samples=streams, seed=1)]
+  run(1)  # Compiles.
+  return streams * length / seconds(lambda: run(length))
+
+
+def peer_rate(python: str, streams: int, length: int) -> dict:
+  out = subprocess.run(
+      [python, os.path.join(PEER, 'torch_charrnn.py'), 'sample', '--layers', str(_LAYERS.value),
+       '--hidden', str(_HIDDEN.value), '--vocab', str(_VOCAB.value), '--batch', str(streams),
+       '--length', str(length), '--reps', '1'], check=True, capture_output=True, text=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def matmul_rate(n: int = 2048) -> float:
+  """GFLOP/s of a float32 n^3 jnp.dot (best of 3): the machine's matmul rate right now."""
+  import jax
+  import jax.numpy as jnp
+  a = jnp.ones((n, n), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  dot(a, a).block_until_ready()
+  return 2 * n ** 3 / min(seconds(lambda: dot(a, a).block_until_ready()) for _ in range(3)) / 1e9
+
+
+def flops_per_char() -> int:
+  """FLOPs of one sampling step per stream: recurrent, upper-layer input and output matmuls."""
+  h, v = _HIDDEN.value, _VOCAB.value
+  return 2 * (4 * h * h + (_LAYERS.value - 1) * 4 * h * 2 * h + h * v)
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  python = _PEER_PYTHON.value or subprocess.run(
+      [os.path.join(PEER, 'setup.sh')], check=True, capture_output=True, text=True).stdout.strip()
+  streams = [int(s) for s in _STREAMS.value]
+  length = {s: _LENGTH.value if s == 1 else max(1, _BATCH_CHARS.value // s) for s in streams}
+  reps = {s: {'charlm': [], 'peer': []} for s in streams}
+  matmul, peer_meta = [], {}
+  for rep in range(_REPS.value):
+    matmul.append(matmul_rate())
+    for s in streams:
+      reps[s]['charlm'].append(charlm_rate(s, length[s]))
+      peer = peer_rate(python, s, length[s])
+      peer_meta = {k: peer[k] for k in ('peer', 'torch', 'device', 'threads')}
+      reps[s]['peer'].append(peer['chars_per_s'])
+      print(f'rep {rep + 1}: {s} streams: charlm {reps[s]["charlm"][-1]:,.0f} chars/s, peer '
+            f'{reps[s]["peer"][-1]:,.0f} chars/s', file=sys.stderr, flush=True)
+
+  rows = []
+  for s in streams:
+    ours, theirs = (statistics.median(reps[s][k]) for k in ('charlm', 'peer'))
+    rows.append({'streams': s, 'chars_per_stream': length[s], 'charlm_chars_per_s': ours,
+                 'peer_chars_per_s': theirs, 'speedup': ours / theirs,
+                 'target': TARGETS.get(s), 'charlm_gflops': ours * flops_per_char() / 1e9,
+                 'charlm_reps': reps[s]['charlm'], 'peer_reps': reps[s]['peer']})
+  rate = statistics.median(matmul)
+  print(f'\n{_LAYERS.value}x{_HIDDEN.value} LSTM, vocabulary {_VOCAB.value}, temperature 1.0; '
+        f'medians of {_REPS.value} alternating reps; matmul rate {rate:.0f} GFLOP/s\n')
+  print('| streams | charlm chars/s (min-max) | peer chars/s (min-max) | speedup | target | '
+        'charlm GFLOP/s |')
+  print('| ---: | ---: | ---: | ---: | ---: | ---: |')
+  spread = lambda values: f'{min(values):,.0f}-{max(values):,.0f}'
+  for r in rows:
+    target = f'{r["target"]:.0f}x' if r['target'] else '-'
+    met = '' if not r['target'] else (' (met)' if r['speedup'] >= r['target'] else ' (MISSED)')
+    print(f'| {r["streams"]} | {r["charlm_chars_per_s"]:,.0f} ({spread(r["charlm_reps"])}) | '
+          f'{r["peer_chars_per_s"]:,.0f} ({spread(r["peer_reps"])}) | {r["speedup"]:.1f}x | '
+          f'{target}{met} | {r["charlm_gflops"]:.0f} ({r["charlm_gflops"] / rate:.0%} of matmul) |')
+  if _OUT.value:
+    import jax
+    result = {'command': 'python ' + ' '.join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
+              'machine': f'{platform.machine()}, {os.cpu_count()} cores, load average '
+                         f'{os.getloadavg()[0]:.1f}',
+              'jax': jax.__version__, 'peer': peer_meta, 'model': {
+                  'cell': 'lstm', 'layers': _LAYERS.value, 'hidden': _HIDDEN.value,
+                  'vocab': _VOCAB.value, 'flops_per_char': flops_per_char()},
+              'matmul_gflops': matmul, 'rows': rows}
+    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+    with open(_OUT.value, 'w') as f:
+      json.dump(result, f, indent=2)
+      f.write('\n')
+    print(f'\nwrote {_OUT.value}')
+
+
+if __name__ == '__main__':
+  app.run(main)
