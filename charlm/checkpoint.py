@@ -11,10 +11,13 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 
 class _QuietMissingMetrics(logging.Filter):
-  """Saves between evaluations carry no val loss by design; Orbax warns about each one."""
+  """Orbax warns about what charlm does on purpose: saves between evaluations carry no val
+  loss, and inference opens checkpoints read-only."""
 
   def filter(self, record):
-    return 'did not provide metrics' not in record.getMessage()
+    message = record.getMessage()
+    return not ('did not provide metrics' in message or 'Given directory is read only' in message
+                or 'read_only=True, setting' in message)
 
 
 logging.getLogger('absl').addFilter(_QuietMissingMetrics())

@@ -372,7 +372,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           summary['val_loss'], summary['val_bpc'] = val_loss, result['bpc']
         if writer.active and tc.sample_every and due(tc.sample_every):
           _write_samples(writer, sampler, sharding.local_copy(state['params']), config, step,
-                         val_loss)
+                         summary.get('val_loss'))
         patience_over = tc.patience and progress['evals_since_best'] >= tc.patience
         if due(tc.ckpt_every) or patience_over or stop.requested:
           ckpts.save(step, state, meta_for_checkpoint(), val_loss)
