@@ -17,8 +17,8 @@ import numpy as np
 import optax
 
 from charlm import data as data_lib
+from charlm import host, sharding
 from charlm import model as model_lib
-from charlm import sharding
 from charlm.checkpoint import Checkpoints
 from charlm.errors import UserError
 from charlm.metrics import MetricWriter
@@ -80,6 +80,8 @@ def reset_where(reset, carry):
 
 
 def make_train_step(model, tx):
+  host.keep_freed_memory()  # Else every CPU step faults in its temporaries afresh (host.py).
+
   def train_step(state, inputs, targets, weights, reset):
     carry = reset_where(reset, state['carry'])
     rng = jax.random.fold_in(state['rng'], state['step'])
