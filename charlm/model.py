@@ -97,7 +97,10 @@ class CharRNN(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, carry, train: bool = False):
-    embed = nn.Embed(self.vocab_size, self.embed or self.hidden, name='embed')
+    # Unit-variance embeddings (as torch.nn.Embedding, and char-rnn's one-hot inputs): the first
+    # layer's inputs then are as large as the later layers', so it learns as fast.
+    embed = nn.Embed(self.vocab_size, self.embed or self.hidden,
+                     embedding_init=nn.initializers.normal(1.0), name='embed')
     tokens = tokens.T
     new_carry = []
     for layer in range(self.num_layers):
