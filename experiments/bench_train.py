@@ -1,0 +1,274 @@
+"""Training speed: charlm's train step against PyTorch's LSTM (the peer), alternating in one run.
+
+    python experiments/bench_train.py              # the CPU sizes, 5 rounds (about 10 minutes)
+    python experiments/bench_train.py --sizes 2x256:32x64 --rounds 2 --out ''   # a quick look
+
+A size LxH:BxT is L LSTM layers of H units, batch B, sequence T; vocabulary 65, embedding H,
+Adam 2e-3, global-norm clipping 5, hidden state carried from step to step, random characters
+(speed does not depend on the text). charlm runs its real train step: `trainer.build` and
+`trainer.make_train_step`, jitted with the state donated and sharded as `charlm.train` does.
+The peer is `../shared/bench/torch_charrnn.py train` (torch.nn.LSTM: oneDNN on a CPU, cuDNN on
+a GPU) in its own environment, made by `../shared/bench/setup.sh`.
+
+Each round runs, for every size, charlm (compiled beforehand, in this process) and then the
+peer, so that machine noise hits both; both time every step to its end and take the median
+step time of the round. The table gives medians over rounds. Also in the same run: the float32
+matmul rate of this machine (a 2048^3 jnp.dot; the best of all rounds is the "peak"), the
+training FLOPs per character (6 x matmul parameters, the same count for both, although charlm's
+first layer looks its input projection up in a table instead of multiplying), the jit compile
+time and memory. Results: a markdown table on stdout and JSON under experiments/results/.
+"""
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEER = os.path.join(ROOT, '..', 'shared', 'bench')
+VOCAB = 65
+CPU_SIZES = ['2x128:32x64', '2x256:32x64', '2x512:32x64', '3x512:50x50']
+GPU_SIZES = CPU_SIZES + ['3x512:64x100', '3x512:100x100', '3x512:512x100']
+
+_SIZES = flags.DEFINE_list('sizes', [], 'LxH:BxT sizes (default: the CPU or GPU set).')
+_ROUNDS = flags.DEFINE_integer('rounds', 5, 'Alternating charlm/peer rounds (medians).')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per size and round, on each side.')
+_IMPL = flags.DEFINE_string('impl', 'fused', "charlm's model.impl: 'fused' or 'scan'.")
+_DTYPE = flags.DEFINE_string('dtype', 'float32', "charlm's model.dtype (matmul inputs).")
+_PEER_PYTHON = flags.DEFINE_string('peer_python', '', "The peer's python ('': from setup.sh).")
+_NO_PEER = flags.DEFINE_bool('no_peer', False, 'Run charlm only.')
+_OUT = flags.DEFINE_string('out', None, "JSON results (default experiments/results/"
+                           "bench_train_<platform>.json; '': none).")
+
+
+def parse_size(size: str) -> dict:
+  layers_hidden, batch_seq = size.split(':')
+  layers, hidden = (int(x) for x in layers_hidden.split('x'))
+  batch, seq = (int(x) for x in batch_seq.split('x'))
+  return {'name': size, 'layers': layers, 'hidden': hidden, 'batch': batch, 'seq': seq}
+
+
+def flops_per_char(size: dict) -> int:
+  """Training FLOPs per character: 6 x the parameters that multiply (as the peer counts)."""
+  h, layers = size['hidden'], size['layers']
+  return 6 * (4 * h * (h + h) * layers + h * VOCAB)
+
+
+class Charlm:
+  """charlm's jitted train step for one size, with its state and a stream of batches."""
+
+  def __init__(self, size: dict):
+    import jax
+    import numpy as np
+
+    from charlm import sharding, trainer
+    from configs import default
+    config = default.get_config()
+    config.unlock()
+    config.model.update(cell='lstm', num_layers=size['layers'], hidden=size['hidden'],
+                        impl=_IMPL.value, dtype=_DTYPE.value)
+    config.train.update(batch_size=size['batch'], seq_len=size['seq'])
+    config.optim.update(name='adam', lr=2e-3, clip=5.0, schedule='constant')
+    self.size, self.jax = size, jax
+    mesh = sharding.create_mesh()
+    model, tx, init_state = trainer.build(config, VOCAB, steps_per_epoch=1000)
+    key = jax.random.PRNGKey(0)
+    shardings = trainer.state_shardings(jax.eval_shape(init_state, key), mesh)
+    self.state = jax.jit(init_state, out_shardings=shardings)(key)
+    data = sharding.batch_sharding(mesh)
+    step = jax.jit(trainer.make_train_step(model, tx), in_shardings=(shardings, data, data, data,
+                                                                     None),
+                   out_shardings=(shardings, None), donate_argnums=0)
+    b, t = size['batch'], size['seq']
+    tokens = np.random.default_rng(0).integers(0, VOCAB, (b, 64 * t + 1)).astype(np.int32)
+    to_global = lambda a: sharding.to_global(mesh, a, b)
+    weights = np.ones((b, t), np.float32)
+    self.batches = [(tokens[:, k * t:(k + 1) * t], tokens[:, k * t + 1:(k + 1) * t + 1], weights)
+                    for k in range(64)]
+    self.to_global, self.k = to_global, 0
+    start = time.perf_counter()
+    self.step = step.lower(self.state, *self.next_batch()).compile()
+    self.compile_s = time.perf_counter() - start
+    memory = self.step.memory_analysis()
+    self.step_mb = None
+    if memory is not None:
+      self.step_mb = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+                      + memory.temp_size_in_bytes - memory.alias_size_in_bytes) / 2 ** 20
+    self.run(2)
+
+  def next_batch(self):
+    inputs, targets, weights = self.batches[self.k % len(self.batches)]
+    self.k += 1
+    return (self.to_global(inputs), self.to_global(targets), self.to_global(weights),
+            self.jax.numpy.bool_(False))
+
+  def run(self, steps: int) -> list:
+    """Seconds of each of `steps` steps, each timed until its metrics are ready."""
+    times = []
+    for _ in range(steps):
+      start = time.perf_counter()
+      self.state, metrics = self.step(self.state, *self.next_batch())
+      self.jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - start)
+    self.loss = float(metrics['loss'])
+    return times
+
+
+def peer_run(python: str, size: dict, steps: int) -> dict:
+  """One run of the peer; its JSON line, plus its process's peak memory."""
+  argv = [os.path.join(PEER, 'torch_charrnn.py'), 'train', '--layers', str(size['layers']),
+          '--hidden', str(size['hidden']), '--batch', str(size['batch']), '--seq',
+          str(size['seq']), '--vocab', str(VOCAB), '--steps', str(steps), '--min_seconds', '0']
+  # The peer's peak resident memory: VmHWM (ru_maxrss would include this parent's, via fork).
+  wrapper = ('import runpy, sys; sys.argv = sys.argv[1:]; '
+             'runpy.run_path(sys.argv[0], run_name="__main__"); '
+             'print([line.split()[1] for line in open("/proc/self/status") '
+             'if line.startswith("VmHWM")][0], file=sys.stderr)')
+  out = subprocess.run([python, '-c', wrapper] + argv, check=True, capture_output=True,
+                       text=True)
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  result['max_rss_mb'] = int(out.stderr.strip().splitlines()[-1]) / 1024
+  return result
+
+
+def matmul_rate(n: int = 2048) -> float:
+  """GFLOP/s of a float32 n^3 jnp.dot, the best of three."""
+  import jax
+  import jax.numpy as jnp
+  a = jnp.ones((n, n), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  dot(a, a).block_until_ready()
+  times = []
+  for _ in range(3):
+    start = time.perf_counter()
+    dot(a, a).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return 2 * n ** 3 / min(times) / 1e9
+
+
+def peer_python() -> str:
+  if _PEER_PYTHON.value:
+    return _PEER_PYTHON.value
+  out = subprocess.run(['bash', os.path.join(PEER, 'setup.sh')], check=True,
+                       capture_output=True, text=True)
+  return out.stdout.strip().splitlines()[-1]
+
+
+def machine() -> dict:
+  import jax
+  device = jax.devices()[0]
+  info = {'platform': device.platform, 'device': device.device_kind,
+          'device_count': jax.device_count(), 'cpu_count': os.cpu_count(),
+          'python': platform.python_version(), 'jax': jax.__version__,
+          'xla_flags': os.environ.get('XLA_FLAGS', '')}
+  if os.path.exists('/proc/cpuinfo'):
+    with open('/proc/cpuinfo') as f:
+      names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+    info['cpu'] = names[0] if names else platform.processor()
+  try:
+    info['git_commit'] = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT,
+                                        capture_output=True, text=True).stdout.strip()
+  except OSError:
+    pass
+  return info
+
+
+def main(argv):
+  del argv
+  sys.path.insert(0, ROOT)
+  import jax
+  gpu = jax.devices()[0].platform == 'gpu'
+  sizes = [parse_size(s) for s in (_SIZES.value or (GPU_SIZES if gpu else CPU_SIZES))]
+  python = None if _NO_PEER.value else peer_python()
+  info = machine()
+  info['load_before'] = os.getloadavg()
+  print(f'{info.get("cpu", "")} / {info["device"]}, {info["cpu_count"]} cores, jax '
+        f'{info["jax"]}; peer: {python or "none"}', flush=True)
+
+  runners = {}
+  for size in sizes:
+    runners[size['name']] = Charlm(size)
+    print(f'compiled {size["name"]} in {runners[size["name"]].compile_s:.1f}s', flush=True)
+
+  rounds = {s['name']: {'charlm': [], 'peer': [], 'peer_runs': []} for s in sizes}
+  peaks = []
+  for r in range(_ROUNDS.value):
+    peaks.append(matmul_rate())
+    for size in sizes:
+      name, chars = size['name'], size['batch'] * size['seq']
+      charlm_rate = chars / statistics.median(runners[name].run(_STEPS.value))
+      rounds[name]['charlm'].append(charlm_rate)
+      line = f'round {r + 1}: {name} charlm {charlm_rate:,.0f} chars/s'
+      if python:
+        peer = peer_run(python, size, _STEPS.value)
+        rounds[name]['peer'].append(chars / peer['step_s_median'])
+        rounds[name]['peer_runs'].append(peer)
+        line += f', peer {rounds[name]["peer"][-1]:,.0f}'
+      print(line + f' (matmul {peaks[-1]:.0f} GFLOP/s, load {os.getloadavg()[0]:.1f})',
+            flush=True)
+  info['load_after'] = os.getloadavg()
+
+  peak = max(peaks)
+  rows = []
+  for size in sizes:
+    name, runner, got = size['name'], runners[size['name']], rounds[size['name']]
+    flops = flops_per_char(size)
+    row = {**size, 'train_flops_per_char': flops, 'charlm_chars_per_s': statistics.median(
+        got['charlm']), 'charlm_rounds': got['charlm'], 'compile_s': runner.compile_s,
+        'charlm_step_buffers_mb': runner.step_mb, 'charlm_loss_last': runner.loss}
+    row['charlm_gflops'] = row['charlm_chars_per_s'] * flops / 1e9
+    row['charlm_peak_fraction'] = row['charlm_gflops'] / peak
+    if got['peer']:
+      row['peer_chars_per_s'] = statistics.median(got['peer'])
+      row['peer_rounds'] = got['peer']
+      row['peer_gflops'] = row['peer_chars_per_s'] * flops / 1e9
+      row['peer_peak_fraction'] = row['peer_gflops'] / peak
+      row['ratio'] = row['charlm_chars_per_s'] / row['peer_chars_per_s']
+      row['peer_max_rss_mb'] = max(p['max_rss_mb'] for p in got['peer_runs'])
+      row['peer'] = {k: got['peer_runs'][-1][k] for k in ('peer', 'torch', 'device', 'threads')}
+    rows.append(row)
+  info['charlm_max_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  if gpu:
+    stats = jax.devices()[0].memory_stats() or {}
+    info['charlm_gpu_peak_mb'] = stats.get('peak_bytes_in_use', 0) / 2 ** 20
+  info['matmul_peak_gflops'] = peak
+  info['matmul_rounds_gflops'] = peaks
+
+  print(f'\nfloat32 matmul peak (2048^3 jnp.dot, best of {len(peaks)} rounds): {peak:.0f} '
+        f'GFLOP/s; medians of {_ROUNDS.value} rounds of {_STEPS.value} steps; load average '
+        f'{info["load_before"][0]:.1f} before, {info["load_after"][0]:.1f} after\n')
+  print('| size | batch x seq | charlm chars/s | peer chars/s | ratio | charlm GFLOP/s '
+        '(% peak) | peer GFLOP/s (% peak) | compile s | charlm step MB | peer RSS MB |')
+  print('| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+  for row in rows:
+    peer = (f'{row["peer_chars_per_s"]:,.0f} | {row["ratio"]:.2f}x' if 'ratio' in row
+            else '- | -')
+    peer_flops = (f'{row["peer_gflops"]:.0f} ({100 * row["peer_peak_fraction"]:.0f}%) | '
+                  f'{row["peer_max_rss_mb"]:.0f}' if 'ratio' in row else '- | -')
+    mb = f'{row["charlm_step_buffers_mb"]:.0f}' if row['charlm_step_buffers_mb'] else '-'
+    print(f'| {row["layers"]}x{row["hidden"]} | {row["batch"]}x{row["seq"]} | '
+          f'{row["charlm_chars_per_s"]:,.0f} | {peer} | {row["charlm_gflops"]:.0f} '
+          f'({100 * row["charlm_peak_fraction"]:.0f}%) | '
+          f'{peer_flops.split(" | ")[0]} | {row["compile_s"]:.1f} | {mb} | '
+          f'{peer_flops.split(" | ")[1]} |')
+  print(f'\ncharlm process peak RSS {info["charlm_max_rss_mb"]:.0f} MB (all sizes); charlm step '
+        'MB: the compiled step\'s arguments, outputs and temporaries (XLA memory analysis)')
+
+  out = _OUT.value
+  if out is None:
+    out = os.path.join(ROOT, 'experiments', 'results', f'bench_train_{info["platform"]}.json')
+  if out:
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, 'w') as f:
+      json.dump({'machine': info, 'impl': _IMPL.value, 'dtype': _DTYPE.value,
+                 'rounds': _ROUNDS.value, 'steps': _STEPS.value, 'results': rows}, f, indent=2)
+    print(f'wrote {out}')
+
+
+if __name__ == '__main__':
+  app.run(main)
