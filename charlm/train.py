@@ -27,7 +27,8 @@ flags.mark_flags_as_required(['config'])
 
 def main(argv):
   del argv
-  from charlm import sharding, trainer  # Imports JAX; keep flag errors fast.
+  from charlm import host, sharding, trainer  # Imports JAX; keep flag errors fast.
+  host.keep_freed_memory()  # Before JAX starts its threads; see host.py.
   sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                   auto=_DISTRIBUTED.value)
   config = _CONFIG.value

@@ -114,6 +114,8 @@ def peer_run(python: str, budget_s: float) -> dict:
 def main(argv):
   del argv
   sys.path.insert(0, ROOT)
+  from charlm import host
+  host.keep_freed_memory()  # As charlm.train does, before JAX starts its threads.
   import jax
   budget = _MINUTES.value * 60
   result = {'config': {k: flag.value for k, flag in (

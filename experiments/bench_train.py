@@ -181,6 +181,8 @@ def machine() -> dict:
 def main(argv):
   del argv
   sys.path.insert(0, ROOT)
+  from charlm import host
+  host.keep_freed_memory()  # As charlm.train does, before JAX starts its threads.
   import jax
   gpu = jax.devices()[0].platform == 'gpu'
   sizes = [parse_size(s) for s in (_SIZES.value or (GPU_SIZES if gpu else CPU_SIZES))]
