@@ -69,7 +69,7 @@ class Recurrent(nn.Module):
     gx = nn.Dense(gates * h, bias_init=bias_init, dtype=self.dtype, name='input')(xs)
     gx = gx.astype(jnp.float32)
     if tokens is not None:
-      gx = jnp.take(gx, tokens, axis=0)
+      gx = jnp.take(gx, tokens, axis=0, mode='clip')  # Ids are in range; 'fill' costs a select.
     w_h = self.param('recurrent', nn.initializers.orthogonal(), (h, gates * h))
     if self.cell == 'lstm' and self.impl == 'fused':
       hs, c, h_last = lstm_kernel.lstm(gx, w_h.astype(self.dtype), *carry)
