@@ -347,8 +347,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         pending.append((step, metrics))
         window_steps += 1
         due = lambda every, step=step: step == tc.steps or bool(every and step % every == 0)
+        stopping = stop.requested  # Read once: a signal during this step's saves waits a step.
 
-        if due(tc.log_every) or due(tc.eval_every) or due(tc.ckpt_every) or stop.requested:
+        if due(tc.log_every) or due(tc.eval_every) or due(tc.ckpt_every) or stopping:
           fetched = _fetch(pending)
           pending = []
           elapsed = time.perf_counter() - window_start
@@ -376,13 +377,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           _write_samples(writer, sampler, sharding.local_copy(state['params']), config, step,
                          summary.get('val_loss'))
         patience_over = tc.patience and progress['evals_since_best'] >= tc.patience
-        if due(tc.ckpt_every) or patience_over or stop.requested:
+        if due(tc.ckpt_every) or patience_over or stopping:
           ckpts.save(step, state, meta_for_checkpoint(), val_loss)
         writer.flush()
         if step == start + 1 or pending == []:  # Keep compile, eval and saves out of chars/s.
           jax.block_until_ready(state['step'])
           window_start, window_steps = time.perf_counter(), 0
-        if stop.requested:
+        if stopping:
           summary['interrupted'] = True
           bar.note(f'interrupted at step {step}; checkpoint saved. Run the same command to '
                    'resume.')
