@@ -20,9 +20,6 @@ from charlm.errors import UserError
 CELLS = ('lstm', 'gru', 'rnn')
 IMPLS = ('fused', 'scan')
 DTYPES = ('float32', 'bfloat16')
-GATES = {'lstm': 4, 'gru': 3, 'rnn': 1}
-# From this size on, fused LSTM layers project their inputs inside the loop (lstm_kernel).
-IN_LOOP_MIN_HIDDEN = 256
 
 
 def lstm_step(w_h, carry, gx):
@@ -48,67 +45,39 @@ def rnn_step(w_h, carry, gx):
   return (h,), h
 
 
-class Projection(nn.Module):
-  """The parameters of nn.Dense (kernel [in, out], bias [out]), for matmuls written by hand."""
-  features: int
-  bias_init: nn.initializers.Initializer = nn.initializers.zeros
-
-  @nn.compact
-  def __call__(self, in_features: int):
-    return (self.param('kernel', nn.initializers.lecun_normal(), (in_features, self.features)),
-            self.param('bias', self.bias_init, (self.features,)))
-
-
-def _matmul(x, w, dtype):
-  return jnp.dot(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
-
-
 class Recurrent(nn.Module):
-  """One recurrent layer.
+  """One recurrent layer over a time-major [T, B, features] sequence.
 
-  in_loop=False: over batch-major xs [T, B, E]; or, with `tokens` [T, B], xs is an embedding
-  table [V, E]: the layer projects the table and looks each token's row up.
-  in_loop=True (fused LSTM only): feature-major xs [T, E, B] -> hs [T, H, B]; or, with
-  `table` [V, E], xs is one-hot [T, V, B] and the table's projection is the input weight.
+  With `tokens` [T, B], `xs` is instead an embedding table [vocab, features]: the layer
+  projects the table and looks each token's row up.
   """
   cell: str
   hidden: int
   impl: str = 'fused'
   dtype: str = 'float32'
-  in_loop: bool = False
 
   @nn.compact
-  def __call__(self, carry, xs, tokens=None, table=None):
+  def __call__(self, carry, xs, tokens=None):
+    gates = {'lstm': 4, 'gru': 3, 'rnn': 1}[self.cell]
     h = self.hidden
-    width = GATES[self.cell] * h
 
     def bias_init(key, shape, dtype=jnp.float32):
       if self.cell == 'lstm':  # Forget-gate bias 1, so that memory is kept early in training.
         return jnp.zeros(shape, dtype).at[h:2 * h].set(1.0)
       return jnp.zeros(shape, dtype)
 
-    if table is not None:
-      in_features = table.shape[-1]
-    else:
-      in_features = xs.shape[1 if self.in_loop else -1]
-    kernel, bias = Projection(width, bias_init, name='input')(in_features)
-    w_h = self.param('recurrent', nn.initializers.orthogonal(), (h, width))
-    if self.in_loop:
-      w_x = kernel if table is None else _matmul(table, kernel, self.dtype)
-      hs, c, h_last = lstm_kernel.lstm_in_loop(
-          xs, w_x.astype(self.dtype), bias, w_h.astype(self.dtype), *(x.T for x in carry),
-          table is None)
-      return (c.T, h_last.T), hs
-    gx = _matmul(xs, kernel, self.dtype) + bias
+    gx = nn.Dense(gates * h, bias_init=bias_init, dtype=self.dtype, name='input')(xs)
+    gx = gx.astype(jnp.float32)
     if tokens is not None:
       gx = jnp.take(gx, tokens, axis=0, mode='clip')  # Ids are in range; 'fill' costs a select.
+    w_h = self.param('recurrent', nn.initializers.orthogonal(), (h, gates * h))
     if self.cell == 'lstm' and self.impl == 'fused':
       hs, c, h_last = lstm_kernel.lstm(gx, w_h.astype(self.dtype), *carry)
       return (c, h_last), hs
     if self.cell == 'lstm':
       step = lambda c, x: lstm_step(w_h, c, x)
     elif self.cell == 'gru':
-      b_h = self.param('recurrent_bias', nn.initializers.zeros, (width,))
+      b_h = self.param('recurrent_bias', nn.initializers.zeros, (gates * h,))
       step = lambda c, x: gru_step(w_h, b_h, c, x)
     else:
       step = lambda c, x: rnn_step(w_h, c, x)
@@ -128,42 +97,25 @@ class CharRNN(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, carry, train: bool = False):
-    width = self.embed or self.hidden
     # Unit-variance embeddings (as torch.nn.Embedding, and char-rnn's one-hot inputs): the first
     # layer's inputs then are as large as the later layers', so it learns as fast.
-    embed = nn.Embed(self.vocab_size, width, embedding_init=nn.initializers.normal(1.0),
-                     name='embed')
-    in_loop = (self.cell == 'lstm' and self.impl == 'fused'
-               and self.hidden >= IN_LOOP_MIN_HIDDEN)
+    embed = nn.Embed(self.vocab_size, self.embed or self.hidden,
+                     embedding_init=nn.initializers.normal(1.0), name='embed')
     tokens = tokens.T
     new_carry = []
     for layer in range(self.num_layers):
-      recurrent = Recurrent(self.cell, self.hidden, self.impl, self.dtype, in_loop,
-                            name=f'layer{layer}')
-      if layer == 0 and in_loop and self.vocab_size <= width:
-        one_hot = tokens[:, None, :] == jnp.arange(self.vocab_size)[:, None]
-        c, x = recurrent(carry[0], one_hot.astype(jnp.float32), table=embed.embedding)
-      elif layer == 0 and in_loop:
-        c, x = recurrent(carry[0], jnp.swapaxes(embed(tokens), 1, 2))
-      elif layer == 0 and self.vocab_size <= tokens.size:
+      recurrent = Recurrent(self.cell, self.hidden, self.impl, self.dtype, name=f'layer{layer}')
+      if layer == 0 and self.vocab_size <= tokens.size:
         c, x = recurrent(carry[0], embed.embedding, tokens=tokens)
       elif layer == 0:
         c, x = recurrent(carry[0], embed(tokens))
       else:
-        c, x = recurrent(carry[layer], self._dropout(x, train, in_loop))
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        c, x = recurrent(carry[layer], x)
       new_carry.append(c)
-    x = self._dropout(x, train, in_loop)
-    kernel, bias = Projection(self.vocab_size, name='output')(self.hidden)
-    if in_loop:
-      x = jnp.swapaxes(x, 1, 2)
-    logits = jnp.swapaxes(_matmul(x, kernel, self.dtype), 0, 1)
-    return logits + bias, tuple(new_carry)
-
-  def _dropout(self, x, train: bool, in_loop: bool):
-    # Masks drawn in the [T, B, H] layout whatever the path, so that the same rng drops the same
-    # units in both.
-    drop = nn.Dropout(self.dropout, deterministic=not train)
-    return jnp.swapaxes(drop(jnp.swapaxes(x, 1, 2)), 1, 2) if in_loop else drop(x)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    logits = nn.Dense(self.vocab_size, dtype=self.dtype, name='output')(x)
+    return jnp.swapaxes(logits, 0, 1), tuple(new_carry)
 
   def initial_carry(self, batch_size: int):
     """Zero hidden state: per layer (c, h) for an LSTM, (h,) for a GRU or RNN."""

@@ -39,14 +39,6 @@ def random_carry(model, batch, seed=1):
   return random_like(model.initial_carry(batch), seed=seed)
 
 
-@pytest.fixture
-def in_loop(request, monkeypatch):
-  """Parametrized: whether fused LSTM layers take the in-loop form, whatever their size."""
-  if request.param:
-    monkeypatch.setattr(model_lib, 'IN_LOOP_MIN_HIDDEN', 0)
-  return request.param
-
-
 def reference_step(cell, p, state, gx):
   """One step of each cell as textbooks write it: a sigmoid or tanh per gate."""
   sig = jax.nn.sigmoid
@@ -143,35 +135,13 @@ def test_fused_lstm_matches_autodiff_of_plain_lstm():
   grad = lambda fn: jax.jit(jax.grad(loss(fn), argnums=(0, 1, 2, 3)))
   assert_trees_close(grad(lstm_kernel.lstm)(*args), grad(plain)(*args))
 
-  # The in-loop form: feature-major, with the input projection (x [T, E, B]) inside.
-  xs, w_x, b = random_like([jnp.zeros((t, 3, b)), jnp.zeros((3, 4 * h)), jnp.zeros(4 * h)],
-                           seed=4)
-  fm = lambda x: jnp.swapaxes(x, -1, -2)
 
-  def in_loop(xs, w_x, b, w_h, c0, h0):
-    hs, c, hh = lstm_kernel.lstm_in_loop(xs, w_x, b, w_h, fm(c0), fm(h0))
-    return fm(hs), fm(c), fm(hh)
-
-  def plain_in_loop(xs, w_x, b, w_h, c0, h0):
-    return plain(jnp.einsum('teb,eg->tbg', xs, w_x) + b, w_h, c0, h0)
-
-  args = (xs, w_x, b, w_h, c0, h0)
-  assert_trees_close(jax.jit(in_loop)(*args), jax.jit(plain_in_loop)(*args))
-  grad = lambda fn: jax.jit(jax.grad(loss(fn), argnums=tuple(range(6))))
-  assert_trees_close(grad(in_loop)(*args), grad(plain_in_loop)(*args))
-
-
-@pytest.mark.parametrize('cell,impl,batch,seq,embed,in_loop', [
-    # The first layer looks its input projection up in a table ...
-    ('lstm', 'fused', 2, 6, 4, False),
-    # ... unless the vocabulary is larger than the batch (3 < VOCAB).
-    ('lstm', 'fused', 1, 3, 4, False),
-    # In-loop: one-hot inputs times the projected table (VOCAB <= embed), or the embedding.
-    ('lstm', 'fused', 2, 6, 16, True), ('lstm', 'fused', 2, 6, 4, True),
-    ('lstm', 'scan', 2, 6, 4, False), ('gru', 'scan', 2, 6, 4, False),
-    ('rnn', 'scan', 2, 6, 4, False)], indirect=['in_loop'])
-def test_model_and_gradients_match_reference(cell, impl, batch, seq, embed, in_loop):
-  model = model_lib.CharRNN(VOCAB, cell, num_layers=2, hidden=6, embed=embed, impl=impl)
+@pytest.mark.parametrize('cell,impl,batch,seq', [
+    ('lstm', 'fused', 2, 6),  # The first layer looks its input projection up in a table ...
+    ('lstm', 'fused', 1, 3),  # ... unless the vocabulary is larger than the batch (3 < VOCAB).
+    ('lstm', 'scan', 2, 6), ('gru', 'scan', 2, 6), ('rnn', 'scan', 2, 6)])
+def test_model_and_gradients_match_reference(cell, impl, batch, seq):
+  model = model_lib.CharRNN(VOCAB, cell, num_layers=2, hidden=6, embed=4, impl=impl)
   params = random_params(model)
   tokens = random_tokens((batch, seq), VOCAB, seed=4)
   targets = jnp.roll(tokens, -1, axis=1)
@@ -183,8 +153,7 @@ def test_model_and_gradients_match_reference(cell, impl, batch, seq, embed, in_l
   assert_trees_close(grad(apply)(params, carry), grad(ref)(params, carry))
 
 
-@pytest.mark.parametrize('in_loop', [False, True], indirect=True)
-def test_fused_and_scan_agree_with_dropout(in_loop):
+def test_fused_and_scan_agree_with_dropout():
   """Same masks (same rng), same gradients: dropout sits outside the fused recurrence."""
   tokens = random_tokens((4, 6), VOCAB, seed=5)
   targets = jnp.roll(tokens, -1, axis=1)
@@ -199,8 +168,7 @@ def test_fused_and_scan_agree_with_dropout(in_loop):
   assert_trees_close(*results)
 
 
-@pytest.mark.parametrize('in_loop', [False, True], indirect=True)
-def test_carry_continues_a_sequence(in_loop):
+def test_carry_continues_a_sequence():
   model = model_lib.CharRNN(VOCAB, 'lstm', num_layers=2, hidden=8)
   params = random_params(model)
   tokens = random_tokens((2, 12), VOCAB, seed=7)
@@ -212,8 +180,7 @@ def test_carry_continues_a_sequence(in_loop):
   assert_trees_close(end, carry)
 
 
-@pytest.mark.parametrize('in_loop', [False, True], indirect=True)
-def test_bfloat16_matmuls_stay_close(in_loop):
+def test_bfloat16_matmuls_stay_close():
   tokens = random_tokens((4, 8), VOCAB, seed=8)
   targets = jnp.roll(tokens, -1, axis=1)
   losses = []
