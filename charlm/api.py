@@ -6,9 +6,11 @@
     model.logprobs('To be, or not to be')  # log-probability of each character, in nats
     model.evaluate(split='test')  # {'chars': ..., 'loss': ..., 'bpc': ..., 'perplexity': ...}
 """
+import contextlib
 import math
 import os
 import secrets
+import tempfile
 
 import jax
 import numpy as np
@@ -16,9 +18,10 @@ import numpy as np
 from charlm import data as data_lib
 from charlm import trainer
 from charlm.errors import UserError
-from charlm.sampling import Sampler, drop_unknown
+from charlm.sampling import Sampler, drop_unknown, show_chars
 
 SKIP_HINT = "unknown='skip'"
+FILE_CHUNK_BYTES = 1 << 20  # evaluate(file=...) encodes this much of the file at a time.
 
 
 class Model:
@@ -70,55 +73,97 @@ class Model:
     return self._sampler.logprobs(self.params, self.vocab.encode(text))
 
   def evaluate(self, split: str | None = None, file: str | None = None, batch_size: int = 0,
-               unknown: str = 'error', skip_hint: str = SKIP_HINT) -> dict:
+               unknown: str = 'error', skip_hint: str = SKIP_HINT,
+               chunk_bytes: int = FILE_CHUNK_BYTES) -> dict:
     """Scores a split of the run's corpus (default: test) or a UTF-8 text file.
 
     Reads the text as training reads its validation split: in `batch_size` contiguous streams
     (default: the run's), seq_len characters at a time, carrying the hidden state; so split
     'val' gives the number training logged (when it evaluated the whole split). Returns chars
     (scored), loss (nats/char), bpc, perplexity, and for a file how many characters it skipped.
+    A file is encoded `chunk_bytes` at a time into a temporary token file (in the token cache)
+    and read from there a window at a time, so memory does not grow with its size.
     """
     if split and file:
       raise UserError('give a split or a file, not both')
     result = {'workdir': self.workdir, 'step': self.step}
-    if file:
-      tokens, missing, skipped = self._file_tokens(file, unknown, skip_hint)
-      what = file
-      result.update(file=file, skipped=skipped, skipped_chars=missing)
-    else:
-      split = split or 'test'
-      if split not in ('train', 'val', 'test'):
-        raise UserError(f'unknown split {split!r}; use train, val or test')
-      tokens = self._split_tokens(split)
-      what = f'the {split} split'
-      result['split'] = split
-    if len(tokens) < 2:
-      raise UserError(f'{what} has {len(tokens)} characters; scoring needs at least 2')
-    batch = batch_size or self.config.train.batch_size
-    if file:  # A short file is read in fewer streams rather than refused.
-      batch = min(batch, len(tokens) - 1)
-    mesh = jax.tree.leaves(self.params)[0].sharding.mesh
-    evaluator = trainer.Evaluator(self.module, mesh, batch, self.config.train.seq_len)
-    scores = evaluator(self.params, tokens, what=what)
+    with contextlib.ExitStack() as stack:
+      if file:
+        tokens, missing, skipped = self._file_tokens(file, unknown, skip_hint, chunk_bytes, stack)
+        what = file
+        result.update(file=file, skipped=skipped, skipped_chars=missing)
+      else:
+        split = split or 'test'
+        if split not in ('train', 'val', 'test'):
+          raise UserError(f'unknown split {split!r}; use train, val or test')
+        tokens = self._split_tokens(split)
+        what = f'the {split} split'
+        result['split'] = split
+      if len(tokens) < 2:
+        raise UserError(f'{what} has {len(tokens)} characters; scoring needs at least 2')
+      batch = batch_size or self.config.train.batch_size
+      if file:  # A short file is read in fewer streams rather than refused.
+        batch = min(batch, len(tokens) - 1)
+      mesh = jax.tree.leaves(self.params)[0].sharding.mesh
+      evaluator = trainer.Evaluator(self.module, mesh, batch, self.config.train.seq_len)
+      scores = evaluator(self.params, tokens, what=what)
     result.update(chars=scores['chars'], loss=scores['loss'], bpc=scores['bpc'],
                   perplexity=math.exp(scores['loss']), batch_size=batch)
     return result
 
-  def _file_tokens(self, path: str, unknown: str, skip_hint: str):
+  def _file_tokens(self, path: str, unknown: str, skip_hint: str, chunk_bytes: int,
+                   stack: contextlib.ExitStack):
+    """(tokens of the file, unknown characters in order of appearance, how many were dropped).
+
+    The tokens are a _TokenFile: the file itself for a byte-level model, else a temporary file
+    written a chunk at a time. Unknown characters are all collected before any is scored.
+    """
     try:
-      with open(path, 'rb') as f:
-        raw = f.read()
+      source = stack.enter_context(open(path, 'rb'))
     except OSError as e:
       raise UserError(f'cannot read {path}: {e.strerror}') from None
     if self.vocab.level == 'byte':
-      return np.frombuffer(raw, np.uint8).astype(np.int32), [], 0
+      return _TokenFile(source, np.uint8), [], 0
+    if unknown not in ('error', 'skip'):
+      raise UserError(f"unknown must be 'error' or 'skip', got {unknown!r}")
+    out = stack.enter_context(self._temporary_file())
+    lut = np.full(data_lib.MAX_CODE_POINT, -1, np.int32)
+    lut[[ord(c) for c in self.vocab.chars]] = np.arange(self.vocab.size)
+    missing, dropped, offset = {}, 0, 0
+    for chunk in data_lib._utf8_chunks(path, validate=False, chunk_bytes=chunk_bytes):
+      try:
+        points = (np.frombuffer(chunk, np.uint8) if chunk.isascii()
+                  else data_lib._code_points(chunk.decode('utf-8')))
+      except UnicodeDecodeError as e:
+        raise UserError(f'{path} is not valid UTF-8 (byte {offset + e.start}); convert it to '
+                        'UTF-8, or score it with a byte-level model') from None
+      offset += len(chunk)
+      ids = lut[points]
+      unknown_at = ids < 0
+      if unknown_at.any():
+        new, first = np.unique(points[unknown_at], return_index=True)
+        missing.update(dict.fromkeys(chr(p) for p in new[np.argsort(first)]))
+        dropped += int(unknown_at.sum())
+        ids = ids[~unknown_at]
+      if not (missing and unknown == 'error'):  # An error ahead: writing would be wasted.
+        ids.astype(self.vocab.dtype).tofile(out)
+    missing = list(missing)
+    if missing and unknown == 'error':
+      raise UserError(f'{path} has {dropped} character{"s" if dropped > 1 else ""} outside the '
+                      f'model\'s vocabulary: {show_chars(missing)}; remove them, or pass '
+                      f'{skip_hint} to drop them')
+    out.flush()
+    return _TokenFile(out, self.vocab.dtype), missing, dropped
+
+  def _temporary_file(self):
+    """An unnamed file in the token cache, which holds corpus-sized token files (the system's
+    temporary directory may be in memory), or in the temporary directory if that fails."""
+    root = data_lib.default_cache_dir(self.config.data.cache_dir)
     try:
-      text = raw.decode('utf-8')
-    except UnicodeDecodeError as e:
-      raise UserError(f'{path} is not valid UTF-8 (byte {e.start}); convert it to UTF-8, or '
-                      'score it with a byte-level model') from None
-    text, missing, skipped = drop_unknown(self.vocab, text, unknown, path, skip_hint)
-    return self.vocab.encode(text), missing, skipped
+      os.makedirs(root, exist_ok=True)
+      return tempfile.TemporaryFile(prefix='.evaluate-', dir=root)
+    except OSError:
+      return tempfile.TemporaryFile(prefix='charlm-evaluate-')
 
   def _split_tokens(self, split: str) -> np.ndarray:
     data = self.config.data
@@ -130,6 +175,34 @@ class Model:
       raise UserError(f'{corpus.source} no longer has the characters the model was trained on '
                       '(the text changed since training); score a file instead')
     return data_lib.split(corpus.tokens, data.split)[split]
+
+
+class _TokenFile:
+  """Tokens in a file, read where they are asked for: data.Streams indexes them with arrays of
+  positions (runs of consecutive ones, one a stream), so memory holds one batch, not the file."""
+
+  def __init__(self, file, dtype):
+    self.fd, self.dtype = file.fileno(), np.dtype(dtype)
+    self.length = os.fstat(self.fd).st_size // self.dtype.itemsize
+
+  def __len__(self):
+    return self.length
+
+  def __getitem__(self, positions) -> np.ndarray:
+    positions = np.asarray(positions, np.int64).reshape(-1)
+    if not len(positions):
+      return np.empty(0, self.dtype)
+    step = np.diff(positions)
+    starts = np.flatnonzero((step < 0) | (step > 1)) + 1  # Runs that go up by 0 or 1.
+    out = np.empty(len(positions), self.dtype)
+    size = self.dtype.itemsize
+    for a, b in zip(np.r_[0, starts], np.r_[starts, len(positions)], strict=True):
+      lo, hi = int(positions[a]), int(positions[b - 1])
+      if not 0 <= lo <= hi < self.length:
+        raise IndexError(f'token positions {lo}..{hi} outside 0..{self.length - 1}')
+      run = np.frombuffer(os.pread(self.fd, (hi - lo + 1) * size, lo * size), self.dtype)
+      out[a:b] = run[positions[a:b] - lo]
+    return out
 
 
 def load(workdir: str, step=None) -> Model:

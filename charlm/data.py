@@ -107,13 +107,13 @@ def _source_fingerprint(path: str) -> dict:
   return {'size': st.st_size, 'mtime_ns': st.st_mtime_ns}
 
 
-def _utf8_chunks(path: str, validate: bool = True) -> Iterator[bytes]:
-  """Yields `path` in chunks of about CHUNK_BYTES that end between characters. With `validate`,
-  invalid UTF-8 is a UserError naming its byte offset."""
+def _utf8_chunks(path: str, validate: bool = True, chunk_bytes: int = 0) -> Iterator[bytes]:
+  """Yields `path` in chunks of about `chunk_bytes` (default CHUNK_BYTES) that end between
+  characters. With `validate`, invalid UTF-8 is a UserError naming its byte offset."""
   offset, carry = 0, b''
   with open(path, 'rb') as f:
     while True:
-      raw = f.read(CHUNK_BYTES)
+      raw = f.read(chunk_bytes or CHUNK_BYTES)
       chunk = carry + raw
       cut = len(chunk) if not raw else _last_boundary(chunk)
       chunk, carry = chunk[:cut], chunk[cut:]

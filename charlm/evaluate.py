@@ -6,6 +6,8 @@
 The text is read as training reads its validation split: in `batch_size` contiguous streams
 (the run's, unless --batch_size), `seq_len` characters at a time, the hidden state carried from
 window to window; so `--split val` gives the number training logged (with eval_batches=0).
+A --file is encoded a chunk at a time into a temporary token file and read from there, so its
+size is not limited by memory; unknown characters are all found before anything is scored.
 """
 import json
 
