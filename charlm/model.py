@@ -7,18 +7,21 @@ computed once per call, when the vocabulary is smaller than the batch's characte
 the loop only the recurrent matmul (all gates fused into one) and the gate arithmetic remain.
 LSTM layers train through `lstm_kernel.lstm`, whose hand-written backward pass computes the
 weight gradients as large matmuls over all timesteps (impl='fused'); impl='scan' is plain
-autodiff through `lax.scan` (the reference). The carry (hidden state) comes in and goes out,
-so it flows across batches.
+autodiff through `lax.scan` (the reference). impl='cudnn' runs each LSTM layer through cuDNN
+on an NVIDIA GPU (`cudnn_lstm`), which projects the inputs itself. The carry (hidden state)
+comes in and goes out, so it flows across batches.
 """
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from charlm import lstm_kernel
+from charlm import cudnn_lstm, lstm_kernel
 from charlm.errors import UserError
 
 CELLS = ('lstm', 'gru', 'rnn')
-IMPLS = ('fused', 'scan')
+IMPLS = ('fused', 'scan', 'cudnn')
 DTYPES = ('float32', 'bfloat16')
 
 
@@ -45,11 +48,22 @@ def rnn_step(w_h, carry, gx):
   return (h,), h
 
 
+class InputParams(nn.Module):
+  """The parameters of nn.Dense(features), unapplied: same names, shapes and initializers."""
+  features: int
+  bias_init: Callable
+
+  @nn.compact
+  def __call__(self, in_features: int):
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), (in_features, self.features))
+    return kernel, self.param('bias', self.bias_init, (self.features,))
+
+
 class Recurrent(nn.Module):
   """One recurrent layer over a time-major [T, B, features] sequence.
 
   With `tokens` [T, B], `xs` is instead an embedding table [vocab, features]: the layer
-  projects the table and looks each token's row up.
+  projects the table and looks each token's row up (impl='cudnn' looks up the rows instead).
   """
   cell: str
   hidden: int
@@ -66,6 +80,13 @@ class Recurrent(nn.Module):
         return jnp.zeros(shape, dtype).at[h:2 * h].set(1.0)
       return jnp.zeros(shape, dtype)
 
+    if self.cell == 'lstm' and self.impl == 'cudnn':  # float32, whatever self.dtype (cudnn_lstm).
+      if tokens is not None:  # cuDNN projects the inputs itself: look the embeddings up.
+        xs = jnp.take(xs, tokens, axis=0, mode='clip')
+      w_x, b = InputParams(gates * h, bias_init, name='input')(xs.shape[-1])
+      w_h = self.param('recurrent', nn.initializers.orthogonal(), (h, gates * h))
+      hs, c, h_last = cudnn_lstm.lstm(xs, w_x, b, w_h, *carry)
+      return (c, h_last), hs
     gx = nn.Dense(gates * h, bias_init=bias_init, dtype=self.dtype, name='input')(xs)
     gx = gx.astype(jnp.float32)
     if tokens is not None:
@@ -130,6 +151,9 @@ def from_config(model_config, vocab_size: int) -> CharRNN:
   impl, dtype = model_config.get('impl', 'fused'), model_config.get('dtype', 'float32')
   if impl not in IMPLS:
     raise UserError(f'unknown model.impl {impl!r}; use one of {", ".join(IMPLS)}')
+  if impl == 'cudnn' and jax.default_backend() != 'gpu':
+    raise UserError(f"model.impl='cudnn' needs an NVIDIA GPU (this run has "
+                    f"{jax.default_backend()}); use model.impl='fused'")
   if dtype not in DTYPES:
     raise UserError(f'unknown model.dtype {dtype!r}; use one of {", ".join(DTYPES)}')
   return CharRNN(vocab_size=vocab_size, cell=model_config.cell,

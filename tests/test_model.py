@@ -1,13 +1,16 @@
-"""The model: shapes, initial loss, and the fast LSTM path against plain references."""
+"""The model: shapes, initial loss, and the fast LSTM paths against plain references."""
 import math
+import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import smoke_config
+from jax.experimental import rnn
 
-from charlm import lstm_kernel
+from charlm import cudnn_lstm, lstm_kernel, trainer
 from charlm import model as model_lib
 from charlm.errors import UserError
 
@@ -29,10 +32,10 @@ def random_tokens(shape, vocab=VOCAB, seed=0):
   return jnp.asarray(np.random.default_rng(seed).integers(0, vocab, shape), jnp.int32)
 
 
-def random_params(model, seed=0):
+def random_params(model, seed=0, scale=0.5):
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32),
                           model.initial_carry(1))['params']
-  return random_like(shapes, seed=seed)
+  return random_like(shapes, scale, seed=seed)
 
 
 def random_carry(model, batch, seed=1):
@@ -202,9 +205,91 @@ def test_from_config_and_count_params():
   params = random_params(model)
   matmul = 2 * 4 * 8 * (8 + 8) + 8 * VOCAB
   assert model_lib.count_params(params) == matmul + VOCAB * 8 + 2 * 4 * 8 + VOCAB
-  for field, bad in (('cell', 'tree'), ('impl', 'cudnn'), ('dtype', 'float16')):
+  for field, bad in (('cell', 'tree'), ('impl', 'pallas'), ('dtype', 'float16')):
     with pytest.raises(UserError, match=field):
       model_lib.from_config(ml_collections.ConfigDict({**config.to_dict(), field: bad}), VOCAB)
   legacy = ml_collections.ConfigDict({k: v for k, v in config.items()
                                       if k not in ('impl', 'dtype')})
   assert model_lib.from_config(legacy, VOCAB).impl == 'fused'
+
+
+def cudnn_reference(x, h_0, c_0, weights, seq_lengths, input_size, hidden_size, num_layers,
+                    dropout, bidirectional):
+  """rnn.lstm in plain JAX, for CPUs: jax's reference reads the flat weights in cuDNN's layout."""
+  unpacked = rnn.unpack_lstm_weights(weights, input_size, hidden_size, num_layers, bidirectional)
+  return rnn.lstm_ref(x, h_0, c_0, *unpacked, seq_lengths, input_size, hidden_size, num_layers,
+                      dropout, bidirectional)
+
+
+def test_cudnn_packing_is_cudnns_layout():
+  """What cuDNN would compute from `pack`'s weights equals charlm's LSTM with the same params."""
+  t, b, n_in, h = 5, 3, 4, 6  # in != H, so that a missing transpose cannot pass.
+  xs, w_x, bias, w_h, c0, h0 = random_like(
+      [jnp.zeros((t, b, n_in)), jnp.zeros((n_in, 4 * h)), jnp.zeros(4 * h),
+       jnp.zeros((h, 4 * h)), jnp.zeros((b, h)), jnp.zeros((b, h))], scale=0.5, seed=9)
+  weights = cudnn_lstm.pack(w_x, bias, w_h)
+  assert weights.shape == (rnn.get_num_params_in_lstm(n_in, h, 1, False),)
+  w_ih, w_hh, b_ih, b_hh = rnn.unpack_lstm_weights(weights, n_in, h, 1, False)
+  np.testing.assert_array_equal(w_ih[0][h:2 * h], w_x[:, h:2 * h].T)  # The forget gate's rows.
+  np.testing.assert_array_equal(b_hh[0], np.zeros(4 * h))
+  ys, h_n, c_n = cudnn_reference(jnp.swapaxes(xs, 0, 1), h0[None], c0[None], weights,
+                                 jnp.full((b,), t, jnp.int32), n_in, h, 1, 0.0, False)
+  hs, c, hh = jax.jit(lstm_kernel.lstm)(xs @ w_x + bias, w_h, c0, h0)
+  assert_trees_close((jnp.swapaxes(ys, 0, 1), c_n[0], h_n[0]), (hs, c, hh), rtol=1e-5)
+
+
+@pytest.mark.parametrize('batch,seq', [(2, 6), (1, 3)])  # Embedding table, then embedded rows.
+def test_cudnn_model_wiring_on_cpu(monkeypatch, batch, seq):
+  """The model's impl='cudnn' path with cuDNN replaced by jax's reference: parameters (the same
+  as the other impls', initial values too), embedding lookup, carry, gradients through `pack`."""
+  monkeypatch.setattr(rnn, 'lstm', cudnn_reference)
+  model = model_lib.CharRNN(VOCAB, 'lstm', num_layers=2, hidden=6, embed=4, impl='cudnn')
+  fused = model_lib.CharRNN(VOCAB, 'lstm', num_layers=2, hidden=6, embed=4, impl='fused')
+  assert_trees_close(init(model), init(fused), rtol=0, atol=0)
+  params = random_params(model)
+  tokens = random_tokens((batch, seq), VOCAB, seed=4)
+  targets = jnp.roll(tokens, -1, axis=1)
+  carry = random_carry(model, batch)
+  apply = lambda p, x, c: model.apply({'params': p}, x, c)
+  ref = lambda p, x, c: reference_apply('lstm', p, x, c)
+  grad = lambda f: jax.jit(jax.grad(loss_with_carry(f, tokens, targets), argnums=(0, 1)))
+  with jax.default_matmul_precision('float32'):  # No TF32 where this runs on a GPU.
+    assert_trees_close(jax.jit(apply)(params, tokens, carry), jax.jit(ref)(params, tokens, carry))
+    assert_trees_close(grad(apply)(params, carry), grad(ref)(params, carry))
+
+
+@pytest.mark.skipif(jax.default_backend() == 'gpu', reason='the error is for runs without a GPU')
+def test_cudnn_without_a_gpu_is_a_one_line_error(tmp_path):
+  workdir = tmp_path / 'run'
+  with pytest.raises(UserError, match="model.impl='cudnn' needs an NVIDIA GPU") as error:
+    trainer.train_and_evaluate(smoke_config(tmp_path, model__impl='cudnn'), str(workdir))
+  assert '\n' not in str(error.value) and "model.impl='fused'" in str(error.value)
+  assert not os.path.exists(workdir)  # Refused before anything was compiled or written.
+
+
+@pytest.mark.skipif(jax.default_backend() != 'gpu', reason='cuDNN needs an NVIDIA GPU')
+@pytest.mark.parametrize('batch,seq,hidden,embed,dropout,scale', [
+    (2, 6, 6, 4, 0.0, 0.5),  # The first layer gets its inputs from the embedding table ...
+    (1, 3, 6, 0, 0.0, 0.5),  # ... or embedded (3 < VOCAB), here as wide as the hidden state.
+    (8, 16, 32, 16, 0.5, 0.5),  # Dropout between the layers: same rng, same masks.
+    (16, 50, 128, 0, 0.0, 0.1)])  # Weights small enough that rounding does not grow chaotically.
+def test_cudnn_matches_scan_on_gpu(batch, seq, hidden, embed, dropout, scale):
+  """Loss, outputs, final carry and all gradients, with carry in and out, as autodiff's."""
+  tokens = random_tokens((batch, seq), VOCAB, seed=10)
+  targets = jnp.roll(tokens, -1, axis=1)
+  outputs, grads = [], []
+  for impl in ('cudnn', 'scan'):
+    model = model_lib.CharRNN(VOCAB, 'lstm', num_layers=2, hidden=hidden, embed=embed,
+                              dropout=dropout, impl=impl)
+    apply = lambda p, x, c, model=model: model.apply(
+        {'params': p}, x, c, train=True, rngs={'dropout': jax.random.PRNGKey(11)})
+    params, carry = random_params(model, scale=scale), random_carry(model, batch)
+    with jax.default_matmul_precision('float32'):  # No TF32, in cuDNN and in XLA.
+      outputs.append(jax.jit(apply)(params, tokens, carry))
+      grads.append(jax.jit(jax.value_and_grad(loss_with_carry(apply, tokens, targets),
+                                              argnums=(0, 1)))(params, carry))
+  assert_trees_close(*outputs, rtol=1e-4, atol=1e-5)
+  assert_trees_close(*grads, rtol=1e-4, atol=1e-5)
+  cudnn, scan = (model_lib.CharRNN(VOCAB, 'lstm', hidden=hidden, impl=impl)
+                 for impl in ('cudnn', 'fused'))
+  assert_trees_close(init(cudnn), init(scan), rtol=0, atol=0)  # Checkpoints fit either impl.
