@@ -166,6 +166,8 @@ def load_checkpoint(workdir: str, step='latest'):
                         f'of the steps {", ".join(map(str, sorted(steps)))}')
     meta = ckpts.restore_meta(chosen)
     config = ml_collections.ConfigDict(meta['config'])
+    if config.model.get('impl') == 'cudnn' and jax.default_backend() != 'gpu':
+      config.model.impl = 'fused'  # Same parameters; a GPU-trained run samples on any machine.
     vocab = data_lib.Vocab.from_json(meta['vocab'])
     mesh = jax.make_mesh((1, 1), (sharding.DATA_AXIS, sharding.MODEL_AXIS),
                          devices=jax.local_devices()[:1],

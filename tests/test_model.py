@@ -293,3 +293,23 @@ def test_cudnn_matches_scan_on_gpu(batch, seq, hidden, embed, dropout, scale):
   cudnn, scan = (model_lib.CharRNN(VOCAB, 'lstm', hidden=hidden, impl=impl)
                  for impl in ('cudnn', 'fused'))
   assert_trees_close(init(cudnn), init(scan), rtol=0, atol=0)  # Checkpoints fit either impl.
+
+
+def test_cudnn_run_loads_without_a_gpu(monkeypatch, tmp_path):
+  """A run trained with impl='cudnn' (here on cuDNN's reference, posing as a GPU) loads on a
+  CPU as impl='fused', with the same parameters and the same outputs."""
+  workdir = str(tmp_path / 'run')
+  with monkeypatch.context() as gpu:
+    gpu.setattr(rnn, 'lstm', cudnn_reference)
+    gpu.setattr(model_lib.jax, 'default_backend', lambda: 'gpu')
+    trainer.train_and_evaluate(smoke_config(tmp_path, model__impl='cudnn', train__steps=4),
+                               workdir)
+    config, vocab, cudnn_model, params, _ = trainer.load_checkpoint(workdir)
+    assert config.model.impl == 'cudnn'
+    tokens = random_tokens((2, 5), vocab.size, seed=1)
+    carry = cudnn_model.initial_carry(2)
+    expected, _ = cudnn_model.apply({'params': params}, tokens, carry)
+  config, _, model, loaded, _ = trainer.load_checkpoint(workdir)
+  assert config.model.impl == 'fused' and model.impl == 'fused'
+  assert_trees_close(loaded, params, rtol=0, atol=0)
+  assert_trees_close(model.apply({'params': loaded}, tokens, carry)[0], expected, rtol=1e-5)
