@@ -2,6 +2,7 @@
 
     python experiments/bench_train.py              # the CPU sizes, 5 rounds (about 10 minutes)
     python experiments/bench_train.py --sizes 2x256:32x64 --rounds 2 --out ''   # a quick look
+    python experiments/bench_train.py --variants fused:float32,fused:bfloat16,cudnn:float32  # GPU
 
 A size LxH:BxT is L LSTM layers of H units, batch B, sequence T; vocabulary 65, embedding H,
 Adam 2e-3, global-norm clipping 5, hidden state carried from step to step, random characters
@@ -38,9 +39,11 @@ GPU_SIZES = CPU_SIZES + ['3x512:64x100', '3x512:100x100', '3x512:512x100']
 _SIZES = flags.DEFINE_list('sizes', [], 'LxH:BxT sizes (default: the CPU or GPU set).')
 _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Alternating charlm/peer rounds (medians).')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per size and round, on each side.')
-_IMPL = flags.DEFINE_string('impl', 'fused', "charlm's model.impl: 'fused' or 'scan'.")
-_DTYPE = flags.DEFINE_string('dtype', 'float32', "charlm's model.dtype (matmul inputs).")
+_VARIANTS = flags.DEFINE_list('variants', ['fused:float32'], "charlm's model.impl:model.dtype "
+                              "pairs, each timed against the same peer runs (e.g. "
+                              "fused:float32,fused:bfloat16,cudnn:float32).")
 _PEER_PYTHON = flags.DEFINE_string('peer_python', '', "The peer's python ('': from setup.sh).")
+_PEER_DIR = flags.DEFINE_string('peer_dir', PEER, 'Folder holding torch_charrnn.py and setup.sh.')
 _NO_PEER = flags.DEFINE_bool('no_peer', False, 'Run charlm only.')
 _OUT = flags.DEFINE_string('out', None, "JSON results (default experiments/results/"
                            "bench_train_<platform>.json; '': none).")
@@ -62,7 +65,7 @@ def flops_per_char(size: dict) -> int:
 class Charlm:
   """charlm's jitted train step for one size, with its state and a stream of batches."""
 
-  def __init__(self, size: dict):
+  def __init__(self, size: dict, impl: str, dtype: str):
     import jax
     import numpy as np
 
@@ -71,7 +74,7 @@ class Charlm:
     config = default.get_config()
     config.unlock()
     config.model.update(cell='lstm', num_layers=size['layers'], hidden=size['hidden'],
-                        impl=_IMPL.value, dtype=_DTYPE.value)
+                        impl=impl, dtype=dtype)
     config.train.update(batch_size=size['batch'], seq_len=size['seq'])
     config.optim.update(name='adam', lr=2e-3, clip=5.0, schedule='constant')
     self.size, self.jax = size, jax
@@ -121,9 +124,10 @@ class Charlm:
 
 def peer_run(python: str, size: dict, steps: int) -> dict:
   """One run of the peer; its JSON line, plus its process's peak memory."""
-  argv = [os.path.join(PEER, 'torch_charrnn.py'), 'train', '--layers', str(size['layers']),
-          '--hidden', str(size['hidden']), '--batch', str(size['batch']), '--seq',
-          str(size['seq']), '--vocab', str(VOCAB), '--steps', str(steps), '--min_seconds', '0']
+  argv = [os.path.join(_PEER_DIR.value, 'torch_charrnn.py'), 'train', '--layers',
+          str(size['layers']), '--hidden', str(size['hidden']), '--batch', str(size['batch']),
+          '--seq', str(size['seq']), '--vocab', str(VOCAB), '--steps', str(steps),
+          '--min_seconds', '0']
   # The peer's peak resident memory: VmHWM (ru_maxrss would include this parent's, via fork).
   wrapper = ('import runpy, sys; sys.argv = sys.argv[1:]; '
              'runpy.run_path(sys.argv[0], run_name="__main__"); '
@@ -136,11 +140,11 @@ def peer_run(python: str, size: dict, steps: int) -> dict:
   return result
 
 
-def matmul_rate(n: int = 2048) -> float:
-  """GFLOP/s of a float32 n^3 jnp.dot, the best of three."""
+def matmul_rate(n: int, dtype: str) -> float:
+  """GFLOP/s of an n^3 jnp.dot in `dtype` (default precision), the best of three."""
   import jax
   import jax.numpy as jnp
-  a = jnp.ones((n, n), jnp.float32)
+  a = jnp.ones((n, n), dtype)
   dot = jax.jit(jnp.dot)
   dot(a, a).block_until_ready()
   times = []
@@ -154,7 +158,7 @@ def matmul_rate(n: int = 2048) -> float:
 def peer_python() -> str:
   if _PEER_PYTHON.value:
     return _PEER_PYTHON.value
-  out = subprocess.run(['bash', os.path.join(PEER, 'setup.sh')], check=True,
+  out = subprocess.run(['bash', os.path.join(_PEER_DIR.value, 'setup.sh')], check=True,
                        capture_output=True, text=True)
   return out.stdout.strip().splitlines()[-1]
 
@@ -186,6 +190,11 @@ def main(argv):
   import jax
   gpu = jax.devices()[0].platform == 'gpu'
   sizes = [parse_size(s) for s in (_SIZES.value or (GPU_SIZES if gpu else CPU_SIZES))]
+  variants = [tuple(v.split(':')) for v in _VARIANTS.value]
+  # The matmul "peak" each variant is held to: float32 on a CPU (2048^3); on a GPU 8192^3 in
+  # the variant's matmul dtype (JAX's default float32 precision there is TF32, as cuDNN's).
+  matmul_n = 8192 if gpu else 2048
+  peak_dtypes = sorted({dtype for _, dtype in variants} | {'float32'})
   python = None if _NO_PEER.value else peer_python()
   info = machine()
   info['load_before'] = os.getloadavg()
@@ -194,70 +203,85 @@ def main(argv):
 
   runners = {}
   for size in sizes:
-    runners[size['name']] = Charlm(size)
-    print(f'compiled {size["name"]} in {runners[size["name"]].compile_s:.1f}s', flush=True)
+    for impl, dtype in variants:
+      runner = Charlm(size, impl, dtype)
+      runners[size['name'], impl, dtype] = runner
+      print(f'compiled {size["name"]} {impl}:{dtype} in {runner.compile_s:.1f}s', flush=True)
 
-  rounds = {s['name']: {'charlm': [], 'peer': [], 'peer_runs': []} for s in sizes}
-  peaks = []
+  rates = {key: [] for key in runners}
+  peer_rates = {s['name']: [] for s in sizes}
+  peer_runs = {s['name']: [] for s in sizes}
+  peaks = {dtype: [] for dtype in peak_dtypes}
   for r in range(_ROUNDS.value):
-    peaks.append(matmul_rate())
+    for dtype in peak_dtypes:
+      peaks[dtype].append(matmul_rate(matmul_n, dtype))
     for size in sizes:
       name, chars = size['name'], size['batch'] * size['seq']
-      charlm_rate = chars / statistics.median(runners[name].run(_STEPS.value))
-      rounds[name]['charlm'].append(charlm_rate)
-      line = f'round {r + 1}: {name} charlm {charlm_rate:,.0f} chars/s'
+      line = f'round {r + 1}: {name}'
+      for impl, dtype in variants:
+        rate = chars / statistics.median(runners[name, impl, dtype].run(_STEPS.value))
+        rates[name, impl, dtype].append(rate)
+        line += f' charlm {impl}:{dtype} {rate:,.0f} chars/s,'
       if python:
         peer = peer_run(python, size, _STEPS.value)
-        rounds[name]['peer'].append(chars / peer['step_s_median'])
-        rounds[name]['peer_runs'].append(peer)
-        line += f', peer {rounds[name]["peer"][-1]:,.0f}'
-      print(line + f' (matmul {peaks[-1]:.0f} GFLOP/s, load {os.getloadavg()[0]:.1f})',
-            flush=True)
+        peer_rates[name].append(chars / peer['step_s_median'])
+        peer_runs[name].append(peer)
+        line += f' peer {peer_rates[name][-1]:,.0f}'
+      print(line + f' (matmul {peaks["float32"][-1]:,.0f} GFLOP/s, load '
+            f'{os.getloadavg()[0]:.1f})', flush=True)
   info['load_after'] = os.getloadavg()
 
-  peak = max(peaks)
+  peak = {dtype: max(got) for dtype, got in peaks.items()}
   rows = []
   for size in sizes:
-    name, runner, got = size['name'], runners[size['name']], rounds[size['name']]
+    name = size['name']
     flops = flops_per_char(size)
-    row = {**size, 'train_flops_per_char': flops, 'charlm_chars_per_s': statistics.median(
-        got['charlm']), 'charlm_rounds': got['charlm'], 'compile_s': runner.compile_s,
-        'charlm_step_buffers_mb': runner.step_mb, 'charlm_loss_last': runner.loss}
-    row['charlm_gflops'] = row['charlm_chars_per_s'] * flops / 1e9
-    row['charlm_peak_fraction'] = row['charlm_gflops'] / peak
-    if got['peer']:
-      row['peer_chars_per_s'] = statistics.median(got['peer'])
-      row['peer_rounds'] = got['peer']
-      row['peer_gflops'] = row['peer_chars_per_s'] * flops / 1e9
-      row['peer_peak_fraction'] = row['peer_gflops'] / peak
-      row['ratio'] = row['charlm_chars_per_s'] / row['peer_chars_per_s']
-      row['peer_max_rss_mb'] = max(p['max_rss_mb'] for p in got['peer_runs'])
-      row['peer'] = {k: got['peer_runs'][-1][k] for k in ('peer', 'torch', 'device', 'threads')}
-    rows.append(row)
+    for impl, dtype in variants:
+      runner, got = runners[name, impl, dtype], rates[name, impl, dtype]
+      row = {**size, 'impl': impl, 'dtype': dtype, 'train_flops_per_char': flops,
+             'charlm_chars_per_s': statistics.median(got), 'charlm_rounds': got,
+             'compile_s': runner.compile_s, 'charlm_step_buffers_mb': runner.step_mb,
+             'charlm_loss_last': runner.loss}
+      row['charlm_gflops'] = row['charlm_chars_per_s'] * flops / 1e9
+      row['charlm_peak_fraction'] = row['charlm_gflops'] / peak[dtype]
+      if peer_rates[name]:
+        row['peer_chars_per_s'] = statistics.median(peer_rates[name])
+        row['peer_rounds'] = peer_rates[name]
+        row['peer_gflops'] = row['peer_chars_per_s'] * flops / 1e9
+        row['peer_peak_fraction'] = row['peer_gflops'] / peak['float32']
+        row['ratio'] = row['charlm_chars_per_s'] / row['peer_chars_per_s']
+        row['peer_max_rss_mb'] = max(p['max_rss_mb'] for p in peer_runs[name])
+        last = peer_runs[name][-1]
+        row['peer'] = {k: last[k] for k in ('peer', 'torch', 'device', 'threads', 'gpu', 'cudnn')
+                       if k in last}
+      rows.append(row)
   info['charlm_max_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   if gpu:
     stats = jax.devices()[0].memory_stats() or {}
     info['charlm_gpu_peak_mb'] = stats.get('peak_bytes_in_use', 0) / 2 ** 20
+  info['matmul_n'] = matmul_n
   info['matmul_peak_gflops'] = peak
   info['matmul_rounds_gflops'] = peaks
 
-  print(f'\nfloat32 matmul peak (2048^3 jnp.dot, best of {len(peaks)} rounds): {peak:.0f} '
-        f'GFLOP/s; medians of {_ROUNDS.value} rounds of {_STEPS.value} steps; load average '
+  print(f'\nmatmul peak ({matmul_n}^3 jnp.dot, best of {_ROUNDS.value} rounds): '
+        + ', '.join(f'{dtype} {got:,.0f} GFLOP/s' for dtype, got in peak.items())
+        + f'; medians of {_ROUNDS.value} rounds of {_STEPS.value} steps; load average '
         f'{info["load_before"][0]:.1f} before, {info["load_after"][0]:.1f} after\n')
-  print('| size | batch x seq | charlm chars/s | peer chars/s | ratio | charlm GFLOP/s '
-        '(% peak) | peer GFLOP/s (% peak) | compile s | charlm step MB | peer RSS MB |')
-  print('| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+  print('| size | batch x seq | charlm impl:dtype | charlm chars/s | peer chars/s | ratio | '
+        'charlm GFLOP/s (% peak) | peer GFLOP/s (% f32 peak) | compile s | charlm step MB | '
+        'peer RSS MB |')
+  print('| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
   for row in rows:
     peer = (f'{row["peer_chars_per_s"]:,.0f} | {row["ratio"]:.2f}x' if 'ratio' in row
             else '- | -')
-    peer_flops = (f'{row["peer_gflops"]:.0f} ({100 * row["peer_peak_fraction"]:.0f}%) | '
-                  f'{row["peer_max_rss_mb"]:.0f}' if 'ratio' in row else '- | -')
+    peer_flops = (f'{row["peer_gflops"]:,.0f} ({100 * row["peer_peak_fraction"]:.0f}%)'
+                  if 'ratio' in row else '-')
+    peer_mb = f'{row["peer_max_rss_mb"]:.0f}' if 'ratio' in row else '-'
     mb = f'{row["charlm_step_buffers_mb"]:.0f}' if row['charlm_step_buffers_mb'] else '-'
-    print(f'| {row["layers"]}x{row["hidden"]} | {row["batch"]}x{row["seq"]} | '
-          f'{row["charlm_chars_per_s"]:,.0f} | {peer} | {row["charlm_gflops"]:.0f} '
-          f'({100 * row["charlm_peak_fraction"]:.0f}%) | '
-          f'{peer_flops.split(" | ")[0]} | {row["compile_s"]:.1f} | {mb} | '
-          f'{peer_flops.split(" | ")[1]} |')
+    print(f'| {row["layers"]}x{row["hidden"]} | {row["batch"]}x{row["seq"]} | {row["impl"]}:'
+          f'{row["dtype"]} | {row["charlm_chars_per_s"]:,.0f} | {peer} | '
+          f'{row["charlm_gflops"]:,.0f} ({100 * row["charlm_peak_fraction"]:.0f}%) | '
+          f'{peer_flops} | {row["compile_s"]:.1f} | {mb} | {peer_mb} |')
   print(f'\ncharlm process peak RSS {info["charlm_max_rss_mb"]:.0f} MB (all sizes); charlm step '
         'MB: the compiled step\'s arguments, outputs and temporaries (XLA memory analysis)')
 
@@ -267,8 +291,8 @@ def main(argv):
   if out:
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, 'w') as f:
-      json.dump({'machine': info, 'impl': _IMPL.value, 'dtype': _DTYPE.value,
-                 'rounds': _ROUNDS.value, 'steps': _STEPS.value, 'results': rows}, f, indent=2)
+      json.dump({'machine': info, 'variants': _VARIANTS.value, 'rounds': _ROUNDS.value,
+                 'steps': _STEPS.value, 'results': rows}, f, indent=2)
     print(f'wrote {out}')
 
 

