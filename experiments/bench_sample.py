@@ -8,7 +8,10 @@ sampling at 1.0, vocabulary 65. Each rep runs, for each number of streams, charl
 process, compiled beforehand) and then the peer (`../shared/bench/torch_charrnn.py sample` in its
 own environment, made by `../shared/bench/setup.sh`), so both see the same machine load; the
 table gives medians over reps. Also measured in the same run: the float32 matmul rate of the
-machine (a 2048^3 jnp.dot) and the rate charlm's 64-stream step reaches. Targets: one stream at
+machine (a 2048^3 jnp.dot), the rate charlm's 64-stream step reaches, and two ceilings: the
+speedup over the peer if every sampling FLOP ran at the best matmul rate, and the rate of a
+compiled loop of the per-character matmuls alone (nothing else), which any sampler of the
+model must at least do. Targets: one stream at
 least 30x the peer's one stream, 64 streams at least 8x the peer's 64 streams.
 """
 import json
@@ -19,6 +22,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 from absl import app, flags, logging
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,6 +69,31 @@ def charlm_rate(streams: int, length: int) -> float:
   return streams * length / seconds(lambda: run(length))
 
 
+def matmuls_alone_rate(streams: int, length: int) -> float:
+  """Characters per second of a compiled loop doing only the matmuls a sampler must do per
+  character (the recurrent ones, the upper layers' input ones, the output layer's), each step
+  depending on the last: a ceiling for any sampler of this model on this machine."""
+  import jax
+  import jax.numpy as jnp
+  h, v = _HIDDEN.value, _VOCAB.value
+  rng = np.random.default_rng(0)
+  shapes = [(h, 4 * h)] + [(2 * h, 4 * h)] * (_LAYERS.value - 1) + [(h, v)]
+  weights = [jnp.asarray(rng.normal(0, 0.05, s), jnp.float32) for s in shapes]
+
+  def step(hs, _):
+    new, x = [], None
+    for w, state in zip(weights[:-1], hs, strict=True):
+      inputs = state if x is None else jnp.concatenate([x, state], axis=-1)
+      x = jnp.tanh((inputs @ w)[:, :h])  # Stands in for the gates: keeps the steps dependent.
+      new.append(x)
+    return new, x @ weights[-1]
+
+  loop = jax.jit(lambda hs: jax.lax.scan(step, hs, None, length=length)[1])
+  hs = [jnp.zeros((streams, h), jnp.float32)] * _LAYERS.value
+  jax.block_until_ready(loop(hs))
+  return streams * length / seconds(lambda: jax.block_until_ready(loop(hs)), reps=3)
+
+
 def peer_rate(python: str, streams: int, length: int) -> dict:
   out = subprocess.run(
       [python, os.path.join(PEER, 'torch_charrnn.py'), 'sample', '--layers', str(_LAYERS.value),
@@ -96,38 +125,51 @@ def main(argv):
       [os.path.join(PEER, 'setup.sh')], check=True, capture_output=True, text=True).stdout.strip()
   streams = [int(s) for s in _STREAMS.value]
   length = {s: _LENGTH.value if s == 1 else max(1, _BATCH_CHARS.value // s) for s in streams}
-  reps = {s: {'charlm': [], 'peer': []} for s in streams}
+  reps = {s: {'charlm': [], 'peer': [], 'matmuls': []} for s in streams}
   matmul, peer_meta = [], {}
   for rep in range(_REPS.value):
     matmul.append(matmul_rate())
     for s in streams:
       reps[s]['charlm'].append(charlm_rate(s, length[s]))
+      reps[s]['matmuls'].append(matmuls_alone_rate(s, length[s]))
       peer = peer_rate(python, s, length[s])
       peer_meta = {k: peer[k] for k in ('peer', 'torch', 'device', 'threads')}
       reps[s]['peer'].append(peer['chars_per_s'])
       print(f'rep {rep + 1}: {s} streams: charlm {reps[s]["charlm"][-1]:,.0f} chars/s, peer '
             f'{reps[s]["peer"][-1]:,.0f} chars/s', file=sys.stderr, flush=True)
 
+  # Ceilings, no gate math or sampling counted: every sampling FLOP at the best 2048^3 matmul
+  # rate, and the best rate of the per-character matmuls alone in a loop (for one stream
+  # they are matrix-vector products, bound by memory, not by the FLOP rate).
+  bound = max(matmul) * 1e9 / flops_per_char()
   rows = []
   for s in streams:
+    alone = max(reps[s]['matmuls'])
     ours, theirs = (statistics.median(reps[s][k]) for k in ('charlm', 'peer'))
     rows.append({'streams': s, 'chars_per_stream': length[s], 'charlm_chars_per_s': ours,
                  'peer_chars_per_s': theirs, 'speedup': ours / theirs,
                  'target': TARGETS.get(s), 'charlm_gflops': ours * flops_per_char() / 1e9,
+                 'matmul_bound_chars_per_s': bound, 'matmul_bound_speedup': bound / theirs,
+                 'matmuls_alone_chars_per_s': alone, 'matmuls_alone_speedup': alone / theirs,
+                 'matmuls_alone_reps': reps[s]['matmuls'],
                  'charlm_reps': reps[s]['charlm'], 'peer_reps': reps[s]['peer']})
   rate = statistics.median(matmul)
   print(f'\n{_LAYERS.value}x{_HIDDEN.value} LSTM, vocabulary {_VOCAB.value}, temperature 1.0; '
-        f'medians of {_REPS.value} alternating reps; matmul rate {rate:.0f} GFLOP/s\n')
+        f'medians of {_REPS.value} alternating reps; matmul rate {rate:.0f} GFLOP/s (median), '
+        f'{max(matmul):.0f} (best). Ceilings over the peer: every sampling FLOP at the best '
+        'matmul rate; the per-character matmuls alone in a compiled loop (best rep)\n')
   print('| streams | charlm chars/s (min-max) | peer chars/s (min-max) | speedup | target | '
-        'charlm GFLOP/s |')
-  print('| ---: | ---: | ---: | ---: | ---: | ---: |')
+        'charlm GFLOP/s | ceiling: FLOPs at peak | ceiling: matmuls alone |')
+  print('| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
   spread = lambda values: f'{min(values):,.0f}-{max(values):,.0f}'
   for r in rows:
     target = f'{r["target"]:.0f}x' if r['target'] else '-'
     met = '' if not r['target'] else (' (met)' if r['speedup'] >= r['target'] else ' (MISSED)')
     print(f'| {r["streams"]} | {r["charlm_chars_per_s"]:,.0f} ({spread(r["charlm_reps"])}) | '
           f'{r["peer_chars_per_s"]:,.0f} ({spread(r["peer_reps"])}) | {r["speedup"]:.1f}x | '
-          f'{target}{met} | {r["charlm_gflops"]:.0f} ({r["charlm_gflops"] / rate:.0%} of matmul) |')
+          f'{target}{met} | {r["charlm_gflops"]:.0f} ({r["charlm_gflops"] / rate:.0%} of matmul) | '
+          f'{r["matmul_bound_speedup"]:.1f}x | {r["matmuls_alone_chars_per_s"]:,.0f} chars/s = '
+          f'{r["matmuls_alone_speedup"]:.1f}x |')
   if _OUT.value:
     import jax
     result = {'command': 'python ' + ' '.join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
