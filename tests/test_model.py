@@ -139,6 +139,16 @@ def test_fused_lstm_matches_autodiff_of_plain_lstm():
   assert_trees_close(grad(lstm_kernel.lstm)(*args), grad(plain)(*args))
 
 
+def test_project_gradients_match_autodiff_of_a_product():
+  """lstm_kernel.project's weight gradient (a copied transpose on CPUs) and input gradient."""
+  x, w, weights = random_like([jnp.zeros((4, 3, 5)), jnp.zeros((5, 7)), jnp.zeros((4, 3, 7))],
+                              scale=1.0, seed=5)
+  loss = lambda fn: lambda x, w: jnp.sum(jnp.sin(fn(x, w)) * weights)
+  grad = lambda fn: jax.jit(jax.grad(loss(fn), argnums=(0, 1)))
+  assert_trees_close(jax.jit(lstm_kernel.project)(x, w), x @ w)
+  assert_trees_close(grad(lstm_kernel.project)(x, w), grad(jnp.matmul)(x, w))
+
+
 @pytest.mark.parametrize('cell,impl,batch,seq', [
     ('lstm', 'fused', 2, 6),  # The first layer looks its input projection up in a table ...
     ('lstm', 'fused', 1, 3),  # ... unless the vocabulary is larger than the batch (3 < VOCAB).
