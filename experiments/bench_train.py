@@ -13,8 +13,10 @@ a GPU) in its own environment, made by `../shared/bench/setup.sh`.
 
 Each round runs, for every size, charlm (compiled beforehand, in this process) and then the
 peer, so that machine noise hits both; both time every step to its end and take the median
-step time of the round. The table gives medians over rounds. Also in the same run: the float32
-matmul rate of this machine (a 2048^3 jnp.dot; the best of all rounds is the "peak"), the
+step time of the round. The table gives medians over rounds; the ratio is the median of each
+round's charlm/peer ratio (its range in brackets). Also in the same run: the matmul rate of
+this machine (a 2048^3 float32 jnp.dot on a CPU; on a GPU 8192^3 in each variant's dtype, where
+float32 is JAX's default TF32; the best of all rounds is the "peak"), the
 training FLOPs per character (6 x matmul parameters, the same count for both, although charlm's
 first layer looks its input projection up in a table instead of multiplying), the jit compile
 time and memory. Results: a markdown table on stdout and JSON under experiments/results/.
@@ -249,7 +251,9 @@ def main(argv):
         row['peer_rounds'] = peer_rates[name]
         row['peer_gflops'] = row['peer_chars_per_s'] * flops / 1e9
         row['peer_peak_fraction'] = row['peer_gflops'] / peak['float32']
-        row['ratio'] = row['charlm_chars_per_s'] / row['peer_chars_per_s']
+        # Paired: each round's charlm rate over the same round's peer rate, then the median.
+        row['round_ratios'] = [a / b for a, b in zip(got, peer_rates[name], strict=True)]
+        row['ratio'] = statistics.median(row['round_ratios'])
         row['peer_max_rss_mb'] = max(p['max_rss_mb'] for p in peer_runs[name])
         last = peer_runs[name][-1]
         row['peer'] = {k: last[k] for k in ('peer', 'torch', 'device', 'threads', 'gpu', 'cudnn')
@@ -272,7 +276,8 @@ def main(argv):
         'peer RSS MB |')
   print('| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
   for row in rows:
-    peer = (f'{row["peer_chars_per_s"]:,.0f} | {row["ratio"]:.2f}x' if 'ratio' in row
+    peer = (f'{row["peer_chars_per_s"]:,.0f} | {row["ratio"]:.2f}x '
+            f'({min(row["round_ratios"]):.2f}-{max(row["round_ratios"]):.2f})' if 'ratio' in row
             else '- | -')
     peer_flops = (f'{row["peer_gflops"]:,.0f} ({100 * row["peer_peak_fraction"]:.0f}%)'
                   if 'ratio' in row else '-')
