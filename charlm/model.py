@@ -139,6 +139,7 @@ class CharRNN(nn.Module):
         c, x = recurrent(carry[layer], x)
       new_carry.append(c)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    # nn.Dense(vocab_size), with the faster weight gradient of lstm_kernel.project.
     w, b = DenseParams(self.vocab_size, nn.initializers.zeros, name='output')(x.shape[-1])
     logits = lstm_kernel.project(x.astype(self.dtype), w.astype(self.dtype)) + b.astype(self.dtype)
     return jnp.swapaxes(logits, 0, 1), tuple(new_carry)
