@@ -18,7 +18,7 @@ import numpy as np
 from charlm import data as data_lib
 from charlm import trainer
 from charlm.errors import UserError
-from charlm.sampling import Sampler, drop_unknown, show_chars
+from charlm.sampling import Sampler, check_unknown_mode, drop_unknown, unknown_error
 
 SKIP_HINT = "unknown='skip'"
 FILE_CHUNK_BYTES = 1 << 20  # evaluate(file=...) encodes this much of the file at a time.
@@ -124,8 +124,7 @@ class Model:
       raise UserError(f'cannot read {path}: {e.strerror}') from None
     if self.vocab.level == 'byte':
       return _TokenFile(source, np.uint8), [], 0
-    if unknown not in ('error', 'skip'):
-      raise UserError(f"unknown must be 'error' or 'skip', got {unknown!r}")
+    check_unknown_mode(unknown)
     out = stack.enter_context(self._temporary_file())
     lut = np.full(data_lib.MAX_CODE_POINT, -1, np.int32)
     lut[[ord(c) for c in self.vocab.chars]] = np.arange(self.vocab.size)
@@ -149,9 +148,7 @@ class Model:
         ids.astype(self.vocab.dtype).tofile(out)
     missing = list(missing)
     if missing and unknown == 'error':
-      raise UserError(f'{path} has {dropped} character{"s" if dropped > 1 else ""} outside the '
-                      f'model\'s vocabulary: {show_chars(missing)}; remove them, or pass '
-                      f'{skip_hint} to drop them')
+      raise unknown_error(path, missing, dropped, skip_hint)
     out.flush()
     return _TokenFile(out, self.vocab.dtype), missing, dropped
 

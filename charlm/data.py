@@ -52,7 +52,7 @@ class Vocab:
       return np.frombuffer(text.encode('utf-8'), np.uint8).astype(np.int32)
     missing = self.unknown(text)
     if missing:
-      raise UserError(f'text has characters outside the vocabulary: {_show(missing)}')
+      raise UserError(f'text has characters outside the vocabulary: {show_chars(missing)}')
     return np.array([self._index[c] for c in text], np.int32)
 
   def decode(self, ids) -> str:
@@ -72,7 +72,8 @@ class Vocab:
     return isinstance(other, Vocab) and self.to_json() == other.to_json()
 
 
-def _show(chars, limit=10) -> str:
+def show_chars(chars, limit=10) -> str:
+  """Characters for a message: repr'd, at most `limit`, then how many more."""
   shown = ', '.join(repr(c) for c in chars[:limit])
   return shown + (f' and {len(chars) - limit} more' if len(chars) > limit else '')
 

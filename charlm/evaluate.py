@@ -38,7 +38,7 @@ def report(r: dict) -> str:
            f'  bits per char      {r["bpc"]:.4f}',
            f'  perplexity         {r["perplexity"]:.3f}']
   if r.get('skipped'):
-    from charlm.sampling import show_chars
+    from charlm.data import show_chars
     lines.append(f'  skipped            {r["skipped"]:,} characters outside the vocabulary: '
                  f'{show_chars(r["skipped_chars"])}')
   return '\n'.join(lines)

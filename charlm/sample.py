@@ -54,7 +54,7 @@ def read_prime() -> str:
 
 def main(argv):
   del argv
-  from charlm import sampling, trainer  # Imports JAX; keep flag errors fast.
+  from charlm import data, sampling, trainer  # Imports JAX; keep flag errors fast.
   prime = read_prime()
   sampling.check_options(_LENGTH.value, _TEMPERATURE.value, _TOP_K.value, _TOP_P.value,
                          _NUM_SAMPLES.value)
@@ -62,7 +62,7 @@ def main(argv):
   prime, missing, dropped = sampling.drop_unknown(vocab, prime, _UNKNOWN.value)
   if dropped:
     print(f'warning: dropped {dropped} characters outside the vocabulary from the prime: '
-          f'{sampling.show_chars(missing)}', file=sys.stderr, flush=True)
+          f'{data.show_chars(missing)}', file=sys.stderr, flush=True)
   seed = _SEED.value
   if seed is None:
     seed = secrets.randbelow(2 ** 31)

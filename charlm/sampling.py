@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from charlm import model as model_lib
-from charlm.data import Vocab
+from charlm.data import Vocab, show_chars
 from charlm.errors import UserError
 
 CHUNK = 128
@@ -31,23 +31,27 @@ def drop_unknown(vocab: Vocab, text: str, unknown: str = 'error', what: str = 't
 
   unknown='error' raises a UserError that names the characters; 'skip' drops them.
   """
-  if unknown not in ('error', 'skip'):
-    raise UserError(f"unknown must be 'error' or 'skip', got {unknown!r}")
+  check_unknown_mode(unknown)
   missing = vocab.unknown(text)
   if not missing:
     return text, [], 0
   kept = text.translate({ord(c): None for c in missing})
   dropped = len(text) - len(kept)
   if unknown == 'error':
-    raise UserError(f'{what} has {dropped} character{"s" if dropped > 1 else ""} outside the '
-                    f'model\'s vocabulary: {show_chars(missing)}; remove them, or pass '
-                    f'{skip_hint} to drop them')
+    raise unknown_error(what, missing, dropped, skip_hint)
   return kept, missing, dropped
 
 
-def show_chars(chars: Sequence[str], limit: int = 10) -> str:
-  shown = ', '.join(repr(c) for c in chars[:limit])
-  return shown + (f' and {len(chars) - limit} more' if len(chars) > limit else '')
+def check_unknown_mode(unknown: str):
+  if unknown not in ('error', 'skip'):
+    raise UserError(f"unknown must be 'error' or 'skip', got {unknown!r}")
+
+
+def unknown_error(what: str, missing: Sequence[str], dropped: int, skip_hint: str) -> UserError:
+  """The one-line error for `dropped` characters of `what` outside the vocabulary."""
+  return UserError(f'{what} has {dropped} character{"s" if dropped > 1 else ""} outside the '
+                   f'model\'s vocabulary: {show_chars(missing)}; remove them, or pass '
+                   f'{skip_hint} to drop them')
 
 
 # ---------------------------------------------------------------------------------------------
