@@ -50,10 +50,15 @@ def _project_fwd(x, w):
   return x @ w, (x, w)
 
 
+def _weight_grad(x, dy, dtype):
+  """x^T dy over all leading axes, x [..., in] and dy [..., out] -> [in, out] in `dtype`."""
+  x, dy = x.reshape(-1, x.shape[-1]).astype(dtype), dy.reshape(-1, dy.shape[-1]).astype(dtype)
+  return jnp.dot(_transposed(x), dy, preferred_element_type=jnp.float32).astype(dtype)
+
+
 def _project_bwd(residuals, dy):
   x, w = residuals
-  dw = _transposed(x.reshape(-1, x.shape[-1])) @ dy.reshape(-1, dy.shape[-1])
-  return dy @ w.T, dw.astype(w.dtype)
+  return dy @ w.T, _weight_grad(x, dy, w.dtype)
 
 
 project.defvjp(_project_fwd, _project_bwd)
@@ -101,8 +106,7 @@ def _lstm_fwd(gx, w_h, c0, h0):
 def _lstm_bwd(residuals, cotangents):
   hs, ts, c_prevs, c_last, w_h, h0 = residuals
   dhs, dc_last, dh_last = cotangents
-  steps, batch, hidden = hs.shape
-  s = _scale(hidden, ts.dtype)
+  s = _scale(hs.shape[-1], ts.dtype)
 
   def step(carry, xs):
     dh, dc, c = carry  # c is this step's cell state; the loop reads the previous one.
@@ -118,10 +122,8 @@ def _lstm_bwd(residuals, cotangents):
 
   (dh0, dc0, _), dzs = jax.lax.scan(step, (dh_last.T, dc_last.T, c_last),
                                      (dhs, ts, c_prevs), reverse=True)
-  h_prev = jnp.concatenate([h0[None], hs[:-1]]).reshape(steps * batch, hidden)
-  dw = jnp.dot(_transposed(h_prev.astype(w_h.dtype)), dzs.reshape(steps * batch, 4 * hidden).astype(
-      w_h.dtype), preferred_element_type=jnp.float32)
-  return dzs, dw.astype(w_h.dtype), dc0.T, dh0.T
+  h_prev = jnp.concatenate([h0[None], hs[:-1]])
+  return dzs, _weight_grad(h_prev, dzs, w_h.dtype), dc0.T, dh0.T
 
 
 lstm.defvjp(_lstm_fwd, _lstm_bwd)
