@@ -23,10 +23,10 @@ import sys
 import time
 
 import numpy as np
+import peer as peer_lib
 from absl import app, flags, logging
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PEER = os.path.join(ROOT, '..', 'shared', 'bench')
 TARGETS = {1: 30.0, 64: 8.0}
 
 _LAYERS = flags.DEFINE_integer('layers', 2, 'LSTM layers.')
@@ -96,20 +96,11 @@ def matmuls_alone_rate(streams: int, length: int) -> float:
 
 def peer_rate(python: str, streams: int, length: int) -> dict:
   out = subprocess.run(
-      [python, os.path.join(PEER, 'torch_charrnn.py'), 'sample', '--layers', str(_LAYERS.value),
-       '--hidden', str(_HIDDEN.value), '--vocab', str(_VOCAB.value), '--batch', str(streams),
-       '--length', str(length), '--reps', '1'], check=True, capture_output=True, text=True)
+      [python, os.path.join(peer_lib.PEER_DIR, 'torch_charrnn.py'), 'sample', '--layers',
+       str(_LAYERS.value), '--hidden', str(_HIDDEN.value), '--vocab', str(_VOCAB.value),
+       '--batch', str(streams), '--length', str(length), '--reps', '1'],
+      check=True, capture_output=True, text=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def matmul_rate(n: int = 2048) -> float:
-  """GFLOP/s of a float32 n^3 jnp.dot (best of 3): the machine's matmul rate right now."""
-  import jax
-  import jax.numpy as jnp
-  a = jnp.ones((n, n), jnp.float32)
-  dot = jax.jit(jnp.dot)
-  dot(a, a).block_until_ready()
-  return 2 * n ** 3 / min(seconds(lambda: dot(a, a).block_until_ready()) for _ in range(3)) / 1e9
 
 
 def flops_per_char() -> int:
@@ -121,14 +112,13 @@ def flops_per_char() -> int:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  python = _PEER_PYTHON.value or subprocess.run(
-      [os.path.join(PEER, 'setup.sh')], check=True, capture_output=True, text=True).stdout.strip()
+  python = peer_lib.peer_python(_PEER_PYTHON.value)
   streams = [int(s) for s in _STREAMS.value]
   length = {s: _LENGTH.value if s == 1 else max(1, _BATCH_CHARS.value // s) for s in streams}
   reps = {s: {'charlm': [], 'peer': [], 'matmuls': []} for s in streams}
   matmul, peer_meta = [], {}
   for rep in range(_REPS.value):
-    matmul.append(matmul_rate())
+    matmul.append(peer_lib.matmul_rate())
     for s in streams:
       reps[s]['charlm'].append(charlm_rate(s, length[s]))
       reps[s]['matmuls'].append(matmuls_alone_rate(s, length[s]))

@@ -30,10 +30,10 @@ import subprocess
 import sys
 import time
 
+import peer as peer_lib
 from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PEER = os.path.join(ROOT, '..', 'shared', 'bench')
 VOCAB = 65
 CPU_SIZES = ['2x128:32x64', '2x256:32x64', '2x512:32x64', '3x512:50x50']
 GPU_SIZES = CPU_SIZES + ['3x512:64x100', '3x512:100x100', '3x512:512x100']
@@ -45,7 +45,8 @@ _VARIANTS = flags.DEFINE_list('variants', ['fused:float32'], "charlm's model.imp
                               "pairs, each timed against the same peer runs (e.g. "
                               "fused:float32,fused:bfloat16,cudnn:float32).")
 _PEER_PYTHON = flags.DEFINE_string('peer_python', '', "The peer's python ('': from setup.sh).")
-_PEER_DIR = flags.DEFINE_string('peer_dir', PEER, 'Folder holding torch_charrnn.py and setup.sh.')
+_PEER_DIR = flags.DEFINE_string('peer_dir', peer_lib.PEER_DIR,
+                                'Folder holding torch_charrnn.py and setup.sh.')
 _NO_PEER = flags.DEFINE_bool('no_peer', False, 'Run charlm only.')
 _OUT = flags.DEFINE_string('out', None, "JSON results (default experiments/results/"
                            "bench_train_<platform>.json; '': none).")
@@ -142,29 +143,6 @@ def peer_run(python: str, size: dict, steps: int) -> dict:
   return result
 
 
-def matmul_rate(n: int, dtype: str) -> float:
-  """GFLOP/s of an n^3 jnp.dot in `dtype` (default precision), the best of three."""
-  import jax
-  import jax.numpy as jnp
-  a = jnp.ones((n, n), dtype)
-  dot = jax.jit(jnp.dot)
-  dot(a, a).block_until_ready()
-  times = []
-  for _ in range(3):
-    start = time.perf_counter()
-    dot(a, a).block_until_ready()
-    times.append(time.perf_counter() - start)
-  return 2 * n ** 3 / min(times) / 1e9
-
-
-def peer_python() -> str:
-  if _PEER_PYTHON.value:
-    return _PEER_PYTHON.value
-  out = subprocess.run(['bash', os.path.join(_PEER_DIR.value, 'setup.sh')], check=True,
-                       capture_output=True, text=True)
-  return out.stdout.strip().splitlines()[-1]
-
-
 def machine() -> dict:
   import jax
   device = jax.devices()[0]
@@ -197,7 +175,7 @@ def main(argv):
   # the variant's matmul dtype (JAX's default float32 precision there is TF32, as cuDNN's).
   matmul_n = 8192 if gpu else 2048
   peak_dtypes = sorted({dtype for _, dtype in variants} | {'float32'})
-  python = None if _NO_PEER.value else peer_python()
+  python = None if _NO_PEER.value else peer_lib.peer_python(_PEER_PYTHON.value, _PEER_DIR.value)
   info = machine()
   info['load_before'] = os.getloadavg()
   print(f'{info.get("cpu", "")} / {info["device"]}, {info["cpu_count"]} cores, jax '
@@ -216,7 +194,7 @@ def main(argv):
   peaks = {dtype: [] for dtype in peak_dtypes}
   for r in range(_ROUNDS.value):
     for dtype in peak_dtypes:
-      peaks[dtype].append(matmul_rate(matmul_n, dtype))
+      peaks[dtype].append(peer_lib.matmul_rate(matmul_n, dtype))
     for size in sizes:
       name, chars = size['name'], size['batch'] * size['seq']
       line = f'round {r + 1}: {name}'
