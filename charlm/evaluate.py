@@ -39,7 +39,8 @@ def report(r: dict) -> str:
            f'  perplexity         {r["perplexity"]:.3f}']
   if r.get('skipped'):
     from charlm.data import show_chars
-    lines.append(f'  skipped            {r["skipped"]:,} characters outside the vocabulary: '
+    plural = 's' if r['skipped'] > 1 else ''
+    lines.append(f'  skipped            {r["skipped"]:,} character{plural} outside the vocabulary: '
                  f'{show_chars(r["skipped_chars"])}')
   return '\n'.join(lines)
 

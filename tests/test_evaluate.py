@@ -131,6 +131,9 @@ def test_cli(run, tmp_path):
   assert bad.returncode == 1 and bad.stdout == ''  # No partial result before the error.
   assert bad.stderr == (f"error: {odd} has 1 character outside the model's vocabulary: '€'; "
                         'remove them, or pass --unknown=skip to drop them\n')
+  skip = run_cli('charlm.evaluate', f'--workdir={run[0]}', f'--file={odd}', '--unknown=skip')
+  assert skip.returncode == 0
+  assert "skipped            1 character outside the vocabulary: '€'\n" in skip.stdout
 
 
 @pytest.mark.slow
