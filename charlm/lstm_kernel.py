@@ -37,11 +37,12 @@ import jax
 import jax.numpy as jnp
 
 
-def _transposed(x):
-  """x.T for a weight gradient's left operand; on a CPU, copied to a plain row-major array."""
+def _features_first(x):
+  """x [..., in] as [in, ...], for a weight gradient's left operand; on a CPU, a copy."""
+  x = jnp.moveaxis(x, -1, 0)
   if jax.default_backend() != 'cpu':
-    return x.T
-  return jax.lax.optimization_barrier(x.T)  # Keeps XLA from folding the transpose into the dot.
+    return x
+  return jax.lax.optimization_barrier(x)  # Keeps XLA from folding the transpose into the dot.
 
 
 @jax.custom_vjp
@@ -55,9 +56,16 @@ def _project_fwd(x, w):
 
 
 def _weight_grad(x, dy, dtype):
-  """x^T dy over all leading axes, x [..., in] and dy [..., out] -> [in, out] in `dtype`."""
-  x, dy = x.reshape(-1, x.shape[-1]).astype(dtype), dy.reshape(-1, dy.shape[-1]).astype(dtype)
-  return jnp.dot(_transposed(x), dy, preferred_element_type=jnp.float32).astype(dtype)
+  """x^T dy over all leading axes, x [..., in] and dy [..., out] -> [in, out] in `dtype`.
+
+  The leading axes are contracted as they are, not flattened first: with the batch axis split
+  over devices, a flattened [time * batch] axis has no sharding, and XLA would gather the whole
+  batch onto every device to compute the product there.
+  """
+  lead = tuple(range(x.ndim - 1))
+  x, dy = _features_first(x.astype(dtype)), dy.astype(dtype)
+  return jax.lax.dot_general(x, dy, ((tuple(a + 1 for a in lead), lead), ((), ())),
+                             preferred_element_type=jnp.float32).astype(dtype)
 
 
 def _project_bwd(residuals, dy):

@@ -87,3 +87,38 @@ def test_batch_size_that_does_not_divide_is_a_clear_error(tmp_path):
       'error: batch_size 6 does not divide evenly over 4 devices; use a multiple of 4 (for '
       'example 4, 8, 12, 16) with --config.train.batch_size')
   assert not (tmp_path / 'run').exists()
+
+
+COLLECTIVES = '''
+import collections, json, re, sys
+import jax
+from charlm import sharding, trainer
+from configs import default
+config = default.get_config('smoke')
+config.unlock()
+config.model.update(cell=sys.argv[1], impl=sys.argv[2])
+mesh = sharding.create_mesh()
+model, tx, init_state = trainer.build(config, 30, steps_per_epoch=100)
+state = jax.eval_shape(init_state, jax.random.PRNGKey(0))
+shardings, data = trainer.state_shardings(state, mesh), sharding.batch_sharding(mesh)
+step = jax.jit(trainer.make_train_step(model, tx),
+               in_shardings=(shardings, data, data, data, None))
+shape = (config.train.batch_size, config.train.seq_len)
+batch = [jax.ShapeDtypeStruct(shape, d) for d in ('int32', 'int32', 'float32')]
+hlo = step.lower(state, *batch, jax.ShapeDtypeStruct((), 'bool')).compile().as_text()
+print(json.dumps(collections.Counter(re.findall(r'= \\S+ (all-\\w+|collective-permute)\\(', hlo))))
+'''
+
+
+@pytest.mark.parametrize('cell,impl', [('lstm', 'fused'), ('lstm', 'scan'), ('gru', 'fused')])
+def test_data_parallel_step_only_all_reduces(cell, impl):
+  # Each device computes its part of every weight gradient, then one all-reduce sums them. A
+  # product over a flattened [time * batch] axis once made XLA gather the whole batch's
+  # activations onto every device instead (7 all-gathers per step, each device computing the
+  # full gradients: 2 CPU devices were then slower than 1).
+  result = subprocess.run([sys.executable, '-c', COLLECTIVES, cell, impl], cwd=ROOT,
+                          env=dict(os.environ, **devices_env(4), PYTHONPATH=ROOT),
+                          capture_output=True, text=True, timeout=240)
+  assert result.returncode == 0, result.stderr[-2000:]
+  collectives = json.loads(result.stdout.strip().splitlines()[-1])
+  assert set(collectives) == {'all-reduce'}, collectives
