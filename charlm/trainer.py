@@ -89,10 +89,13 @@ def make_train_step(model, tx):
     def loss_fn(params):
       logits, new_carry = model.apply({'params': params}, inputs, carry, train=True,
                                       rngs={'dropout': rng})
-      total, count = cross_entropy_sum(logits, targets, weights)
-      return total / count, new_carry
+      return cross_entropy_sum(logits, targets, weights)[0], new_carry
 
-    (loss, new_carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+    # The sum's gradient, divided by the weight after: the backward pass then does not wait
+    # for the batch's total weight (a cross-device sum when the batch is split).
+    (total, new_carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+    count = weights.sum()
+    loss, grads = total / count, jax.tree.map(lambda g: g / count, grads)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     new_state = dict(state, step=state['step'] + 1, params=optax.apply_updates(
         state['params'], updates), opt_state=opt_state, carry=new_carry)
@@ -312,6 +315,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   writer = MetricWriter(workdir)
   if writer.active:
+    platform = mesh.devices.flat[0].platform.upper()
+    print(f'training on {mesh.size} {platform} device{"s" if mesh.size > 1 else ""}', flush=True)
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
     with open(os.path.join(workdir, 'vocab.json'), 'w') as f:

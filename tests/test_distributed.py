@@ -106,19 +106,24 @@ step = jax.jit(trainer.make_train_step(model, tx),
 shape = (config.train.batch_size, config.train.seq_len)
 batch = [jax.ShapeDtypeStruct(shape, d) for d in ('int32', 'int32', 'float32')]
 hlo = step.lower(state, *batch, jax.ShapeDtypeStruct((), 'bool')).compile().as_text()
-print(json.dumps(collections.Counter(re.findall(r'= \\S+ (all-\\w+|collective-permute)\\(', hlo))))
+ops = re.findall(r' (all-gather|all-reduce|all-to-all|collective-permute)(?:-start)?\\(', hlo)
+print(json.dumps(collections.Counter(ops)))
 '''
 
 
-@pytest.mark.parametrize('cell,impl', [('lstm', 'fused'), ('lstm', 'scan'), ('gru', 'fused')])
+@pytest.mark.parametrize('cell,impl', [('lstm', 'fused'), ('gru', 'fused'), ('lstm', 'scan')])
 def test_data_parallel_step_only_all_reduces(cell, impl):
-  # Each device computes its part of every weight gradient, then one all-reduce sums them. A
-  # product over a flattened [time * batch] axis once made XLA gather the whole batch's
-  # activations onto every device instead (7 all-gathers per step, each device computing the
-  # full gradients: 2 CPU devices were then slower than 1).
+  # Each device computes its part of every weight gradient, then one all-reduce at the end sums
+  # them with the loss. A product over a flattened [time * batch] axis once made XLA gather the
+  # whole batch's activations onto every device instead (7 all-gathers per step, each device
+  # computing the full gradients), and dividing the loss by the batch's total weight before
+  # differentiating added a sum across devices that the backward pass waited for. With both,
+  # 2 CPU devices trained 2x128 slower than 1; without, 1.4x faster.
   result = subprocess.run([sys.executable, '-c', COLLECTIVES, cell, impl], cwd=ROOT,
                           env=dict(os.environ, **devices_env(4), PYTHONPATH=ROOT),
                           capture_output=True, text=True, timeout=240)
   assert result.returncode == 0, result.stderr[-2000:]
   collectives = json.loads(result.stdout.strip().splitlines()[-1])
   assert set(collectives) == {'all-reduce'}, collectives
+  if (cell, impl) == ('lstm', 'fused'):  # Autodiff through lax.scan sums some gradients early.
+    assert collectives['all-reduce'] == 1, collectives
