@@ -16,10 +16,12 @@ DATA_AXIS = 'data'
 MODEL_AXIS = 'model'  # Size 1 today: the axis an FSDP-style parameter sharding would use.
 
 
-def create_mesh() -> jax.sharding.Mesh:
+def create_mesh(devices=None) -> jax.sharding.Mesh:
+  """Over `devices` (default: every device of every process)."""
+  devices = jax.devices() if devices is None else list(devices)
   # Auto axes: XLA propagates shardings through the model; only inputs and state are pinned.
-  return jax.make_mesh((jax.device_count(), 1), (DATA_AXIS, MODEL_AXIS),
-                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  return jax.make_mesh((len(devices), 1), (DATA_AXIS, MODEL_AXIS),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2, devices=devices)
 
 
 def check_batch_size(batch_size: int, mesh) -> None:

@@ -29,9 +29,10 @@ def main(argv):
   del argv
   from charlm import host, sharding, trainer  # Imports JAX; keep flag errors fast.
   host.keep_freed_memory()  # Before JAX starts its threads; see host.py.
+  config = _CONFIG.value
+  host.use_cpu_devices(host.cpu_devices(config))  # The mesh takes every device; see host.py.
   sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                   auto=_DISTRIBUTED.value)
-  config = _CONFIG.value
   summary = trainer.train_and_evaluate(config, _WORKDIR.value or trainer.default_workdir(config))
   if summary['interrupted']:
     sys.exit(130)

@@ -19,7 +19,9 @@ this machine (a 2048^3 float32 jnp.dot on a CPU; on a GPU 8192^3 in each variant
 float32 is JAX's default TF32; the best of all rounds is the "peak"), the
 training FLOPs per character (6 x matmul parameters, the same count for both, although charlm's
 first layer looks its input projection up in a table instead of multiplying), the jit compile
-time and memory. Results: a markdown table on stdout and JSON under experiments/results/.
+time and memory. On a CPU the process has two CPU devices and each size's mesh takes as many as
+`charlm.train` would use (`host.cpu_devices`: 2 for hidden <= 256); the table says how many.
+Results: a markdown table on stdout and JSON under experiments/results/.
 """
 import json
 import os
@@ -72,7 +74,7 @@ class Charlm:
     import jax
     import numpy as np
 
-    from charlm import sharding, trainer
+    from charlm import host, sharding, trainer
     from configs import default
     config = default.get_config()
     config.unlock()
@@ -81,7 +83,11 @@ class Charlm:
     config.train.update(batch_size=size['batch'], seq_len=size['seq'])
     config.optim.update(name='adam', lr=2e-3, clip=5.0, schedule='constant')
     self.size, self.jax = size, jax
-    mesh = sharding.create_mesh()
+    devices = jax.devices()  # On a CPU, as many as charlm.train would use for this size.
+    if devices[0].platform == 'cpu':
+      devices = devices[:host.cpu_devices(config)]
+    mesh = sharding.create_mesh(devices)
+    self.devices = mesh.size
     model, tx, init_state = trainer.build(config, VOCAB, steps_per_epoch=1000)
     key = jax.random.PRNGKey(0)
     shardings = trainer.state_shardings(jax.eval_shape(init_state, key), mesh)
@@ -167,6 +173,8 @@ def main(argv):
   sys.path.insert(0, ROOT)
   from charlm import host
   host.keep_freed_memory()  # As charlm.train does, before JAX starts its threads.
+  # Two CPU devices, of which each size's mesh takes as many as charlm.train would (host.py).
+  host.use_cpu_devices(int(os.environ.get('JAX_NUM_CPU_DEVICES') or min(2, os.cpu_count())))
   import jax
   gpu = jax.devices()[0].platform == 'gpu'
   sizes = [parse_size(s) for s in (_SIZES.value or (GPU_SIZES if gpu else CPU_SIZES))]
@@ -221,7 +229,7 @@ def main(argv):
       row = {**size, 'impl': impl, 'dtype': dtype, 'train_flops_per_char': flops,
              'charlm_chars_per_s': statistics.median(got), 'charlm_rounds': got,
              'compile_s': runner.compile_s, 'charlm_step_buffers_mb': runner.step_mb,
-             'charlm_loss_last': runner.loss}
+             'charlm_loss_last': runner.loss, 'charlm_devices': runner.devices}
       row['charlm_gflops'] = row['charlm_chars_per_s'] * flops / 1e9
       row['charlm_peak_fraction'] = row['charlm_gflops'] / peak[dtype]
       if peer_rates[name]:
@@ -249,10 +257,10 @@ def main(argv):
         + ', '.join(f'{dtype} {got:,.0f} GFLOP/s' for dtype, got in peak.items())
         + f'; medians of {_ROUNDS.value} rounds of {_STEPS.value} steps; load average '
         f'{info["load_before"][0]:.1f} before, {info["load_after"][0]:.1f} after\n')
-  print('| size | batch x seq | charlm impl:dtype | charlm chars/s | peer chars/s | ratio | '
-        'charlm GFLOP/s (% peak) | peer GFLOP/s (% f32 peak) | compile s | charlm step MB | '
-        'peer RSS MB |')
-  print('| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+  print('| size | batch x seq | charlm impl:dtype | devices | charlm chars/s | peer chars/s | '
+        'ratio | charlm GFLOP/s (% peak) | peer GFLOP/s (% f32 peak) | compile s | '
+        'charlm step MB | peer RSS MB |')
+  print('| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
   for row in rows:
     peer = (f'{row["peer_chars_per_s"]:,.0f} | {row["ratio"]:.2f}x '
             f'({min(row["round_ratios"]):.2f}-{max(row["round_ratios"]):.2f})' if 'ratio' in row
@@ -262,7 +270,7 @@ def main(argv):
     peer_mb = f'{row["peer_max_rss_mb"]:.0f}' if 'ratio' in row else '-'
     mb = f'{row["charlm_step_buffers_mb"]:.0f}' if row['charlm_step_buffers_mb'] else '-'
     print(f'| {row["layers"]}x{row["hidden"]} | {row["batch"]}x{row["seq"]} | {row["impl"]}:'
-          f'{row["dtype"]} | {row["charlm_chars_per_s"]:,.0f} | {peer} | '
+          f'{row["dtype"]} | {row["charlm_devices"]} | {row["charlm_chars_per_s"]:,.0f} | {peer} | '
           f'{row["charlm_gflops"]:,.0f} ({100 * row["charlm_peak_fraction"]:.0f}%) | '
           f'{peer_flops} | {row["compile_s"]:.1f} | {mb} | {peer_mb} |')
   print(f'\ncharlm process peak RSS {info["charlm_max_rss_mb"]:.0f} MB (all sizes); charlm step '

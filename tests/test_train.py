@@ -152,6 +152,30 @@ def test_batch_size_must_divide_over_devices():
   assert jax.device_count() == mesh.size
 
 
+def test_cpu_devices_split_small_models_only(monkeypatch):
+  from charlm import host
+  from configs import default
+  monkeypatch.delenv('JAX_NUM_CPU_DEVICES', raising=False)
+  monkeypatch.setattr(os, 'cpu_count', lambda: 2)
+
+  def devices(hidden=128, batch_size=32, cpu_devices=0):
+    config = default.get_config()
+    config.model.hidden, config.train.batch_size = hidden, batch_size
+    config.train.cpu_devices = cpu_devices
+    return host.cpu_devices(config)
+
+  assert devices() == 2 and devices(hidden=256) == 2
+  assert devices(hidden=512) == 1  # One device's matmuls already use both cores.
+  assert devices(batch_size=33) == 1  # The batch must split evenly.
+  assert devices(hidden=512, cpu_devices=2) == 2 and devices(cpu_devices=1) == 1
+  monkeypatch.setattr(os, 'cpu_count', lambda: 1)
+  assert devices() == 1
+  monkeypatch.setenv('JAX_NUM_CPU_DEVICES', '4')
+  assert devices() == 4 and devices(cpu_devices=2) == 2
+  with pytest.raises(UserError, match='cpu_devices is -1'):
+    devices(cpu_devices=-1)
+
+
 # ---------------------------------------------------------------------------------------------
 # Through the command line, in fresh processes.
 
@@ -167,6 +191,11 @@ def test_cli_smoke_run_leaves_a_readable_workdir(tmp_path):
   assert result.returncode == 0, result.stderr
   assert 'sample at step 20' in result.stdout
   assert 'step 20/20' in result.stdout  # Plain progress lines when not on a terminal.
+  import jax
+  if jax.default_backend() == 'cpu' and 'JAX_NUM_CPU_DEVICES' not in os.environ:
+    # A small model splits its batch over 2 CPU devices where there are 2+ cores.
+    devices = '2 CPU devices' if os.cpu_count() >= 2 else '1 CPU device'
+    assert f'training on {devices}\n' in result.stdout
   config = json.load(open(workdir / 'config.json'))
   assert config['data']['path'] == text and config['model']['hidden'] == 32
   rows = read_metrics(workdir)
