@@ -89,12 +89,13 @@ def make_train_step(model, tx):
     def loss_fn(params):
       logits, new_carry = model.apply({'params': params}, inputs, carry, train=True,
                                       rngs={'dropout': rng})
-      return cross_entropy_sum(logits, targets, weights)[0], new_carry
+      total, count = cross_entropy_sum(logits, targets, weights)
+      return total, (count, new_carry)
 
     # The sum's gradient, divided by the weight after: the backward pass then does not wait
     # for the batch's total weight (a cross-device sum when the batch is split).
-    (total, new_carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
-    count = weights.sum()
+    (total, (count, new_carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state['params'])
     loss, grads = total / count, jax.tree.map(lambda g: g / count, grads)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     new_state = dict(state, step=state['step'] + 1, params=optax.apply_updates(
@@ -172,9 +173,7 @@ def load_checkpoint(workdir: str, step='latest'):
     if config.model.get('impl') == 'cudnn' and jax.default_backend() != 'gpu':
       config.model.impl = 'fused'  # Same parameters; a GPU-trained run samples on any machine.
     vocab = data_lib.Vocab.from_json(meta['vocab'])
-    mesh = jax.make_mesh((1, 1), (sharding.DATA_AXIS, sharding.MODEL_AXIS),
-                         devices=jax.local_devices()[:1],
-                         axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    mesh = sharding.create_mesh(jax.local_devices()[:1])
     model, _, init_state = build(config, vocab.size, 1)
     abstract = jax.eval_shape(init_state, jax.random.PRNGKey(0))
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
