@@ -9,8 +9,10 @@ the same batch and sequence, the hidden state carried across batches and reset a
 Only training steps count towards the budget: each side times its own steps to their end
 (charlm's first step includes its jit compilation), and evaluates the whole validation split
 every --eval_seconds of training time. charlm uses its own pieces (`trainer.build`,
-`make_train_step`, `Evaluator`, `data.Streams`); the peer is `../shared/bench/torch_charrnn.py
-quality`. They run one after the other (charlm first), so the load average is reported.
+`make_train_step`, `Evaluator`, `data.Streams`) on as many devices as `charlm.train` would
+(on a CPU `host.cpu_devices`: 2 for hidden <= 256 on 2+ cores); the peer is
+`../shared/bench/torch_charrnn.py quality`. They run one after the other (charlm first), so the
+load average is reported.
 Reported: the best validation loss of each, in nats per character and bits per character.
 """
 import json
@@ -43,12 +45,7 @@ _OUT = flags.DEFINE_string('out', None, "JSON results (default experiments/resul
                            "bench_quality_<platform>.json; '': none).")
 
 
-def charlm_run(budget_s: float) -> dict:
-  import jax
-  import jax.numpy as jnp
-
-  from charlm import data as data_lib
-  from charlm import sharding, trainer
+def charlm_config():
   from configs import default
   config = default.get_config()
   config.unlock()
@@ -57,6 +54,15 @@ def charlm_run(budget_s: float) -> dict:
                       dropout=_DROPOUT.value)
   config.train.update(batch_size=_BATCH.value, seq_len=_SEQ.value)
   config.optim.update(name='adam', lr=_LR.value, clip=5.0, schedule='constant')
+  return config
+
+
+def charlm_run(config, budget_s: float) -> dict:
+  import jax
+  import jax.numpy as jnp
+
+  from charlm import data as data_lib
+  from charlm import sharding, trainer
   corpus = data_lib.load_corpus(config.data)
   splits = data_lib.split(corpus.tokens, config.data.split)
   mesh = sharding.create_mesh()
@@ -92,7 +98,8 @@ def charlm_run(budget_s: float) -> dict:
         break
   return {'val_loss_best': best, 'val_bpc_best': best / LN2, 'steps': steps,
           'train_chars': steps * _BATCH.value * _SEQ.value, 'vocab': corpus.vocab.size,
-          'history': history, 'jax': jax.__version__, 'device': jax.devices()[0].device_kind}
+          'history': history, 'jax': jax.__version__, 'device': jax.devices()[0].device_kind,
+          'devices': mesh.size}
 
 
 def peer_run(python: str, budget_s: float) -> dict:
@@ -117,6 +124,8 @@ def main(argv):
   sys.path.insert(0, ROOT)
   from charlm import host
   host.keep_freed_memory()  # As charlm.train does, before JAX starts its threads.
+  config = charlm_config()
+  host.use_cpu_devices(host.cpu_devices(config))  # On a CPU, as many devices as charlm.train.
   import jax
   budget = _MINUTES.value * 60
   result = {'config': {k: flag.value for k, flag in (
@@ -124,7 +133,7 @@ def main(argv):
       ('dropout', _DROPOUT), ('lr', _LR), ('minutes', _MINUTES),
       ('eval_seconds', _EVAL_SECONDS))}, 'text': os.path.basename(_TEXT.value),
       'split': '90/10', 'cpu_count': os.cpu_count(), 'load_before': os.getloadavg()}
-  result['charlm'] = charlm_run(budget)
+  result['charlm'] = charlm_run(config, budget)
   result['load_between'] = os.getloadavg()
   if not _NO_PEER.value:
     python = peer_lib.peer_python(_PEER_PYTHON.value)
@@ -133,7 +142,8 @@ def main(argv):
 
   print(f'\n{_LAYERS.value}x{_HIDDEN.value} LSTM, batch {_BATCH.value} x {_SEQ.value}, '
         f'dropout {_DROPOUT.value}, {_MINUTES.value:g} minutes of training each on '
-        f'{result["text"]} (90/10); load average {result["load_before"][0]:.1f} / '
+        f'{result["text"]} (90/10), charlm on {result["charlm"]["devices"]} '
+        f'{result["charlm"]["device"]} devices; load average {result["load_before"][0]:.1f} / '
         f'{result["load_between"][0]:.1f} / {result["load_after"][0]:.1f}\n')
   print('| | best val loss (nats) | best val bpc | steps | training chars |')
   print('| --- | ---: | ---: | ---: | ---: |')
