@@ -43,6 +43,9 @@ GPU_SIZES = CPU_SIZES + ['3x512:64x100', '3x512:100x100', '3x512:512x100']
 _SIZES = flags.DEFINE_list('sizes', [], 'LxH:BxT sizes (default: the CPU or GPU set).')
 _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Alternating charlm/peer rounds (medians).')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per size and round, on each side.')
+_MAX_SECONDS = flags.DEFINE_float('max_seconds', 0, 'Start no round that would end past this '
+                                  'many seconds of rounds (compiling not counted; 0: no limit); '
+                                  'at least one round runs.')
 _VARIANTS = flags.DEFINE_list('variants', ['fused:float32'], "charlm's model.impl:model.dtype "
                               "pairs, each timed against the same peer runs (e.g. "
                               "fused:float32,fused:bfloat16,cudnn:float32).")
@@ -200,7 +203,13 @@ def main(argv):
   peer_rates = {s['name']: [] for s in sizes}
   peer_runs = {s['name']: [] for s in sizes}
   peaks = {dtype: [] for dtype in peak_dtypes}
+  rounds_start, round_s = time.perf_counter(), 0.0
   for r in range(_ROUNDS.value):
+    if r and _MAX_SECONDS.value and (time.perf_counter() - rounds_start + round_s
+                                     > _MAX_SECONDS.value):
+      print(f'--max_seconds {_MAX_SECONDS.value:g}: stopping after {r} rounds', flush=True)
+      break
+    round_start = time.perf_counter()
     for dtype in peak_dtypes:
       peaks[dtype].append(peer_lib.matmul_rate(matmul_n, dtype))
     for size in sizes:
@@ -217,6 +226,8 @@ def main(argv):
         line += f' peer {peer_rates[name][-1]:,.0f}'
       print(line + f' (matmul {peaks["float32"][-1]:,.0f} GFLOP/s, load '
             f'{os.getloadavg()[0]:.1f})', flush=True)
+    round_s = time.perf_counter() - round_start
+  rounds = len(peaks['float32'])
   info['load_after'] = os.getloadavg()
 
   peak = {dtype: max(got) for dtype, got in peaks.items()}
@@ -253,9 +264,9 @@ def main(argv):
   info['matmul_peak_gflops'] = peak
   info['matmul_rounds_gflops'] = peaks
 
-  print(f'\nmatmul peak ({matmul_n}^3 jnp.dot, best of {_ROUNDS.value} rounds): '
+  print(f'\nmatmul peak ({matmul_n}^3 jnp.dot, best of {rounds} rounds): '
         + ', '.join(f'{dtype} {got:,.0f} GFLOP/s' for dtype, got in peak.items())
-        + f'; medians of {_ROUNDS.value} rounds of {_STEPS.value} steps; load average '
+        + f'; medians of {rounds} rounds of {_STEPS.value} steps; load average '
         f'{info["load_before"][0]:.1f} before, {info["load_after"][0]:.1f} after\n')
   print('| size | batch x seq | charlm impl:dtype | devices | charlm chars/s | peer chars/s | '
         'ratio | charlm GFLOP/s (% peak) | peer GFLOP/s (% f32 peak) | compile s | '
@@ -282,7 +293,7 @@ def main(argv):
   if out:
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, 'w') as f:
-      json.dump({'machine': info, 'variants': _VARIANTS.value, 'rounds': _ROUNDS.value,
+      json.dump({'machine': info, 'variants': _VARIANTS.value, 'rounds': rounds,
                  'steps': _STEPS.value, 'results': rows}, f, indent=2)
     print(f'wrote {out}')
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# One prepared GPU run (the device tool lends a GPU machine for minutes): charlm's tests on the
-# GPU, experiments/bench_train.py against torch.nn.LSTM (cuDNN) for 3x512 at batch 64, 100
-# and 512, a float32 and a bfloat16 training run on tiny-shakespeare (loss curves compared),
-# and a sample from the trained model. Results land in $OUT (tee the output there too).
+# One prepared GPU run (the device tool lends a GPU machine for minutes): which XLA flags
+# compile charlm's 3x512 train step fastest at the same speed, experiments/bench_train.py
+# against torch.nn.LSTM (cuDNN) for 3x512 at batch 64, 100 and 512 in float32 and bfloat16, a
+# float32 and a bfloat16 training run on tiny-shakespeare (loss curves compared), charlm's model
+# tests on the GPU and a sample from the trained model. Results land in $OUT.
 #
 # The GPU image has jax (CUDA), flax, optax, orbax and torch but no network: carry the rest.
 # From the repository root, once:
@@ -13,14 +14,22 @@
 #   mkdir -p .carry && cp ../shared/bench/torch_charrnn.py ../shared/data/tinyshakespeare.txt \
 #     .carry/
 # then run `bash experiments/gpu_check.sh 2>&1 | tee $OUT/log.txt` there with `.whl` and `.carry`
-# carried. Plan about 9 minutes of device time: on an H200 (jax 0.11.2) XLA took 31-39 s to
-# compile each 3x512 train step (2026-11-26), so the default bench (3 sizes x 3 variants) spends
-# about 5 minutes compiling before it times anything; SIZES/VARIANTS/ROUNDS/STEPS/TEST_S/
-# BENCH_S/TRAIN_S/SAMPLE shrink it.
+# carried, under a command timeout a minute above DEADLINE.
+#
+# Every stage gets at most what is left of DEADLINE seconds (default 520), in this order of
+# importance: the flag probe, the benchmark (its rounds stop at the budget), the training runs,
+# the tests, the sample. On an H200 (jax 0.11.2, 2026-11-26) XLA took 31-39 s to compile each
+# 3x512 train step with its default flags; the probe times one compile under each of FLAG_SETS
+# and the rest of the run uses the quickest-compiling set whose steady speed is within 3% of the
+# fastest. SIZES, VARIANTS, ROUNDS, STEPS, TRAIN_ARGS (extra overrides) and PEER_PY change it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/charlm-gpu-check}
+DEADLINE=${DEADLINE:-520}
 STEPS=${STEPS:-300}
+PEER_PY=${PEER_PY:-python3}
+PROBE_SIZE=${PROBE_SIZE:-3x512:64x100}
+FLAG_SETS=${FLAG_SETS:-'default;--xla_gpu_autotune_level=0;--xla_gpu_enable_triton_gemm=false'}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -29,10 +38,16 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 RUNS=/tmp/charlm-gpu-runs
+rm -rf "$RUNS"; mkdir -p "$RUNS"
 export CHARLM_CACHE=$RUNS/cache PYTHONUNBUFFERED=1
 # The peer runs beside this process: JAX takes GPU memory as it needs it, not 75% up front.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
-stage() { echo; echo "== $1 ($(date +%T))"; }
+BASE_XLA_FLAGS=${XLA_FLAGS:-}
+stage() { echo; echo "== $1 ($(date +%T), $(left) s left)"; }
+left() { echo $((DEADLINE - SECONDS)); }
+# budget N: N seconds or what is left, whichever is less (0 when under 15 s are left).
+budget() { local l; l=$(left); l=$((l < $1 ? l : $1)); echo $((l < 15 ? 0 : l)); }
+quiet() { grep -v -E '^(I|W)[0-9]{4}'; }
 
 stage device
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -40,28 +55,57 @@ python3 -c 'import jax, flax, optax, orbax.checkpoint as o; import torch
 print("jax", jax.__version__, jax.devices(), "flax", flax.__version__, "optax", optax.__version__,
       "torch", torch.__version__, "cudnn", torch.backends.cudnn.version())'
 
-if [ "${TEST_S:-90}" -gt 0 ]; then
-  stage "tests on the GPU"
-  timeout "${TEST_S:-90}" python3 -m pytest -q -p no:cacheprovider tests/test_model.py \
-    2>&1 | tail -8
-fi
+stage "XLA flags: compile time and speed of one $PROBE_SIZE train step under each set"
+IFS=';' read -ra sets <<<"$FLAG_SETS"
+for i in "${!sets[@]}"; do
+  flags=${sets[$i]}; [ "$flags" = default ] && flags=
+  t=$(budget 75); [ "$t" = 0 ] && break
+  XLA_FLAGS=$(echo $BASE_XLA_FLAGS $flags) timeout "$t" python3 experiments/bench_train.py --no_peer \
+    --sizes "$PROBE_SIZE" --variants fused:float32 --rounds 2 --steps 10 \
+    --out "$RUNS/probe_$i.json" 2>&1 | quiet | grep -E '^(compiled|round)'
+done
+CHOSEN=$(python3 - "$RUNS" "$OUT" "$FLAG_SETS" <<'PY'
+import json, os, sys
+runs, out, sets = sys.argv[1], sys.argv[2], sys.argv[3].split(';')
+got = []
+for i, flags in enumerate(sets):
+  path = os.path.join(runs, f'probe_{i}.json')
+  if os.path.exists(path):
+    row = json.load(open(path))['results'][0]
+    got.append((flags, row['compile_s'], row['charlm_chars_per_s']))
+lines = [f'probe {flags}: compile {s:.1f} s, {rate:,.0f} chars/s' for flags, s, rate in got]
+open(os.path.join(out, 'probe.txt'), 'w').write('\n'.join(lines) + '\n')
+best = max((rate for _, _, rate in got), default=0)
+fast = [g for g in got if g[2] >= 0.97 * best]
+flags = min(fast, key=lambda g: g[1])[0] if fast else 'default'
+print('' if flags == 'default' else flags)
+PY
+)
+export XLA_FLAGS=$(echo $BASE_XLA_FLAGS $CHOSEN)
+cat "$OUT/probe.txt"
+echo "chosen XLA flags: '${CHOSEN:-default}'"
 
 stage "bench_train: charlm against torch.nn.LSTM (cuDNN)"
-timeout "${BENCH_S:-420}" python3 experiments/bench_train.py --peer_python "${PEER_PY:-python3}" \
+t=$(budget 330)
+# Compiling comes first (6 steps, up to ~35 s each); the rounds get what is left of 240 s.
+timeout "$t" python3 experiments/bench_train.py --peer_python "$PEER_PY" \
   --peer_dir .carry --sizes "${SIZES:-3x512:64x100,3x512:100x100,3x512:512x100}" \
-  --variants "${VARIANTS:-fused:float32,fused:bfloat16,cudnn:float32}" \
-  --rounds "${ROUNDS:-3}" --steps 10 --out "$OUT/bench_train_gpu.json" 2>&1 \
-  | grep -v -E "^(I|W)[0-9]{4}" | tail -20
+  --variants "${VARIANTS:-fused:float32,fused:bfloat16}" --rounds "${ROUNDS:-3}" --steps 10 \
+  --max_seconds $((t > 240 ? t - 240 : 30)) --out "$OUT/bench_train_gpu.json" 2>&1 | quiet \
+  | tee "$RUNS/bench.txt" | grep -v '^|'
 
 for dtype in float32 bfloat16; do
-  stage "training: configs/tinyshakespeare.py (3x512, 100x100, dropout 0.5), $dtype, $STEPS steps"
-  timeout "${TRAIN_S:-120}" python3 -m charlm.train --config configs/tinyshakespeare.py \
+  t=$(budget 100); [ "$t" = 0 ] && break
+  stage "training: configs/tinyshakespeare.py, $dtype, $STEPS steps (${t} s at most)"
+  timeout "$t" python3 -m charlm.train --config configs/tinyshakespeare.py \
     --config.data.name= --config.data.path=.carry/tinyshakespeare.txt \
     --config.model.dtype=$dtype --config.train.steps="$STEPS" --config.train.log_every=50 \
     --config.train.eval_every=100 --config.train.eval_batches=0 --config.train.ckpt_every=100 \
-    --config.train.sample_every=0 --workdir "$RUNS/ts_$dtype" 2>&1 | tail -4
+    --config.train.sample_every=0 ${TRAIN_ARGS:-} --workdir "$RUNS/ts_$dtype" 2>&1 | quiet \
+    | tail -3
+  cp "$RUNS/ts_$dtype/metrics.jsonl" "$OUT/ts_$dtype.jsonl" 2>/dev/null
 done
-python3 - "$RUNS" <<'PY'
+python3 - "$RUNS" <<'PY' | tee "$OUT/training.txt"
 import json, os, statistics, sys
 for dtype in ('float32', 'bfloat16'):
   path = os.path.join(sys.argv[1], f'ts_{dtype}', 'metrics.jsonl')
@@ -69,16 +113,29 @@ for dtype in ('float32', 'bfloat16'):
     print(dtype, 'no metrics'); continue
   rows = [json.loads(line) for line in open(path)]
   speed = [r['chars_per_sec'] for r in rows if 'chars_per_sec' in r][1:]
+  train = [(r['step'], round(r['train/loss'], 3)) for r in rows if 'train/loss' in r]
   val = [(r['step'], round(r['val/loss'], 4)) for r in rows if 'val/loss' in r]
   print(f'{dtype}: median chars/s {statistics.median(speed) if speed else 0:,.0f}; '
-        f'val loss (step, nats) {val}')
+        f'val loss (step, nats) {val}; train loss {train}')
 PY
 
-if [ "${SAMPLE:-1}" = 1 ]; then
-  stage "sampling on the GPU from the float32 run"
-  timeout 40 python3 -m charlm.sample --workdir "$RUNS/ts_float32" --prime "ROMEO:" \
-    --length 300 --temperature 0.8 --seed 0 2>&1 | tail -12
+t=$(budget 75)
+if [ "$t" -gt 0 ]; then
+  stage "tests on the GPU: tests/test_model.py (${t} s at most)"
+  # SIGINT: pytest stops and still prints its summary of the tests run so far.
+  timeout -s INT -k 10 "$t" python3 -m pytest -q -p no:cacheprovider -rfE tests/test_model.py \
+    2>&1 | tee "$OUT/tests.txt" | tail -15
 fi
-for dtype in float32 bfloat16; do cp "$RUNS/ts_$dtype/metrics.jsonl" "$OUT/ts_$dtype.jsonl"; done \
-  2>/dev/null
-stage done
+
+t=$(budget 40)
+if [ "$t" -gt 0 ] && [ -d "$RUNS/ts_float32" ]; then
+  stage "sampling on the GPU from the float32 run"
+  timeout "$t" python3 -m charlm.sample --workdir "$RUNS/ts_float32" --prime "ROMEO:" \
+    --length 300 --temperature 0.8 --seed 0 2>&1 | quiet | tail -12
+fi
+
+stage summary
+echo "chosen XLA flags: '${CHOSEN:-default}'"
+cat "$OUT/probe.txt"
+grep -E '^(\||matmul)' "$RUNS/bench.txt"
+cat "$OUT/training.txt"
