@@ -82,66 +82,90 @@ def _project_bwd(residuals, dy):
 project.defvjp(_project_fwd, _project_bwd)
 
 
-def _scale(hidden: int, dtype):
+# How the loops run, per backend: (state feature-major, forward unroll, backward unroll).
+CPU_LOOPS = (True, 2, 1)
+GPU_LOOPS = (True, 2, 1)
+
+
+def _loops():
+  return CPU_LOOPS if jax.default_backend() == 'cpu' else GPU_LOOPS
+
+
+def _scale(hidden: int, dtype, feature_major: bool):
   """Per gate row: 1/2 for the sigmoid gates i, f, o and 1 for the tanh gate g."""
-  return jnp.repeat(jnp.asarray([0.5, 0.5, 1.0, 0.5], dtype), hidden)[:, None]
+  s = jnp.repeat(jnp.asarray([0.5, 0.5, 1.0, 0.5], dtype), hidden)
+  return s[:, None] if feature_major else s
 
 
-def _cell(w_t, s, c, h, gx_t):
-  """One step on [H, B] states; returns the new (c, h) and t = tanh(s * z) [4H, B]."""
-  z = gx_t.T + jnp.dot(w_t, h.astype(w_t.dtype), preferred_element_type=jnp.float32)
+def _cell(w, s, c, h, gx_t, feature_major):
+  """One step; returns the new (c, h) and t = tanh(s * z), all in the state's layout.
+
+  Feature-major: states [H, B], w = w_h^T [4H, H]. Batch-major: states [B, H], w = w_h [H, 4H].
+  """
+  if feature_major:
+    z = gx_t.T + jnp.dot(w, h.astype(w.dtype), preferred_element_type=jnp.float32)
+  else:
+    z = gx_t + jnp.dot(h.astype(w.dtype), w, preferred_element_type=jnp.float32)
   t = jnp.tanh(z * s)
-  i, f, g, o = jnp.split(t * s + (1 - s), 4)
+  i, f, g, o = jnp.split(t * s + (1 - s), 4, axis=0 if feature_major else -1)
   c = f * c + i * g
   return c, o * jnp.tanh(c), t
+
+
+def _forward(gx, w_h, c0, h0, save):
+  """The forward loop; with `save`, also the gate activations and previous cell states."""
+  feature_major, unroll, _ = _loops()
+  s = _scale(h0.shape[-1], gx.dtype, feature_major)
+  w, layout = (w_h.T, jnp.transpose) if feature_major else (w_h, lambda x: x)
+
+  def step(carry, gx_t):
+    c_prev, h = carry
+    c, h, t = _cell(w, s, c_prev, h, gx_t, feature_major)
+    return (c, h), (layout(h), t, c_prev) if save else layout(h)
+
+  (c, h), out = jax.lax.scan(step, (layout(c0), layout(h0)), gx, unroll=unroll)
+  return out, layout(c), layout(h), c
 
 
 @jax.custom_vjp
 def lstm(gx, w_h, c0, h0):
   """gx [T, B, 4H] float32, w_h [H, 4H], c0 and h0 [B, H] -> (hs [T, B, H], cT, hT)."""
-  s, w_t = _scale(h0.shape[-1], gx.dtype), w_h.T
-
-  def step(carry, gx_t):
-    c, h, _ = _cell(w_t, s, *carry, gx_t)
-    return (c, h), h.T
-
-  (c, h), hs = jax.lax.scan(step, (c0.T, h0.T), gx, unroll=2)
-  return hs, c.T, h.T
+  hs, c, h, _ = _forward(gx, w_h, c0, h0, save=False)
+  return hs, c, h
 
 
 def _lstm_fwd(gx, w_h, c0, h0):
-  s, w_t = _scale(h0.shape[-1], gx.dtype), w_h.T
-
-  def step(carry, gx_t):
-    c_prev, h = carry
-    c, h, t = _cell(w_t, s, c_prev, h, gx_t)
-    return (c, h), (h.T, t, c_prev)
-
-  (c, h), (hs, ts, c_prevs) = jax.lax.scan(step, (c0.T, h0.T), gx, unroll=2)
-  return (hs, c.T, h.T), (hs, ts, c_prevs, c, w_h, h0)
+  (hs, ts, c_prevs), c, h, c_state = _forward(gx, w_h, c0, h0, save=True)
+  return (hs, c, h), (hs, ts, c_prevs, c_state, w_h, h0)
 
 
 def _lstm_bwd(residuals, cotangents):
   hs, ts, c_prevs, c_last, w_h, h0 = residuals
   dhs, dc_last, dh_last = cotangents
-  s = _scale(hs.shape[-1], ts.dtype)
+  feature_major, _, unroll = _loops()
+  s = _scale(hs.shape[-1], ts.dtype, feature_major)
+  axis = 0 if feature_major else -1
+  layout = jnp.transpose if feature_major else lambda x: x
 
   def step(carry, xs):
     dh, dc, c = carry  # c is this step's cell state; the loop reads the previous one.
     dh_out, t, c_prev = xs
-    i, f, g, o = jnp.split(t * s + (1 - s), 4)
-    dh = dh + dh_out.T
+    i, f, g, o = jnp.split(t * s + (1 - s), 4, axis=axis)
+    dh = dh + layout(dh_out)
     tc = jnp.tanh(c)
     dc = dc + dh * o * (1 - tc * tc)
-    da = jnp.concatenate([dc * g, dc * c_prev, dc * i, dh * tc])
+    da = jnp.concatenate([dc * g, dc * c_prev, dc * i, dh * tc], axis=axis)
     dz = da * (s * s) * (1 - t * t)  # d/dz of (tanh(s z) s + 1 - s).
-    dh = jnp.dot(w_h, dz.astype(w_h.dtype), preferred_element_type=jnp.float32)
-    return (dh, dc * f, c_prev), dz.T
+    if feature_major:
+      dh = jnp.dot(w_h, dz.astype(w_h.dtype), preferred_element_type=jnp.float32)
+    else:
+      dh = jnp.dot(dz.astype(w_h.dtype), w_h.T, preferred_element_type=jnp.float32)
+    return (dh, dc * f, c_prev), layout(dz)
 
-  (dh0, dc0, _), dzs = jax.lax.scan(step, (dh_last.T, dc_last.T, c_last),
-                                     (dhs, ts, c_prevs), reverse=True)
+  (dh0, dc0, _), dzs = jax.lax.scan(step, (layout(dh_last), layout(dc_last), c_last),
+                                     (dhs, ts, c_prevs), reverse=True, unroll=unroll)
   h_prev = jnp.concatenate([h0[None], hs[:-1]])
-  return dzs, _weight_grad(h_prev, dzs, w_h.dtype), dc0.T, dh0.T
+  return dzs, _weight_grad(h_prev, dzs, w_h.dtype), layout(dc0), layout(dh0)
 
 
 lstm.defvjp(_lstm_fwd, _lstm_bwd)

@@ -115,9 +115,14 @@ def test_initial_loss_is_about_ln_vocab():
   assert abs(float(loss) - math.log(vocab)) < 0.1
 
 
-def test_fused_lstm_matches_autodiff_of_plain_lstm():
-  """The hand-written backward pass against jax.grad of a textbook LSTM, all inputs."""
-  t, b, h = 4, 3, 5
+@pytest.mark.parametrize('loops', [(True, 2, 1), (False, 2, 1), (False, 3, 4)],
+                         ids=['feature-major', 'batch-major', 'batch-major-unrolled'])
+def test_fused_lstm_matches_autodiff_of_plain_lstm(loops, monkeypatch):
+  """The hand-written backward pass against jax.grad of a textbook LSTM, all inputs, in each
+  loop layout (the CPU's and the GPU's, run here on whichever backend this is)."""
+  monkeypatch.setattr(lstm_kernel, 'CPU_LOOPS', loops)
+  monkeypatch.setattr(lstm_kernel, 'GPU_LOOPS', loops)
+  t, b, h = 7, 3, 5
   gx, w_h, c0, h0, weights = random_like(
       [jnp.zeros((t, b, 4 * h)), jnp.zeros((h, 4 * h)), jnp.zeros((b, h)), jnp.zeros((b, h)),
        jnp.zeros((t, b, h))], scale=1.0, seed=3)

@@ -1,0 +1,99 @@
+"""How the fused LSTM's loops should run on this backend: state layout and unroll, timed.
+
+    python experiments/bench_lstm_loops.py --sizes 3x512:512x100,3x512:64x100 --dtype bfloat16
+
+For each size, every candidate of `lstm_kernel.GPU_LOOPS` (or `CPU_LOOPS` on a CPU) -- state
+feature-major or batch-major inside the loops, forward and backward unroll -- compiles charlm's
+real train step (experiments/bench_train.py's), then the compiled steps run in alternating
+rounds, with the peer (torch.nn.LSTM) once per size. Later sizes try only the current setting
+and the fastest candidate of the first size. Compiling stops at --deadline seconds, so that it
+fits a lent GPU's minutes. Prints a markdown table and writes JSON (--out).
+"""
+import json
+import os
+import statistics
+import sys
+import time
+
+import bench_train
+from absl import app, flags
+
+_LOOPS = flags.DEFINE_list('loops', ['fm:2:1', 'bm:2:1', 'bm:8:8', 'bm:4:4'],
+                           'Candidates layout:forward unroll:backward unroll, layout fm '
+                           '(feature-major) or bm (batch-major); the first is the baseline.')
+_DTYPE = flags.DEFINE_string('dtype', 'bfloat16', "charlm's model.dtype.")
+_DEADLINE = flags.DEFINE_float('deadline', 240, 'Start no compile past this many seconds.')
+_BENCH_OUT = flags.DEFINE_string('bench_out', '', 'JSON results (empty: none).')
+
+
+def parse_loops(text: str) -> tuple:
+  layout, forward, backward = text.split(':')
+  return layout == 'fm', int(forward), int(backward)
+
+
+def main(argv):
+  del argv
+  start = time.perf_counter()
+  sys.path.insert(0, bench_train.ROOT)
+  import jax
+
+  from charlm import lstm_kernel
+  attr = 'CPU_LOOPS' if jax.default_backend() == 'cpu' else 'GPU_LOOPS'
+  sizes = [bench_train.parse_size(s) for s in bench_train._SIZES.value]
+  python = (None if bench_train._NO_PEER.value else
+            bench_train.peer_lib.peer_python(bench_train._PEER_PYTHON.value,
+                                             bench_train._PEER_DIR.value))
+  print(f'{jax.devices()[0].device_kind}, jax {jax.__version__}, {attr} now '
+        f'{getattr(lstm_kernel, attr)}', flush=True)
+  runners, candidates = {}, list(_LOOPS.value)
+  for n, size in enumerate(sizes):
+    if n == 1 and len(runners) > 1:  # Later sizes: the baseline and the first size's best.
+      first = {loops: r for (name, loops), r in runners.items() if name == sizes[0]['name']}
+      step_s = {loops: statistics.median(r.run(bench_train._STEPS.value))
+                for loops, r in first.items()}
+      candidates = [candidates[0], min(list(first)[1:], key=step_s.get)]
+    for loops in candidates:
+      if time.perf_counter() - start > _DEADLINE.value:
+        print(f'deadline: {size["name"]} {loops} not compiled', flush=True)
+        continue
+      setattr(lstm_kernel, attr, parse_loops(loops))
+      runner = bench_train.Charlm(size, 'fused', _DTYPE.value)
+      runners[size['name'], loops] = runner
+      print(f'compiled {size["name"]} {loops} in {runner.compile_s:.1f}s', flush=True)
+  rates = {key: [] for key in runners}
+  peer = {}
+  for r in range(bench_train._ROUNDS.value):
+    for key, runner in runners.items():
+      chars = runner.size['batch'] * runner.size['seq']
+      rates[key].append(chars / statistics.median(runner.run(bench_train._STEPS.value)))
+    print(f'round {r + 1}: ' + ', '.join(f'{k[0]} {k[1]} {v[-1]:,.0f}' for k, v in rates.items()),
+          flush=True)
+  if python:
+    for size in sizes:
+      got = bench_train.peer_run(python, size, bench_train._STEPS.value)
+      peer[size['name']] = size['batch'] * size['seq'] / got['step_s_median']
+  rows = []
+  print(f'\n{_DTYPE.value}, medians of {bench_train._ROUNDS.value} rounds of '
+        f'{bench_train._STEPS.value} steps\n')
+  print('| size | loops | chars/s | vs first | vs peer | compile s | step MB |')
+  print('| --- | --- | ---: | ---: | ---: | ---: | ---: |')
+  for (name, loops), got in rates.items():
+    rate = statistics.median(got)
+    base = statistics.median(rates.get((name, _LOOPS.value[0]), got))
+    row = {'size': name, 'loops': loops, 'dtype': _DTYPE.value, 'chars_per_s': rate,
+           'rounds': got, 'vs_first': rate / base, 'peer_chars_per_s': peer.get(name),
+           'compile_s': runners[name, loops].compile_s,
+           'step_mb': runners[name, loops].step_mb}
+    rows.append(row)
+    vs_peer = f'{rate / peer[name]:.2f}x' if name in peer else '-'
+    print(f'| {name} | {loops} | {rate:,.0f} | {rate / base:.2f}x | {vs_peer} | '
+          f'{row["compile_s"]:.1f} | {row["step_mb"] or 0:.0f} |')
+  if _BENCH_OUT.value:
+    os.makedirs(os.path.dirname(os.path.abspath(_BENCH_OUT.value)), exist_ok=True)
+    with open(_BENCH_OUT.value, 'w') as f:
+      json.dump({'machine': bench_train.machine(), 'peer_chars_per_s': peer, 'results': rows},
+                f, indent=2)
+
+
+if __name__ == '__main__':
+  app.run(main)
