@@ -9,6 +9,33 @@ from charlm.errors import UserError
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 
 
+def accelerator_possible() -> bool:
+  """Whether JAX may run on something other than the CPU here, judged without starting JAX:
+  jax_platforms ($JAX_PLATFORMS) names another platform, or, where it is unset, a PJRT plugin
+  (jax-cuda*-plugin, jax-rocm*-plugin) or libtpu is installed."""
+  import jax
+  platforms = [p.strip() for p in (jax.config.jax_platforms or '').split(',') if p.strip()]
+  if platforms:
+    return any(p != 'cpu' for p in platforms)
+  return bool(_installed_plugins())
+
+
+def _installed_plugins() -> list:
+  """The JAX plugins jax would discover: jax_plugins.* modules and jax_plugins entry points."""
+  import importlib.metadata
+  import importlib.util
+  import pkgutil
+  names = [e.name for e in importlib.metadata.entry_points(group='jax_plugins')]
+  try:
+    import jax_plugins
+    names += [m.name for m in pkgutil.iter_modules(jax_plugins.__path__)]
+  except ImportError:
+    pass
+  if importlib.util.find_spec('libtpu') is not None:
+    names.append('libtpu')
+  return names
+
+
 def keep_freed_memory() -> bool:
   """Serves large allocations from one heap and keeps freed memory for reuse (glibc only).
 
@@ -20,8 +47,12 @@ def keep_freed_memory() -> bool:
   its peak memory instead of returning it between steps. Call it before JAX starts its threads
   (before the first computation) for the full effect: threads that have already allocated keep
   their own arenas. Returns whether it applied.
+
+  Applied only where JAX can run on nothing but the CPU (`accelerator_possible`): one heap for
+  every thread serializes the allocations of XLA's parallel GPU compiler. On an H200 machine (16
+  cores) it made the 3x512 train step compile in 40.5 s instead of 4.8-6.2 s.
   """
-  if not sys.platform.startswith('linux'):
+  if not sys.platform.startswith('linux') or accelerator_possible():
     return False
   try:
     mallopt = ctypes.CDLL(None).mallopt

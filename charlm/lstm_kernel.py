@@ -12,15 +12,22 @@ carries only (dh, dc) and emits the gate gradients dz of every step; the weight 
 then one large matmul over all timesteps, h_prev^T dz, and dz itself is the gradient of gx,
 so the input projection's gradients are large matmuls too.
 
-Inside the loops the state is feature-major, [H, B]: each step multiplies the weights from the
-left, W_h^T [4H, H] @ h [H, B]. A CPU matmul library packs its right-hand operand, and h @ W_h
-repacks the whole weight matrix every step; this way it packs only the small state, which made
-the steps up to 1.5x faster at H = 512 on a 2-core CPU. The sequences outside the loops stay
-batch-major ([T, B, ...]), so that the large matmuls are plain row-major products.
+On a CPU the state inside the loops is feature-major, [H, B]: each step multiplies the weights
+from the left, W_h^T [4H, H] @ h [H, B]. A CPU matmul library packs its right-hand operand, and
+h @ W_h repacks the whole weight matrix every step; this way it packs only the small state,
+which made the steps up to 1.5x faster at H = 512 on a 2-core CPU. The sequences outside the
+loops stay batch-major ([T, B, ...]), so that the large matmuls are plain row-major products.
 
-The forward loops are unrolled twice (`unroll=2`): train step, alternating in one session,
-2x256 (batch 32 x 64) 20.3k -> 21.9k chars/s, +1% at 2x128, 2x512 and 3x512 (50 x 50). Unrolling
-the backward loop too added 2% at 2x256 but cost 2-4% at the other sizes, and 4 lost at all.
+On a CPU the forward loops are unrolled twice (`unroll=2`): train step, alternating in one
+session, 2x256 (batch 32 x 64) 20.3k -> 21.9k chars/s, +1% at 2x128, 2x512 and 3x512 (50 x 50).
+Unrolling the backward loop too added 2% at 2x256 but cost 2-4% at the other sizes, and 4 lost
+at all.
+
+On a GPU the state is batch-major, [B, H] (h @ W_h, no transposes), and both loops are unrolled
+8 times, so that XLA's per-iteration cost of a GPU while loop comes once per 8 steps. 3x512
+train step, bfloat16, on an H200 (`experiments/bench_lstm_loops.py`, alternating in one
+process): batch 512 x 100 2.79M chars/s feature-major unroll 2, 2.79M batch-major unroll 2,
+2.97M unroll 4, 3.11M unroll 8; batch 64 x 100 0.67M -> 0.91M (unroll 8).
 
 One loop over all layers (a wavefront: layer l at step t - l) is not used. It moves every upper
 layer's input projection from one large product into the per-step products, which run at a
@@ -82,9 +89,10 @@ def _project_bwd(residuals, dy):
 project.defvjp(_project_fwd, _project_bwd)
 
 
-# How the loops run, per backend: (state feature-major, forward unroll, backward unroll).
+# How the loops run, per backend: (state feature-major, forward unroll, backward unroll); see
+# the module docstring.
 CPU_LOOPS = (True, 2, 1)
-GPU_LOOPS = (True, 2, 1)
+GPU_LOOPS = (False, 8, 8)
 
 
 def _loops():

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 from conftest import ROOT, run_cli, smoke_config, write_text
@@ -174,6 +175,33 @@ def test_cpu_devices_split_small_models_only(monkeypatch):
   assert devices() == 4 and devices(cpu_devices=2) == 2
   with pytest.raises(UserError, match='cpu_devices is -1'):
     devices(cpu_devices=-1)
+
+
+def test_freed_memory_kept_only_where_jax_runs_on_the_cpu_alone(monkeypatch):
+  """One malloc heap speeds CPU steps but slowed an H200's compiles 7x (host.py): skip it there."""
+  import ctypes
+
+  from charlm import host
+  previous = jax.config.jax_platforms  # Read when JAX starts its backends, done by now.
+  try:
+    jax.config.update('jax_platforms', 'cpu')
+    assert not host.accelerator_possible()
+    jax.config.update('jax_platforms', 'cuda,cpu')
+    assert host.accelerator_possible()
+    jax.config.update('jax_platforms', None)
+    monkeypatch.setattr(host, '_installed_plugins', lambda: ['xla_cuda13'])
+    assert host.accelerator_possible()
+    monkeypatch.setattr(host, '_installed_plugins', lambda: [])
+    assert not host.accelerator_possible()
+  finally:
+    jax.config.update('jax_platforms', previous)
+
+  def no_mallopt(*args):
+    raise AssertionError('keep_freed_memory reached mallopt where an accelerator may run')
+
+  monkeypatch.setattr(host, 'accelerator_possible', lambda: True)
+  monkeypatch.setattr(ctypes, 'CDLL', no_mallopt)
+  assert host.keep_freed_memory() is False
 
 
 # ---------------------------------------------------------------------------------------------
