@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# One prepared GPU run (the device tool lends a GPU machine for minutes): which XLA flags
-# compile charlm's 3x512 train step fastest at the same speed, experiments/bench_train.py
-# against torch.nn.LSTM (cuDNN) for 3x512 at batch 64, 100 and 512 in float32 and bfloat16, a
-# float32 and a bfloat16 training run on tiny-shakespeare (loss curves compared), charlm's model
-# tests on the GPU and a sample from the trained model. Results land in $OUT.
+# One prepared GPU run (the device tool lends a GPU machine for minutes):
+# experiments/bench_train.py against torch.nn.LSTM (cuDNN) for 3x512 at batch 64, 100 and 512 in
+# float32 and bfloat16, a float32 and a bfloat16 training run on tiny-shakespeare (loss curves
+# compared), charlm's model tests on the GPU and a sample from the trained model. Results land
+# in $OUT.
 #
 # The GPU image has jax (CUDA), flax, optax, orbax and torch but no network: carry the rest.
 # From the repository root, once:
@@ -17,19 +17,18 @@
 # carried, under a command timeout a minute above DEADLINE.
 #
 # Every stage gets at most what is left of DEADLINE seconds (default 520), in this order of
-# importance: the flag probe, the benchmark (its rounds stop at the budget), the training runs,
-# the tests, the sample. On an H200 (jax 0.11.2, 2026-11-26) XLA took 31-39 s to compile each
-# 3x512 train step with its default flags; the probe times one compile under each of FLAG_SETS
-# and the rest of the run uses the quickest-compiling set whose steady speed is within 3% of the
-# fastest. SIZES, VARIANTS, ROUNDS, STEPS, TRAIN_ARGS (extra overrides) and PEER_PY change it.
+# importance: the benchmark (its rounds stop at the budget), the training runs, the tests, the
+# sample. On an H200 (2026-11-26) the whole run took about 8 minutes while each 3x512 step took
+# 25-40 s to compile; that was host.keep_freed_memory, now skipped on GPU machines (5-6 s).
+# The same run found XLA's default flags fastest: --xla_gpu_autotune_level=0 compiled in 3 s but
+# trained at 0.38x, --xla_gpu_enable_triton_gemm=false at 0.89x (3x512, 64 x 100, float32).
+# SIZES, VARIANTS, ROUNDS, STEPS, TRAIN_ARGS (extra overrides) and PEER_PY change the run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/charlm-gpu-check}
 DEADLINE=${DEADLINE:-520}
 STEPS=${STEPS:-300}
 PEER_PY=${PEER_PY:-python3}
-PROBE_SIZE=${PROBE_SIZE:-3x512:64x100}
-FLAG_SETS=${FLAG_SETS:-'default;--xla_gpu_autotune_level=0;--xla_gpu_enable_triton_gemm=false'}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -42,7 +41,6 @@ rm -rf "$RUNS"; mkdir -p "$RUNS"
 export CHARLM_CACHE=$RUNS/cache PYTHONUNBUFFERED=1
 # The peer runs beside this process: JAX takes GPU memory as it needs it, not 75% up front.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
-BASE_XLA_FLAGS=${XLA_FLAGS:-}
 stage() { echo; echo "== $1 ($(date +%T), $(left) s left)"; }
 left() { echo $((DEADLINE - SECONDS)); }
 # budget N: N seconds or what is left, whichever is less (0 when under 15 s are left).
@@ -55,43 +53,13 @@ python3 -c 'import jax, flax, optax, orbax.checkpoint as o; import torch
 print("jax", jax.__version__, jax.devices(), "flax", flax.__version__, "optax", optax.__version__,
       "torch", torch.__version__, "cudnn", torch.backends.cudnn.version())'
 
-stage "XLA flags: compile time and speed of one $PROBE_SIZE train step under each set"
-IFS=';' read -ra sets <<<"$FLAG_SETS"
-for i in "${!sets[@]}"; do
-  flags=${sets[$i]}; [ "$flags" = default ] && flags=
-  t=$(budget 75); [ "$t" = 0 ] && break
-  XLA_FLAGS=$(echo $BASE_XLA_FLAGS $flags) timeout "$t" python3 experiments/bench_train.py --no_peer \
-    --sizes "$PROBE_SIZE" --variants fused:float32 --rounds 2 --steps 10 \
-    --out "$RUNS/probe_$i.json" 2>&1 | quiet | grep -E '^(compiled|round)'
-done
-CHOSEN=$(python3 - "$RUNS" "$OUT" "$FLAG_SETS" <<'PY'
-import json, os, sys
-runs, out, sets = sys.argv[1], sys.argv[2], sys.argv[3].split(';')
-got = []
-for i, flags in enumerate(sets):
-  path = os.path.join(runs, f'probe_{i}.json')
-  if os.path.exists(path):
-    row = json.load(open(path))['results'][0]
-    got.append((flags, row['compile_s'], row['charlm_chars_per_s']))
-lines = [f'probe {flags}: compile {s:.1f} s, {rate:,.0f} chars/s' for flags, s, rate in got]
-open(os.path.join(out, 'probe.txt'), 'w').write('\n'.join(lines) + '\n')
-best = max((rate for _, _, rate in got), default=0)
-fast = [g for g in got if g[2] >= 0.97 * best]
-flags = min(fast, key=lambda g: g[1])[0] if fast else 'default'
-print('' if flags == 'default' else flags)
-PY
-)
-export XLA_FLAGS=$(echo $BASE_XLA_FLAGS $CHOSEN)
-cat "$OUT/probe.txt"
-echo "chosen XLA flags: '${CHOSEN:-default}'"
-
 stage "bench_train: charlm against torch.nn.LSTM (cuDNN)"
 t=$(budget 330)
-# Compiling comes first (6 steps, up to ~35 s each); the rounds get what is left of 240 s.
+# Compiling comes first (6 steps, ~5 s each on an H200); the rounds get the rest less 120 s.
 timeout "$t" python3 experiments/bench_train.py --peer_python "$PEER_PY" \
   --peer_dir .carry --sizes "${SIZES:-3x512:64x100,3x512:100x100,3x512:512x100}" \
   --variants "${VARIANTS:-fused:float32,fused:bfloat16}" --rounds "${ROUNDS:-3}" --steps 10 \
-  --max_seconds $((t > 240 ? t - 240 : 30)) --out "$OUT/bench_train_gpu.json" 2>&1 | quiet \
+  --max_seconds $((t > 150 ? t - 120 : 30)) --out "$OUT/bench_train_gpu.json" 2>&1 | quiet \
   | tee "$RUNS/bench.txt" | grep -v '^|'
 
 for dtype in float32 bfloat16; do
@@ -135,7 +103,5 @@ if [ "$t" -gt 0 ] && [ -d "$RUNS/ts_float32" ]; then
 fi
 
 stage summary
-echo "chosen XLA flags: '${CHOSEN:-default}'"
-cat "$OUT/probe.txt"
 grep -E '^(\||matmul)' "$RUNS/bench.txt"
 cat "$OUT/training.txt"
