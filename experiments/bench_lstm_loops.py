@@ -35,6 +35,9 @@ def main(argv):
   del argv
   start = time.perf_counter()
   sys.path.insert(0, bench_train.ROOT)
+  from charlm import host
+  host.keep_freed_memory()  # As bench_train and charlm.train do, before JAX starts its threads.
+  host.use_cpu_devices(int(os.environ.get('JAX_NUM_CPU_DEVICES') or min(2, os.cpu_count())))
   import jax
 
   from charlm import lstm_kernel
