@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One prepared GPU run (the device tool lends a GPU machine for minutes):
 # experiments/bench_train.py against torch.nn.LSTM (cuDNN) for 3x512 at batch 64, 100 and 512 in
-# float32 and bfloat16, a float32 and a bfloat16 training run on tiny-shakespeare (loss curves
-# compared), charlm's model tests on the GPU and a sample from the trained model. Results land
-# in $OUT.
+# float32 and bfloat16, unrolls of the LSTM loops, a profile of the batch-512 step, a float32 and
+# a bfloat16 training run on tiny-shakespeare (loss curves compared), charlm's model tests on the
+# GPU and a sample from the trained model. Results land in $OUT.
 #
 # The GPU image has jax (CUDA), flax, optax, orbax and torch but no network: carry the rest.
 # From the repository root, once:
@@ -17,12 +17,14 @@
 # carried, under a command timeout a minute above DEADLINE.
 #
 # Every stage gets at most what is left of DEADLINE seconds (default 520), in this order of
-# importance: the benchmark (its rounds stop at the budget), the training runs, the tests, the
-# sample. On an H200 (2026-11-26) the whole run took about 8 minutes while each 3x512 step took
-# 25-40 s to compile; that was host.keep_freed_memory, now skipped on GPU machines (5-6 s).
-# The same run found XLA's default flags fastest: --xla_gpu_autotune_level=0 compiled in 3 s but
-# trained at 0.38x, --xla_gpu_enable_triton_gemm=false at 0.89x (3x512, 64 x 100, float32).
-# SIZES, VARIANTS, ROUNDS, STEPS, TRAIN_ARGS (extra overrides) and PEER_PY change the run.
+# importance: the benchmark (its rounds stop at the budget), candidates for the GPU loops
+# (experiments/bench_lstm_loops.py), a profile of the batch-512 step, the training runs, the
+# tests, the sample. On an H200 (2026-11-26) the whole run took about 8 minutes while each 3x512
+# step took 25-40 s to compile; that was host.keep_freed_memory, now skipped on GPU machines (5-6
+# s). The same run found XLA's default flags fastest: --xla_gpu_autotune_level=0 compiled in 3 s
+# but trained at 0.38x, --xla_gpu_enable_triton_gemm=false at 0.89x (3x512, 64 x 100, float32).
+# SIZES, VARIANTS, ROUNDS, STEPS, LOOP_SIZES, LOOPS, PROFILE_SIZE, TRAIN_ARGS (extra overrides)
+# and PEER_PY change the run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/charlm-gpu-check}
@@ -61,6 +63,25 @@ timeout "$t" python3 experiments/bench_train.py --peer_python "$PEER_PY" \
   --variants "${VARIANTS:-fused:float32,fused:bfloat16}" --rounds "${ROUNDS:-3}" --steps 10 \
   --max_seconds $((t > 150 ? t - 120 : 30)) --out "$OUT/bench_train_gpu.json" 2>&1 | quiet \
   | tee "$RUNS/bench.txt" | grep -v '^|'
+
+t=$(budget 90)
+if [ "$t" -gt 0 ]; then
+  stage "bench_lstm_loops: the GPU loops' layout and unroll, 3x512 bfloat16 (${t} s at most)"
+  timeout "$t" python3 experiments/bench_lstm_loops.py \
+    --sizes "${LOOP_SIZES:-3x512:512x100,3x512:64x100}" \
+    --loops "${LOOPS:-bm:8:8,bm:16:16,bm:32:32,bm:8:4}" --dtype bfloat16 --rounds 3 --steps 10 \
+    --peer_python "$PEER_PY" --peer_dir .carry --deadline $((t - 40)) \
+    --bench_out "$OUT/bench_lstm_loops_gpu.json" 2>&1 | quiet | grep -E '^(\||compiled|deadline)'
+fi
+
+t=$(budget 60)
+if [ "$t" -gt 0 ]; then
+  stage "profile: 3x512 at 512 x 100, bfloat16 (${t} s at most)"
+  timeout "$t" python3 experiments/profile_step.py --size "${PROFILE_SIZE:-3x512:512x100}" \
+    --model_dtype bfloat16 --top 25 --trace_dir "$RUNS/trace" 2>&1 | quiet | grep -v '^trace:'
+  cp "$(find "$RUNS/trace" -name '*.trace.json.gz' | head -1)" "$OUT/trace_3x512_512x100.json.gz" \
+    2>/dev/null
+fi
 
 for dtype in float32 bfloat16; do
   t=$(budget 100); [ "$t" = 0 ] && break
