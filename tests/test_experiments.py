@@ -1,0 +1,41 @@
+"""The speed tools under experiments/: the LSTM loop candidates and the step profiler."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'experiments'))
+
+
+def test_covered_time_counts_overlaps_once():
+  import profile_step
+  assert profile_step.covered_us([]) == 0
+  assert profile_step.covered_us([(10, 5), (0, 4), (2, 4), (12, 1), (14, 3)]) == 6 + 7
+
+
+def run(args):
+  result = subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, 'JAX_NUM_CPU_DEVICES': '1'})
+  assert result.returncode == 0, result.stdout + result.stderr
+  return result.stdout
+
+
+def test_profile_step_names_the_operations_of_a_step(tmp_path):
+  out = run(['experiments/profile_step.py', '--size', '1x16:4x8', '--profile_steps', '2',
+             '--top', '5', '--trace_dir', str(tmp_path / 'trace')])
+  ops = out[out.index('| operation |'):].splitlines()[2:7]
+  assert len(ops) == 5 and all(float(line.split('|')[2]) >= 0 for line in ops), out
+  assert list((tmp_path / 'trace').rglob('*.trace.json.gz'))
+
+
+def test_lstm_loop_candidates_are_timed_against_the_first(tmp_path):
+  out_json = tmp_path / 'loops.json'
+  run(['experiments/bench_lstm_loops.py', '--sizes', '1x16:4x8,1x16:2x8', '--loops',
+       'fm:2:1,bm:3:2', '--dtype', 'float32', '--rounds', '1', '--steps', '2', '--no_peer',
+       '--bench_out', str(out_json)])
+  rows = json.loads(out_json.read_text())['results']
+  assert [(r['size'], r['loops']) for r in rows] == [
+      ('1x16:4x8', 'fm:2:1'), ('1x16:4x8', 'bm:3:2'), ('1x16:2x8', 'fm:2:1'),
+      ('1x16:2x8', 'bm:3:2')]
+  assert rows[0]['vs_first'] == 1 and all(r['chars_per_s'] > 0 for r in rows)
