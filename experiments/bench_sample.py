@@ -38,6 +38,8 @@ _BATCH_CHARS = flags.DEFINE_integer('batch_chars', 32000,
                                     'Characters in total for more than one stream.')
 _REPS = flags.DEFINE_integer('reps', 3, 'Alternating charlm/peer repetitions (medians).')
 _PEER_PYTHON = flags.DEFINE_string('peer_python', '', "The peer's python ('': from setup.sh).")
+_PEER_DIR = flags.DEFINE_string('peer_dir', peer_lib.PEER_DIR,
+                                'Folder holding torch_charrnn.py and setup.sh.')
 _OUT = flags.DEFINE_string('out', os.path.join(ROOT, 'experiments', 'results',
                                                'bench_sample.json'), "JSON results ('': none).")
 
@@ -96,7 +98,7 @@ def matmuls_alone_rate(streams: int, length: int) -> float:
 
 def peer_rate(python: str, streams: int, length: int) -> dict:
   out = subprocess.run(
-      [python, os.path.join(peer_lib.PEER_DIR, 'torch_charrnn.py'), 'sample', '--layers',
+      [python, os.path.join(_PEER_DIR.value, 'torch_charrnn.py'), 'sample', '--layers',
        str(_LAYERS.value), '--hidden', str(_HIDDEN.value), '--vocab', str(_VOCAB.value),
        '--batch', str(streams), '--length', str(length), '--reps', '1'],
       check=True, capture_output=True, text=True)
@@ -112,7 +114,7 @@ def flops_per_char() -> int:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  python = peer_lib.peer_python(_PEER_PYTHON.value)
+  python = peer_lib.peer_python(_PEER_PYTHON.value, _PEER_DIR.value)
   streams = [int(s) for s in _STREAMS.value]
   length = {s: _LENGTH.value if s == 1 else max(1, _BATCH_CHARS.value // s) for s in streams}
   reps = {s: {'charlm': [], 'peer': [], 'matmuls': []} for s in streams}

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One prepared GPU run (the device tool lends a GPU machine for minutes):
 # experiments/bench_train.py against torch.nn.LSTM (cuDNN) for 3x512 at batch 64, 100 and 512 in
-# float32 and bfloat16, unrolls of the LSTM loops, a profile of the batch-512 step, a float32 and
-# a bfloat16 training run on tiny-shakespeare (loss curves compared), charlm's model tests on the
-# GPU and a sample from the trained model. Results land in $OUT.
+# float32 and bfloat16, unrolls of the LSTM loops, a profile of the batch-512 step, sampling speed
+# (experiments/bench_sample.py), a float32 and a bfloat16 training run on tiny-shakespeare (loss
+# curves compared), charlm's model tests on the GPU and a sample from the trained model. Results
+# land in $OUT.
 #
 # The GPU image has jax (CUDA), flax, optax, orbax and torch but no network: carry the rest.
 # From the repository root, once:
@@ -18,13 +19,13 @@
 #
 # Every stage gets at most what is left of DEADLINE seconds (default 520), in this order of
 # importance: the benchmark (its rounds stop at the budget), candidates for the GPU loops
-# (experiments/bench_lstm_loops.py), a profile of the batch-512 step, the training runs, the
-# tests, the sample. On an H200 (2026-11-26) the whole run took about 8 minutes while each 3x512
-# step took 25-40 s to compile; that was host.keep_freed_memory, now skipped on GPU machines (5-6
-# s). The same run found XLA's default flags fastest: --xla_gpu_autotune_level=0 compiled in 3 s
-# but trained at 0.38x, --xla_gpu_enable_triton_gemm=false at 0.89x (3x512, 64 x 100, float32).
-# SIZES, VARIANTS, ROUNDS, STEPS, LOOP_SIZES, LOOPS, PROFILE_SIZE, TRAIN_ARGS (extra overrides)
-# and PEER_PY change the run.
+# (experiments/bench_lstm_loops.py), a profile of the batch-512 step, sampling speed, the training
+# runs, the tests, the sample. On an H200 (2026-11-26) the whole run took about 8 minutes while
+# each 3x512 step took 25-40 s to compile; that was host.keep_freed_memory, now skipped on GPU
+# machines (5-6 s). The same run found XLA's default flags fastest: --xla_gpu_autotune_level=0
+# compiled in 3 s but trained at 0.38x, --xla_gpu_enable_triton_gemm=false at 0.89x (3x512, 64 x
+# 100, float32). SIZES, VARIANTS, ROUNDS, STEPS, LOOP_SIZES, LOOPS, PROFILE_SIZE, SAMPLE_ARGS and
+# TRAIN_ARGS (extra flags) and PEER_PY change the run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/charlm-gpu-check}
@@ -83,6 +84,14 @@ if [ "$t" -gt 0 ]; then
     2>/dev/null
 fi
 
+t=$(budget 60)
+if [ "$t" -gt 0 ]; then
+  stage "bench_sample: 3x512, 1 and 64 streams, against the peer on the GPU (${t} s at most)"
+  timeout "$t" python3 experiments/bench_sample.py --layers 3 --hidden 512 --reps 2 \
+    ${SAMPLE_ARGS:-} --peer_python "$PEER_PY" --peer_dir .carry \
+    --out "$OUT/bench_sample_gpu.json" 2>&1 | quiet | tail -8
+fi
+
 for dtype in float32 bfloat16; do
   t=$(budget 100); [ "$t" = 0 ] && break
   stage "training: configs/tinyshakespeare.py, $dtype, $STEPS steps (${t} s at most)"
@@ -94,7 +103,7 @@ for dtype in float32 bfloat16; do
     | tail -3
   cp "$RUNS/ts_$dtype/metrics.jsonl" "$OUT/ts_$dtype.jsonl" 2>/dev/null
 done
-python3 - "$RUNS" <<'PY' | tee "$OUT/training.txt"
+python3 - "$RUNS" <<'PY' | tee "$RUNS/training.txt"
 import json, os, statistics, sys
 for dtype in ('float32', 'bfloat16'):
   path = os.path.join(sys.argv[1], f'ts_{dtype}', 'metrics.jsonl')
@@ -125,4 +134,4 @@ fi
 
 stage summary
 grep -E '^(\||matmul)' "$RUNS/bench.txt"
-cat "$OUT/training.txt"
+cat "$RUNS/training.txt"
