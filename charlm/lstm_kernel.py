@@ -89,8 +89,8 @@ def _project_bwd(residuals, dy):
 project.defvjp(_project_fwd, _project_bwd)
 
 
-# How the loops run, per backend: (state feature-major, forward unroll, backward unroll); see
-# the module docstring.
+# How the loops run: (state feature-major, forward unroll, backward unroll), on CPUs and on
+# everything else (GPUs; TPUs untried); see the module docstring.
 CPU_LOOPS = (True, 2, 1)
 GPU_LOOPS = (False, 8, 8)
 
@@ -121,7 +121,8 @@ def _cell(w, s, c, h, gx_t, feature_major):
 
 
 def _forward(gx, w_h, c0, h0, save):
-  """The forward loop; with `save`, also the gate activations and previous cell states."""
+  """The forward loop: (hs, or with `save` (hs, gate activations, previous cell states)), cT, hT
+  and cT in the loop's layout."""
   feature_major, unroll, _ = _loops()
   s = _scale(h0.shape[-1], gx.dtype, feature_major)
   w, layout = (w_h.T, jnp.transpose) if feature_major else (w_h, lambda x: x)
