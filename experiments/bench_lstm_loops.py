@@ -12,7 +12,6 @@ fits a lent GPU's minutes. Prints a markdown table and writes JSON (--out).
 import json
 import os
 import statistics
-import sys
 import time
 
 import bench_train
@@ -34,10 +33,7 @@ def parse_loops(text: str) -> tuple:
 def main(argv):
   del argv
   start = time.perf_counter()
-  sys.path.insert(0, bench_train.ROOT)
-  from charlm import host
-  host.keep_freed_memory()  # As bench_train and charlm.train do, before JAX starts its threads.
-  host.use_cpu_devices(int(os.environ.get('JAX_NUM_CPU_DEVICES') or min(2, os.cpu_count())))
+  bench_train.set_up_host()
   import jax
 
   from charlm import lstm_kernel

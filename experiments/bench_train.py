@@ -171,13 +171,18 @@ def machine() -> dict:
   return info
 
 
-def main(argv):
-  del argv
+def set_up_host():
+  """The process settings of charlm.train, before JAX starts its threads; on a CPU two devices,
+  of which each size's mesh takes as many as charlm.train would (`Charlm`, host.py)."""
   sys.path.insert(0, ROOT)
   from charlm import host
-  host.keep_freed_memory()  # As charlm.train does, before JAX starts its threads.
-  # Two CPU devices, of which each size's mesh takes as many as charlm.train would (host.py).
+  host.keep_freed_memory()
   host.use_cpu_devices(int(os.environ.get('JAX_NUM_CPU_DEVICES') or min(2, os.cpu_count())))
+
+
+def main(argv):
+  del argv
+  set_up_host()
   import jax
   gpu = jax.devices()[0].platform == 'gpu'
   sizes = [parse_size(s) for s in (_SIZES.value or (GPU_SIZES if gpu else CPU_SIZES))]

@@ -16,7 +16,6 @@ import gzip
 import json
 import os
 import shutil
-import sys
 
 import bench_lstm_loops
 import bench_train
@@ -66,10 +65,7 @@ def covered_us(spans) -> float:
 
 def main(argv):
   del argv
-  sys.path.insert(0, bench_train.ROOT)
-  from charlm import host
-  host.keep_freed_memory()
-  host.use_cpu_devices(int(os.environ.get('JAX_NUM_CPU_DEVICES') or min(2, os.cpu_count())))
+  bench_train.set_up_host()
   import jax
 
   from charlm import lstm_kernel
