@@ -65,12 +65,14 @@ def keep_freed_memory() -> bool:
 def cpu_devices(config) -> int:
   """How many CPU devices split each batch on a CPU (config.train.cpu_devices; 0: see below).
 
-  Each CPU device runs its share of the batch on its own thread, so the many small per-step
-  operations of the recurrent loops of two halves run side by side instead of one after the
-  other. Measured on a 2-core CPU (batch 32 x 64, `experiments/bench_train.py`): 2x128 53k ->
-  74k chars/s, 2x256 21.3k -> 24.6k; at 2x512 no gain and at 3x512 (50 x 50) 7-10% less, as one
-  device's matmuls already keep both cores busy there. Auto: $JAX_NUM_CPU_DEVICES if set, else
-  2 for hidden <= 256 with an even batch on 2+ cores, else 1.
+  Each CPU device runs its share of the batch on its own thread. With XLA's loops, that runs
+  the many small per-step operations of two halves side by side instead of one after the other:
+  on a 2-core CPU (batch 32 x 64, `experiments/bench_train.py`) 2x128 53k -> 74k chars/s, 2x256
+  21.3k -> 24.6k; no gain at 2x512 and 7-10% less at 3x512 (50 x 50), as one device's matmuls
+  already keep both cores busy there. The native LSTM loops (`lstm_cpu`) split the batch over
+  the cores themselves, and one device is faster with them: 2x128 84-91k against 81k on two
+  devices, 2x256 28.6-29.0k against 26.0-26.4k. Auto: $JAX_NUM_CPU_DEVICES if set, else 2 for
+  hidden <= 256 with an even batch on 2+ cores where the model runs XLA's loops, else 1.
   """
   count = config.train.get('cpu_devices', 0)
   if count < 0:
@@ -81,7 +83,16 @@ def cpu_devices(config) -> int:
   if os.environ.get('JAX_NUM_CPU_DEVICES'):
     return int(os.environ['JAX_NUM_CPU_DEVICES'])
   split = (os.cpu_count() or 1) >= 2 and config.model.hidden <= 256
-  return 2 if split and config.train.batch_size % 2 == 0 else 1
+  if not split or config.train.batch_size % 2 or _native_lstm_loops(config.model):
+    return 1
+  return 2
+
+
+def _native_lstm_loops(model_config) -> bool:
+  """Whether the model's LSTM layers would run the native CPU loops (see lstm_kernel)."""
+  from charlm import lstm_cpu
+  return (model_config.cell == 'lstm' and model_config.get('impl', 'fused') == 'fused'
+          and model_config.get('dtype', 'float32') == 'float32' and lstm_cpu.available())
 
 
 def use_cpu_devices(count: int) -> None:

@@ -38,9 +38,10 @@ def get_config(arg=None):
   config.train.batch_size = 32  # Global number of parallel character streams.
   config.train.seq_len = 64  # Characters per stream per step (truncated BPTT length).
   # On a CPU: how many CPU devices (a thread each) split every batch under charlm.train.
-  # 0: $JAX_NUM_CPU_DEVICES if set, else 2 for hidden <= 256 on a machine with 2+ cores
-  # (2x128 trains ~40% faster, 2x256 ~15%; 512 units gain nothing), else 1. No effect on
-  # GPUs/TPUs, whose devices are all used.
+  # 0: $JAX_NUM_CPU_DEVICES if set, else 1 where the LSTM runs the native CPU loops (they
+  # split the batch over the cores themselves), else 2 for hidden <= 256 on a machine with 2+
+  # cores (XLA's loops: 2x128 trains ~40% faster, 2x256 ~15%), else 1. No effect on GPUs/TPUs,
+  # whose devices are all used.
   config.train.cpu_devices = 0
   config.train.seed = 0
   config.train.log_every = 50  # Steps between train metrics (and host syncs).

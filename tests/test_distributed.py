@@ -94,6 +94,7 @@ import collections, json, re, sys
 import jax
 from charlm import lstm_kernel, sharding, trainer
 from configs import default
+lstm_kernel.NATIVE_CPU = sys.argv[3] == 'native'
 if sys.argv[3] == 'gpu_loops':  # The GPU's loop layout, compiled for CPU devices.
   lstm_kernel.CPU_LOOPS = lstm_kernel.GPU_LOOPS
 config = default.get_config('smoke')
@@ -109,11 +110,12 @@ shape = (config.train.batch_size, config.train.seq_len)
 batch = [jax.ShapeDtypeStruct(shape, d) for d in ('int32', 'int32', 'float32')]
 hlo = step.lower(state, *batch, jax.ShapeDtypeStruct((), 'bool')).compile().as_text()
 ops = re.findall(r' (all-gather|all-reduce|all-to-all|collective-permute)(?:-start)?\\(', hlo)
-print(json.dumps(collections.Counter(ops)))
+print(json.dumps(dict(collections.Counter(ops), native=hlo.count('target="charlm_lstm'))))
 '''
 
 
-@pytest.mark.parametrize('cell,impl,loops', [('lstm', 'fused', 'cpu_loops'),
+@pytest.mark.parametrize('cell,impl,loops', [('lstm', 'fused', 'native'),
+                                             ('lstm', 'fused', 'cpu_loops'),
                                              ('lstm', 'fused', 'gpu_loops'),
                                              ('gru', 'fused', '-'), ('lstm', 'scan', '-')])
 def test_data_parallel_step_only_all_reduces(cell, impl, loops):
@@ -128,6 +130,8 @@ def test_data_parallel_step_only_all_reduces(cell, impl, loops):
                           capture_output=True, text=True, timeout=240)
   assert result.returncode == 0, result.stderr[-2000:]
   collectives = json.loads(result.stdout.strip().splitlines()[-1])
+  # The native loops: 2 layers x (forward, backward), each device running its rows.
+  assert collectives.pop('native') == (4 if loops == 'native' else 0)
   assert set(collectives) == {'all-reduce'}, collectives
   if (cell, impl) == ('lstm', 'fused'):  # Autodiff through lax.scan sums some gradients early.
     assert collectives['all-reduce'] == 1, collectives

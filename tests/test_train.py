@@ -154,17 +154,23 @@ def test_batch_size_must_divide_over_devices():
 
 
 def test_cpu_devices_split_small_models_only(monkeypatch):
-  from charlm import host
+  from charlm import host, lstm_cpu
   from configs import default
   monkeypatch.delenv('JAX_NUM_CPU_DEVICES', raising=False)
   monkeypatch.setattr(os, 'cpu_count', lambda: 2)
 
-  def devices(hidden=128, batch_size=32, cpu_devices=0):
+  def devices(hidden=128, batch_size=32, cpu_devices=0, cell='lstm', dtype='float32'):
     config = default.get_config()
     config.model.hidden, config.train.batch_size = hidden, batch_size
+    config.model.cell, config.model.dtype = cell, dtype
     config.train.cpu_devices = cpu_devices
     return host.cpu_devices(config)
 
+  # The native LSTM loops split the batch over the cores themselves: one device.
+  assert lstm_cpu.available()
+  assert devices() == 1 and devices(hidden=256) == 1
+  assert devices(cell='gru') == 2 and devices(dtype='bfloat16') == 2  # XLA's loops.
+  monkeypatch.setattr(lstm_cpu, 'available', lambda: False)
   assert devices() == 2 and devices(hidden=256) == 2
   assert devices(hidden=512) == 1  # One device's matmuls already use both cores.
   assert devices(batch_size=33) == 1  # The batch must split evenly.

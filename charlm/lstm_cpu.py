@@ -1,0 +1,143 @@
+"""The LSTM loops as native CPU code (lstm_cpu.cc), built on first use and called through XLA's FFI.
+
+`available()` compiles lstm_cpu.cc with the machine's C++ compiler the first time (a few
+seconds), caches the library under $CHARLM_CACHE or ~/.cache/charlm (one per source, jaxlib
+version, compiler and CPU, since it is built for this CPU's instruction set) and registers its
+FFI targets. Without a compiler it logs one warning and returns False; lstm_kernel then runs
+XLA's loops, which give the same results more slowly.
+
+`forward` and `backward` take time-major float32 arrays as lstm_cpu.cc describes. Under a
+sharded jit each device runs the batch rows it holds: a sharding rule names the batch axis of
+every operand and result, and nothing else may be split.
+"""
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+
+import jax
+import jaxlib
+from absl import logging
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+SOURCE = pathlib.Path(__file__).with_name('lstm_cpu.cc')
+FLAGS = ('-O3', '-march=native', '-ffp-contract=fast', '-std=c++17', '-shared', '-fPIC', '-w')
+_TARGETS = {'charlm_lstm_forward': 'CharlmLstmForward',
+            'charlm_lstm_forward_saving': 'CharlmLstmForwardSaving',
+            'charlm_lstm_backward': 'CharlmLstmBackward'}
+
+
+def cache_dir() -> pathlib.Path:
+  cache = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return pathlib.Path(os.environ.get('CHARLM_CACHE') or os.path.join(cache, 'charlm'))
+
+
+def _cpu() -> str:
+  """What -march=native compiles for: the CPU's model and feature flags where Linux says."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      lines = {line.split(':')[0].strip(): line for line in f if ':' in line}
+    return lines.get('model name', '') + lines.get('flags', lines.get('Features', ''))
+  except OSError:
+    return platform.processor() + platform.machine()
+
+
+def build() -> pathlib.Path:
+  """Compiles lstm_cpu.cc unless a library built from the same inputs is cached; its path."""
+  compiler = os.environ.get('CXX') or shutil.which('c++') or shutil.which('g++')
+  if not compiler:
+    raise RuntimeError('no C++ compiler found (install g++, or set $CXX)')
+  key = repr((SOURCE.read_bytes(), jaxlib.__version__, compiler, FLAGS, _cpu()))
+  path = cache_dir() / f'lstm_cpu-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so'
+  if path.exists():
+    return path
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # Other processes may build too.
+    built = os.path.join(tmp, path.name)
+    command = [compiler, *FLAGS, '-I', jax.ffi.include_dir(), str(SOURCE), '-o', built]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+      error = ' '.join(result.stderr.split())[-300:]
+      raise RuntimeError(f'{" ".join(command)} failed: {error}')
+    os.replace(built, path)
+  return path
+
+
+@functools.cache
+def available() -> bool:
+  """Whether the native loops are built and registered (builds them the first time)."""
+  try:
+    library = ctypes.cdll.LoadLibrary(str(build()))
+    for name, symbol in _TARGETS.items():
+      jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)),
+                                  platform='cpu')
+  except (OSError, RuntimeError, AttributeError) as e:
+    logging.warning('charlm: no native CPU LSTM loops (%s); training runs XLA loops instead, '
+                    'which are slower. Install a C++ compiler (g++) to get them.', e)
+    return False
+  return True
+
+
+def _split_over_batch(fn, rule: str):
+  """fn under custom_partitioning: the factor 'b' of `rule` is the batch, which each device runs
+  for the rows it holds; every other factor stays whole."""
+  operands, results = ([dims.split() for dims in side.split(',')] for side in rule.split('->'))
+
+  def shardings(mesh, batch, dims_list):
+    return tuple(NamedSharding(mesh, P(*(batch if d == 'b' else None for d in dims)))
+                 for dims in dims_list)
+
+  def batch_axes(arg_shapes):
+    spec, axis = arg_shapes[0].sharding.spec, operands[0].index('b')
+    return spec[axis] if axis < len(spec) else None
+
+  def partition(mesh, arg_shapes, result_shapes):
+    batch = batch_axes(arg_shapes)
+    return mesh, fn, shardings(mesh, batch, results), shardings(mesh, batch, operands)
+
+  def infer_sharding_from_operands(mesh, arg_shapes, result_shapes):
+    return shardings(mesh, batch_axes(arg_shapes), results)
+
+  factors = list(dict.fromkeys(d for dims in operands + results for d in dims))
+  whole = tuple(f for f in factors if f != 'b')  # In order of appearance, as Shardy requires.
+  split = custom_partitioning(fn)
+  split.def_partition(partition, infer_sharding_from_operands=infer_sharding_from_operands,
+                      sharding_rule=rule, need_replication_factors=whole)
+  return split
+
+
+def _f32(*shape):
+  return jax.ShapeDtypeStruct(shape, 'float32')
+
+
+def _forward(gx, w, c0, h0):
+  t, b, g = gx.shape
+  shapes = (_f32(t, b, g // 4), _f32(b, g // 4), _f32(b, g // 4))
+  return jax.ffi.ffi_call('charlm_lstm_forward', shapes)(gx, w, c0, h0)
+
+
+def _forward_saving(gx, w, c0, h0):
+  t, b, g = gx.shape
+  shapes = (_f32(t, b, g // 4), _f32(b, g // 4), _f32(b, g // 4), _f32(t, b, g), _f32(t, b, g // 4))
+  return jax.ffi.ffi_call('charlm_lstm_forward_saving', shapes)(gx, w, c0, h0)
+
+
+def _backward(dhs, ts, cs, c, dc, dh, w):
+  t, b, g = ts.shape
+  shapes = (_f32(t, b, g), _f32(b, g // 4), _f32(b, g // 4))
+  return jax.ffi.ffi_call('charlm_lstm_backward', shapes)(dhs, ts, cs, c, dc, dh, w)
+
+
+_STATE = 'b h, b h'
+forward = _split_over_batch(_forward, f't b g, h g, {_STATE} -> t b h, {_STATE}')
+forward_saving = _split_over_batch(_forward_saving,
+                                   f't b g, h g, {_STATE} -> t b h, {_STATE}, t b g, t b h')
+backward = _split_over_batch(_backward,
+                             f't b h, t b g, t b h, b h, {_STATE}, h g -> t b g, {_STATE}')
