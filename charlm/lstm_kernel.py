@@ -12,13 +12,23 @@ carries only (dh, dc) and emits the gate gradients dz of every step; the weight 
 then one large matmul over all timesteps, h_prev^T dz, and dz itself is the gradient of gx,
 so the input projection's gradients are large matmuls too.
 
-On a CPU the state inside the loops is feature-major, [H, B]: each step multiplies the weights
+On a CPU, float32 loops run as native code (`lstm_cpu`: lstm_cpu.cc through XLA's FFI, built
+on first use). One call runs a layer's whole loop: the recurrent weights are packed once, each
+step's product and gate arithmetic run back to back on data in cache, and the batch rows are
+split over the cores. XLA's loop instead pays a few microseconds for each of about a dozen
+operations per step, and its product repacks an operand every step. Train step on 2 cores,
+batch 32 x 64 (`experiments/bench_train.py`, alternating in one session): 2x128 73.5k chars/s
+with XLA's loops on two CPU devices -> 84-91k native on one, 2x256 24.3k -> 28.6-29.0k. Where
+the native code cannot be built (no C++ compiler), and for bfloat16 weights, the XLA loops
+below run; `NATIVE_CPU = False` chooses them too.
+
+In XLA's loops on a CPU the state is feature-major, [H, B]: each step multiplies the weights
 from the left, W_h^T [4H, H] @ h [H, B]. A CPU matmul library packs its right-hand operand, and
 h @ W_h repacks the whole weight matrix every step; this way it packs only the small state,
 which made the steps up to 1.5x faster at H = 512 on a 2-core CPU. The sequences outside the
 loops stay batch-major ([T, B, ...]), so that the large matmuls are plain row-major products.
 
-On a CPU the forward loops are unrolled twice (`unroll=2`): train step, alternating in one
+XLA's forward loops on a CPU are unrolled twice (`unroll=2`): train step, alternating in one
 session, 2x256 (batch 32 x 64) 20.3k -> 21.9k chars/s, +1% at 2x128, 2x512 and 3x512 (50 x 50).
 Unrolling the backward loop too added 2% at 2x256 but cost 2-4% at the other sizes, and 4 lost
 at all.

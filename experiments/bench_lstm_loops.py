@@ -3,7 +3,8 @@
     python experiments/bench_lstm_loops.py --sizes 3x512:512x100,3x512:64x100 --dtype bfloat16
 
 For each size, every candidate of `lstm_kernel.GPU_LOOPS` (or `CPU_LOOPS` on a CPU) -- state
-feature-major or batch-major inside the loops, forward and backward unroll -- compiles charlm's
+feature-major or batch-major inside the loops, forward and backward unroll; on a CPU also
+`native`, the native loops of `lstm_cpu`, which the others turn off -- compiles charlm's
 real train step (experiments/bench_train.py's), then the compiled steps run in alternating
 rounds, with the peer (torch.nn.LSTM) once per size. Later sizes try only the current setting
 and the fastest candidate of the first size. Compiling stops at --deadline seconds, so that it
@@ -19,7 +20,8 @@ from absl import app, flags
 
 _LOOPS = flags.DEFINE_list('loops', ['fm:2:1', 'bm:2:1', 'bm:8:8', 'bm:4:4'],
                            'Candidates layout:forward unroll:backward unroll, layout fm '
-                           '(feature-major) or bm (batch-major); the first is the baseline.')
+                           '(feature-major) or bm (batch-major), or native (CPUs); the first is '
+                           'the baseline.')
 _DTYPE = flags.DEFINE_string('dtype', 'bfloat16', "charlm's model.dtype.")
 _DEADLINE = flags.DEFINE_float('deadline', 240, 'Start no compile past this many seconds.')
 _BENCH_OUT = flags.DEFINE_string('bench_out', '', 'JSON results (empty: none).')
@@ -28,6 +30,17 @@ _BENCH_OUT = flags.DEFINE_string('bench_out', '', 'JSON results (empty: none).')
 def parse_loops(text: str) -> tuple:
   layout, forward, backward = text.split(':')
   return layout == 'fm', int(forward), int(backward)
+
+
+def set_loops(text: str) -> None:
+  """Makes the fused LSTM run the loops `text` names (a candidate of --loops)."""
+  import jax
+
+  from charlm import lstm_kernel
+  lstm_kernel.NATIVE_CPU = text == 'native'
+  if text != 'native':
+    attr = 'CPU_LOOPS' if jax.default_backend() == 'cpu' else 'GPU_LOOPS'
+    setattr(lstm_kernel, attr, parse_loops(text))
 
 
 def main(argv):
@@ -55,7 +68,7 @@ def main(argv):
       if time.perf_counter() - start > _DEADLINE.value:
         print(f'deadline: {size["name"]} {loops} not compiled', flush=True)
         continue
-      setattr(lstm_kernel, attr, parse_loops(loops))
+      set_loops(loops)
       runner = bench_train.Charlm(size, 'fused', _DTYPE.value)
       runners[size['name'], loops] = runner
       print(f'compiled {size["name"]} {loops} in {runner.compile_s:.1f}s', flush=True)

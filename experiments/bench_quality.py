@@ -10,7 +10,7 @@ Only training steps count towards the budget: each side times its own steps to t
 (charlm's first step includes its jit compilation), and evaluates the whole validation split
 every --eval_seconds of training time. charlm uses its own pieces (`trainer.build`,
 `make_train_step`, `Evaluator`, `data.Streams`) on as many devices as `charlm.train` would
-(on a CPU `host.cpu_devices`: 2 for hidden <= 256 on 2+ cores); the peer is
+(on a CPU `host.cpu_devices`: 1 with the native LSTM loops); the peer is
 `../shared/bench/torch_charrnn.py quality`. They run one after the other (charlm first), so the
 load average is reported.
 Reported: the best validation loss of each, in nats per character and bits per character.

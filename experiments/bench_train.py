@@ -18,9 +18,11 @@ round's charlm/peer ratio (its range in brackets). Also in the same run: the mat
 this machine (a 2048^3 float32 jnp.dot on a CPU; on a GPU 8192^3 in each variant's dtype, where
 float32 is JAX's default TF32; the best of all rounds is the "peak"), the
 training FLOPs per character (6 x matmul parameters, the same count for both, although charlm's
-first layer looks its input projection up in a table instead of multiplying), the jit compile
-time and memory. On a CPU the process has two CPU devices and each size's mesh takes as many as
-`charlm.train` would use (`host.cpu_devices`: 2 for hidden <= 256); the table says how many.
+first layer looks its input projection up in a table instead of multiplying, so that its share
+of the peak can pass 100%: at 2x512 a quarter of the counted FLOPs are that projection's), the
+jit compile time and memory. On a CPU the process has two CPU devices and each size's mesh
+takes as many as `charlm.train` would use (`host.cpu_devices`: 1 with the native LSTM loops,
+else 2 for hidden <= 256); the table says how many.
 Results: a markdown table on stdout and JSON under experiments/results/.
 """
 import json

@@ -24,8 +24,8 @@ from absl import app, flags
 _SIZE = flags.DEFINE_string('size', '2x128:32x64', 'LxH:BxT.')
 _IMPL = flags.DEFINE_string('impl', 'fused', 'model.impl.')
 _MODEL_DTYPE = flags.DEFINE_string('model_dtype', 'float32', 'model.dtype.')
-_LOOPS_SET = flags.DEFINE_string('set_loops', '', 'layout:forward:backward, e.g. bm:8:8 '
-                                 "('': the backend's default).")
+_LOOPS_SET = flags.DEFINE_string('set_loops', '', 'layout:forward:backward, e.g. bm:8:8, or '
+                                 "native ('': the backend's default).")
 _PROFILE_STEPS = flags.DEFINE_integer('profile_steps', 5, 'Steps traced.')
 _TOP = flags.DEFINE_integer('top', 30, 'Operations listed.')
 _TRACE_DIR = flags.DEFINE_string('trace_dir', '/tmp/charlm-profile', 'Where the trace goes '
@@ -70,8 +70,7 @@ def main(argv):
 
   from charlm import lstm_kernel
   if _LOOPS_SET.value:
-    attr = 'CPU_LOOPS' if jax.default_backend() == 'cpu' else 'GPU_LOOPS'
-    setattr(lstm_kernel, attr, bench_lstm_loops.parse_loops(_LOOPS_SET.value))
+    bench_lstm_loops.set_loops(_LOOPS_SET.value)
   size = bench_train.parse_size(_SIZE.value)
   runner = bench_train.Charlm(size, _IMPL.value, _MODEL_DTYPE.value)
   runner.run(3)
@@ -80,9 +79,11 @@ def main(argv):
   with jax.profiler.trace(_TRACE_DIR.value, create_perfetto_trace=True):
     times = runner.run(steps)
   step_ms = 1e3 * sum(times) / steps
+  native = _IMPL.value == 'fused' and lstm_kernel.native_loops(_MODEL_DTYPE.value)
+  loops = 'native' if native else lstm_kernel._loops()
   chars = size['batch'] * size['seq']
   print(f'{jax.devices()[0].device_kind} x {runner.devices}, {size["name"]} {_IMPL.value}:'
-        f'{_MODEL_DTYPE.value}, loops {lstm_kernel._loops()}: {step_ms:.2f} ms a step while '
+        f'{_MODEL_DTYPE.value}, loops {loops}: {step_ms:.2f} ms a step while '
         f'traced ({chars / step_ms * 1e3:,.0f} chars/s)\n')
   trace = glob.glob(os.path.join(_TRACE_DIR.value, '**', '*.trace.json.gz'), recursive=True)
   lanes = lanes_of(trace[0])
