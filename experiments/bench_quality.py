@@ -143,7 +143,7 @@ def main(argv):
   print(f'\n{_LAYERS.value}x{_HIDDEN.value} LSTM, batch {_BATCH.value} x {_SEQ.value}, '
         f'dropout {_DROPOUT.value}, {_MINUTES.value:g} minutes of training each on '
         f'{result["text"]} (90/10), charlm on {result["charlm"]["devices"]} '
-        f'{result["charlm"]["device"]} devices; load average {result["load_before"][0]:.1f} / '
+        f'{result["charlm"]["device"]} device(s); load average {result["load_before"][0]:.1f} / '
         f'{result["load_between"][0]:.1f} / {result["load_after"][0]:.1f}\n')
   print('| | best val loss (nats) | best val bpc | steps | training chars |')
   print('| --- | ---: | ---: | ---: | ---: |')

@@ -167,11 +167,16 @@ def test_cpu_devices_split_small_models_only(monkeypatch):
     return host.cpu_devices(config)
 
   # The native LSTM loops split the batch over the cores themselves: one device.
+  monkeypatch.setattr(host, 'accelerator_possible', lambda: False)
   assert lstm_cpu.available()
   assert devices() == 1 and devices(hidden=256) == 1
   assert devices(cell='gru') == 2 and devices(dtype='bfloat16') == 2  # XLA's loops.
   monkeypatch.setattr(lstm_cpu, 'available', lambda: False)
   assert devices() == 2 and devices(hidden=256) == 2
+  # Nothing is built on machines with accelerators.
+  monkeypatch.setattr(lstm_cpu, 'available', lambda: pytest.fail('built the native loops'))
+  monkeypatch.setattr(host, 'accelerator_possible', lambda: True)
+  assert devices() == 2
   assert devices(hidden=512) == 1  # One device's matmuls already use both cores.
   assert devices(batch_size=33) == 1  # The batch must split evenly.
   assert devices(hidden=512, cpu_devices=2) == 2 and devices(cpu_devices=1) == 1
