@@ -91,10 +91,10 @@ def cpu_devices(config) -> int:
 def _native_lstm_loops(model_config) -> bool:
   """Whether the model's LSTM layers would run the native CPU loops (see lstm_kernel); not
   asked (nor built) where JAX may run on an accelerator."""
-  from charlm import lstm_cpu, lstm_kernel
+  from charlm import lstm_kernel
   return (model_config.cell == 'lstm' and model_config.get('impl', 'fused') == 'fused'
-          and model_config.get('dtype', 'float32') == 'float32' and lstm_kernel.NATIVE_CPU
-          and not accelerator_possible() and lstm_cpu.available())
+          and not accelerator_possible()
+          and lstm_kernel.native_loops(model_config.get('dtype', 'float32'), backend='cpu'))
 
 
 def use_cpu_devices(count: int) -> None:

@@ -1,4 +1,5 @@
-// The LSTM recurrence on a CPU, as two XLA FFI calls: the forward loop and the backward loop.
+// The LSTM recurrence on a CPU as XLA FFI calls: the forward loop (saving what the backward
+// pass needs, or not) and the backward loop.
 //
 // They compute what lstm_kernel.py's loops compute (gates i, f, g, o; sigmoid(x) written as
 // (1 + tanh(x / 2)) / 2; tanh as XLA:CPU computes it), in float32, time-major:

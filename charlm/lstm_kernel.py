@@ -114,10 +114,11 @@ def _loops():
 NATIVE_CPU = True  # On a CPU, run float32 loops as native code (lstm_cpu) where it is built.
 
 
-def native_loops(dtype) -> bool:
-  """Whether float32 gates with recurrent weights of `dtype` run the native CPU loops."""
-  return (NATIVE_CPU and jax.default_backend() == 'cpu' and jnp.dtype(dtype) == jnp.float32
-          and lstm_cpu.available())
+def native_loops(dtype, backend=None) -> bool:
+  """Whether float32 gates with recurrent weights of `dtype` run the native CPU loops on
+  `backend` (default: JAX's, which this then starts)."""
+  return (NATIVE_CPU and (backend or jax.default_backend()) == 'cpu'
+          and jnp.dtype(dtype) == jnp.float32 and lstm_cpu.available())
 
 
 def _scale(hidden: int, dtype, feature_major: bool):
