@@ -118,7 +118,11 @@ void Gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const fl
       const float* ar = a + r * lda;
       const float* ir = init + r * ldi + j;
       float* o = out + r * ldo + j;
-      switch (std::min<int64_t>(6, m - r)) {  // 6 rows: 12 accumulators, the most AVX2 holds.
+      // At most 6 rows (12 accumulators, what AVX2's 16 registers hold beside the operands),
+      // in blocks of even size: 16 rows as 6, 5, 5 ran the products 10-24% faster than as 6,
+      // 6, 4, whose last block has too few independent sums to keep both FMA units busy.
+      const int64_t left = m - r, blocks = (left + 5) / 6;
+      switch ((left + blocks - 1) / blocks) {
         case 6: Block<6>(ar, lda, panel, k, ir, ldi, o, ldo, cols); r += 6; break;
         case 5: Block<5>(ar, lda, panel, k, ir, ldi, o, ldo, cols); r += 5; break;
         case 4: Block<4>(ar, lda, panel, k, ir, ldi, o, ldo, cols); r += 4; break;
