@@ -27,16 +27,13 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from charlm import data
+
 SOURCE = pathlib.Path(__file__).with_name('lstm_cpu.cc')
 FLAGS = ('-O3', '-march=native', '-ffp-contract=fast', '-std=c++17', '-shared', '-fPIC', '-w')
 _TARGETS = {'charlm_lstm_forward': 'CharlmLstmForward',
             'charlm_lstm_forward_saving': 'CharlmLstmForwardSaving',
             'charlm_lstm_backward': 'CharlmLstmBackward'}
-
-
-def cache_dir() -> pathlib.Path:
-  cache = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-  return pathlib.Path(os.environ.get('CHARLM_CACHE') or os.path.join(cache, 'charlm'))
 
 
 def _cpu() -> str:
@@ -55,7 +52,8 @@ def build() -> pathlib.Path:
   if not compiler:
     raise RuntimeError('no C++ compiler found (install g++, or set $CXX)')
   key = repr((SOURCE.read_bytes(), jaxlib.__version__, compiler, FLAGS, _cpu()))
-  path = cache_dir() / f'lstm_cpu-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so'
+  digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+  path = pathlib.Path(data.default_cache_dir()) / f'lstm_cpu-{digest}.so'
   if path.exists():
     return path
   path.parent.mkdir(parents=True, exist_ok=True)
