@@ -8,8 +8,9 @@ the loop only the recurrent matmul (all gates fused into one) and the gate arith
 LSTM layers train through `lstm_kernel.lstm`, whose hand-written backward pass computes the
 weight gradients as large matmuls over all timesteps (impl='fused'); impl='scan' is plain
 autodiff through `lax.scan` (the reference). impl='cudnn' runs each LSTM layer through cuDNN
-on an NVIDIA GPU (`cudnn_lstm`), which projects the inputs itself. The carry (hidden state)
-comes in and goes out, so it flows across batches.
+on an NVIDIA GPU (`cudnn_lstm`), which projects the inputs itself. impl='wavefront' runs all
+LSTM layers in one loop (`lstm_wavefront`, for GPUs), with the same parameters and dropout
+masks. The carry (hidden state) comes in and goes out, so it flows across batches.
 """
 from collections.abc import Callable
 
@@ -17,11 +18,11 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from charlm import cudnn_lstm, lstm_kernel
+from charlm import cudnn_lstm, lstm_kernel, lstm_wavefront
 from charlm.errors import UserError
 
 CELLS = ('lstm', 'gru', 'rnn')
-IMPLS = ('fused', 'scan', 'cudnn')
+IMPLS = ('fused', 'scan', 'cudnn', 'wavefront')
 DTYPES = ('float32', 'bfloat16')
 
 
@@ -65,6 +66,26 @@ class DenseParams(nn.Module):
     return kernel, self.param('bias', self.bias_init, (self.features,))
 
 
+def recurrent_bias_init(cell: str, hidden: int) -> Callable:
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    if cell == 'lstm':  # Forget-gate bias 1, so that memory is kept early in training.
+      return jnp.zeros(shape, dtype).at[hidden:2 * hidden].set(1.0)
+    return jnp.zeros(shape, dtype)
+  return init
+
+
+class LstmParams(nn.Module):
+  """An LSTM layer's parameters, unapplied, with Recurrent's names, shapes and initializers."""
+  hidden: int
+
+  @nn.compact
+  def __call__(self, in_features: int):
+    h = self.hidden
+    kernel, bias = DenseParams(4 * h, recurrent_bias_init('lstm', h), name='input')(in_features)
+    return kernel, bias, self.param('recurrent', nn.initializers.orthogonal(), (h, 4 * h))
+
+
 class Recurrent(nn.Module):
   """One recurrent layer over a time-major [T, B, features] sequence.
 
@@ -80,12 +101,7 @@ class Recurrent(nn.Module):
   def __call__(self, carry, xs, tokens=None):
     gates = {'lstm': 4, 'gru': 3, 'rnn': 1}[self.cell]
     h = self.hidden
-
-    def bias_init(key, shape, dtype=jnp.float32):
-      if self.cell == 'lstm':  # Forget-gate bias 1, so that memory is kept early in training.
-        return jnp.zeros(shape, dtype).at[h:2 * h].set(1.0)
-      return jnp.zeros(shape, dtype)
-
+    bias_init = recurrent_bias_init(self.cell, h)
     if self.cell == 'lstm' and self.impl == 'cudnn':  # float32, whatever self.dtype (cudnn_lstm).
       if tokens is not None:  # cuDNN projects the inputs itself: look the embeddings up.
         xs = jnp.take(xs, tokens, axis=0, mode='clip')
@@ -131,9 +147,20 @@ class CharRNN(nn.Module):
     embed = nn.Embed(self.vocab_size, self.embed or self.hidden,
                      embedding_init=nn.initializers.normal(1.0), name='embed')
     tokens = tokens.T
+    if self.impl == 'wavefront' and self.cell == 'lstm' and self.num_layers > 1:
+      x, new_carry = self._wavefront(embed, tokens, carry, train)
+    else:
+      x, new_carry = self._layer_by_layer(embed, tokens, carry, train)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    logits = nn.Dense(self.vocab_size, dtype=self.dtype, dot_general=project_dot_general,
+                      name='output')(x)
+    return jnp.swapaxes(logits, 0, 1), tuple(new_carry)
+
+  def _layer_by_layer(self, embed, tokens, carry, train):
+    impl = 'fused' if self.impl == 'wavefront' else self.impl  # One layer: the same loop.
     new_carry = []
     for layer in range(self.num_layers):
-      recurrent = Recurrent(self.cell, self.hidden, self.impl, self.dtype, name=f'layer{layer}')
+      recurrent = Recurrent(self.cell, self.hidden, impl, self.dtype, name=f'layer{layer}')
       if layer == 0 and self.vocab_size <= tokens.size:
         c, x = recurrent(carry[0], embed.embedding, tokens=tokens)
       elif layer == 0:
@@ -142,10 +169,33 @@ class CharRNN(nn.Module):
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         c, x = recurrent(carry[layer], x)
       new_carry.append(c)
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    logits = nn.Dense(self.vocab_size, dtype=self.dtype, dot_general=project_dot_general,
-                      name='output')(x)
-    return jnp.swapaxes(logits, 0, 1), tuple(new_carry)
+    return x, new_carry
+
+  def _wavefront(self, embed, tokens, carry, train):
+    """The LSTM layers as one loop (lstm_wavefront), with the parameters, inputs and dropout
+    masks (same rngs) of the layer-by-layer loops."""
+    steps, batch = tokens.shape
+    dtype = jnp.dtype(self.dtype)
+    params = [LstmParams(self.hidden, name=f'layer{layer}')(
+        embed.features if layer == 0 else self.hidden) for layer in range(self.num_layers)]
+    w_x0, b_x0, _ = params[0]
+    w_x, b_x = (jnp.stack([p[n] for p in params[1:]]) for n in (0, 1))
+    w_h = jnp.stack([p[2] for p in params])
+    lookup = self.vocab_size <= tokens.size
+    xs = embed.embedding if lookup else embed(tokens)
+    gx0 = (lstm_kernel.project(xs.astype(dtype), w_x0.astype(dtype))
+           + b_x0.astype(dtype)).astype(jnp.float32)  # As nn.Dense(dtype=self.dtype).
+    if lookup:
+      gx0 = jnp.take(gx0, tokens, axis=0, mode='clip')
+    keep = None
+    if train and self.dropout > 0:  # Each upper layer's input mask, as nn.Dropout draws it.
+      ones = jnp.ones((steps, batch, self.hidden), jnp.float32)
+      keep = jnp.stack([nn.Dropout(self.dropout, deterministic=False)(ones)
+                        for _ in range(self.num_layers - 1)])
+    c0, h0 = (jnp.stack(x) for x in zip(*carry, strict=True))
+    hs, c, h = lstm_wavefront.stack(gx0, w_x.astype(dtype), b_x, w_h.astype(dtype), c0, h0,
+                                    keep)
+    return hs, [(c[layer], h[layer]) for layer in range(self.num_layers)]
 
   def initial_carry(self, batch_size: int):
     """Zero hidden state: per layer (c, h) for an LSTM, (h,) for a GRU or RNN."""
@@ -163,6 +213,9 @@ def from_config(model_config, vocab_size: int) -> CharRNN:
   if impl == 'cudnn' and jax.default_backend() != 'gpu':
     raise UserError(f"model.impl='cudnn' needs an NVIDIA GPU (this run has "
                     f"{jax.default_backend()}); use model.impl='fused'")
+  if impl == 'wavefront' and model_config.cell != 'lstm':
+    raise UserError(f"model.impl='wavefront' runs LSTM layers only (model.cell is "
+                    f"{model_config.cell!r}); use model.impl='fused'")
   if dtype not in DTYPES:
     raise UserError(f'unknown model.dtype {dtype!r}; use one of {", ".join(DTYPES)}')
   return CharRNN(vocab_size=vocab_size, cell=model_config.cell,

@@ -25,9 +25,10 @@ def get_config(arg=None):
   config.model.embed = 0  # Embedding size; 0 means the same as `hidden`.
   config.model.dropout = 0.0  # Between layers and before the output layer, as in char-rnn.
   # LSTM training: 'fused' (a hand-written backward pass with the weight gradients as large
-  # matmuls; fast), 'scan' (autodiff through lax.scan; the reference) or 'cudnn' (NVIDIA GPUs
-  # only, float32; measured slower than 'fused' on an H200). Same parameters: a run loads
-  # under any of them (a 'cudnn' run as 'fused' where there is no GPU).
+  # matmuls; fast), 'scan' (autodiff through lax.scan; the reference), 'cudnn' (NVIDIA GPUs
+  # only, float32; measured slower than 'fused' on an H200) or 'wavefront' (all layers in one
+  # loop, for GPUs; slower on CPUs). Same parameters: a run loads under any of them (a 'cudnn'
+  # run as 'fused' where there is no GPU).
   config.model.impl = 'fused'
   # Matmul inputs: 'float32', or 'bfloat16' for GPUs/TPUs (parameters, state and the gate
   # arithmetic stay float32). Slower on CPUs without bf16 units.

@@ -1,9 +1,11 @@
 """How the fused LSTM's loops should run on this backend: state layout and unroll, timed.
 
     python experiments/bench_lstm_loops.py --sizes 3x512:512x100,3x512:64x100 --dtype bfloat16
+    python experiments/bench_lstm_loops.py --loops bm:8:8,wavefront/bm:8:8,wavefront/bm:16:16
 
 For each size, every candidate of `lstm_kernel.GPU_LOOPS` (or `CPU_LOOPS` on a CPU) -- state
-feature-major or batch-major inside the loops, forward and backward unroll; on a CPU also
+feature-major or batch-major inside the loops, forward and backward unroll, after `wavefront/`
+for model.impl='wavefront' (lstm_wavefront; batch-major only) instead of 'fused'; on a CPU also
 `native`, the native loops of `lstm_cpu`, which the others turn off -- compiles charlm's
 real train step (experiments/bench_train.py's), then the compiled steps run in alternating
 rounds, with the peer (torch.nn.LSTM) once per size. Later sizes try only the current setting
@@ -20,15 +22,15 @@ from absl import app, flags
 
 _LOOPS = flags.DEFINE_list('loops', ['fm:2:1', 'bm:2:1', 'bm:8:8', 'bm:4:4'],
                            'Candidates layout:forward unroll:backward unroll, layout fm '
-                           '(feature-major) or bm (batch-major), or native (CPUs); the first is '
-                           'the baseline.')
+                           '(feature-major) or bm (batch-major), or native (CPUs); a prefix '
+                           'wavefront/ runs model.impl=wavefront; the first is the baseline.')
 _DTYPE = flags.DEFINE_string('dtype', 'bfloat16', "charlm's model.dtype.")
 _DEADLINE = flags.DEFINE_float('deadline', 240, 'Start no compile past this many seconds.')
 _BENCH_OUT = flags.DEFINE_string('bench_out', '', 'JSON results (empty: none).')
 
 
 def parse_loops(text: str) -> tuple:
-  layout, forward, backward = text.split(':')
+  layout, forward, backward = text.split('/')[-1].split(':')
   return layout == 'fm', int(forward), int(backward)
 
 
@@ -37,6 +39,7 @@ def set_loops(text: str) -> None:
   import jax
 
   from charlm import lstm_kernel
+  text = text.split('/')[-1]
   lstm_kernel.NATIVE_CPU = text == 'native'
   if text != 'native':
     attr = 'CPU_LOOPS' if jax.default_backend() == 'cpu' else 'GPU_LOOPS'
@@ -69,7 +72,10 @@ def main(argv):
         print(f'deadline: {size["name"]} {loops} not compiled', flush=True)
         continue
       set_loops(loops)
-      runner = bench_train.Charlm(size, 'fused', _DTYPE.value)
+      impl = loops.split('/')[0] if '/' in loops else 'fused'
+      if impl == 'wavefront' and parse_loops(loops)[0]:
+        raise app.UsageError(f'{loops}: the wavefront loop is batch-major only (bm)')
+      runner = bench_train.Charlm(size, impl, _DTYPE.value)
       runners[size['name'], loops] = runner
       print(f'compiled {size["name"]} {loops} in {runner.compile_s:.1f}s', flush=True)
   rates = {key: [] for key in runners}
@@ -92,7 +98,8 @@ def main(argv):
   for (name, loops), got in rates.items():
     rate = statistics.median(got)
     base = statistics.median(rates.get((name, _LOOPS.value[0]), got))
-    row = {'size': name, 'loops': loops, 'dtype': _DTYPE.value, 'chars_per_s': rate,
+    row = {'size': name, 'loops': loops, 'impl': runners[name, loops].impl,
+           'dtype': _DTYPE.value, 'chars_per_s': rate,
            'rounds': got, 'vs_first': rate / base, 'peer_chars_per_s': peer.get(name),
            'compile_s': runners[name, loops].compile_s,
            'step_mb': runners[name, loops].step_mb}

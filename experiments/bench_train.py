@@ -87,7 +87,7 @@ class Charlm:
                         impl=impl, dtype=dtype)
     config.train.update(batch_size=size['batch'], seq_len=size['seq'])
     config.optim.update(name='adam', lr=2e-3, clip=5.0, schedule='constant')
-    self.size, self.jax = size, jax
+    self.size, self.impl, self.jax = size, impl, jax
     devices = jax.devices()  # On a CPU, as many as charlm.train would use for this size.
     if devices[0].platform == 'cpu':
       devices = devices[:host.cpu_devices(config)]

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One prepared GPU run (the device tool lends a GPU machine for minutes):
 # experiments/bench_train.py against torch.nn.LSTM (cuDNN) for 3x512 at batch 64, 100 and 512 in
-# float32 and bfloat16, unrolls of the LSTM loops, a profile of the batch-512 step, sampling speed
-# (experiments/bench_sample.py), a float32 and a bfloat16 training run on tiny-shakespeare (loss
-# curves compared), charlm's model tests on the GPU and a sample from the trained model. Results
-# land in $OUT.
+# float32 and bfloat16, layer by layer (model.impl='fused') and as one wavefront loop
+# ('wavefront'), unrolls of the LSTM loops, charlm's fast-LSTM tests on the GPU, a profile of the
+# batch-512 step, sampling speed (experiments/bench_sample.py), two training runs on
+# tiny-shakespeare (fused float32 and wavefront bfloat16: loss curves compared) and a sample from
+# the trained model. Results land in $OUT.
 #
 # The GPU image has jax (CUDA), flax, optax, orbax and torch but no network: carry the rest.
 # From the repository root, once:
@@ -19,13 +20,14 @@
 #
 # Every stage gets at most what is left of DEADLINE seconds (default 520), in this order of
 # importance: the benchmark (its rounds stop at the budget), candidates for the GPU loops
-# (experiments/bench_lstm_loops.py), a profile of the batch-512 step, sampling speed, the training
-# runs, the tests, the sample. On an H200 (2026-11-26) the whole run took about 8 minutes while
+# (experiments/bench_lstm_loops.py), the tests, a profile of the batch-512 step, sampling speed,
+# the training runs, the sample. On an H200 (2026-11-26) the whole run took about 8 minutes while
 # each 3x512 step took 25-40 s to compile; that was host.keep_freed_memory, now skipped on GPU
 # machines (5-6 s). The same run found XLA's default flags fastest: --xla_gpu_autotune_level=0
 # compiled in 3 s but trained at 0.38x, --xla_gpu_enable_triton_gemm=false at 0.89x (3x512, 64 x
-# 100, float32). SIZES, VARIANTS, ROUNDS, STEPS, LOOP_SIZES, LOOPS, PROFILE_SIZE, SAMPLE_ARGS and
-# TRAIN_ARGS (extra flags) and PEER_PY change the run.
+# 100, float32). SIZES, VARIANTS, ROUNDS, STEPS, LOOP_SIZES, LOOPS, TESTS (pytest -k),
+# PROFILE_SIZE, PROFILE_IMPL, SAMPLE_ARGS, TRAIN_VARIANTS, TRAIN_ARGS (extra flags) and PEER_PY
+# change the run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/charlm-gpu-check}
@@ -58,10 +60,11 @@ print("jax", jax.__version__, jax.devices(), "flax", flax.__version__, "optax", 
 
 stage "bench_train: charlm against torch.nn.LSTM (cuDNN)"
 t=$(budget 330)
-# Compiling comes first (6 steps, ~5 s each on an H200); the rounds get the rest less 120 s.
+# Compiling comes first (12 steps, ~5 s each on an H200); the rounds get the rest less 120 s.
 timeout "$t" python3 experiments/bench_train.py --peer_python "$PEER_PY" \
   --peer_dir .carry --sizes "${SIZES:-3x512:64x100,3x512:100x100,3x512:512x100}" \
-  --variants "${VARIANTS:-fused:float32,fused:bfloat16}" --rounds "${ROUNDS:-3}" --steps 10 \
+  --variants "${VARIANTS:-fused:float32,fused:bfloat16,wavefront:float32,wavefront:bfloat16}" \
+  --rounds "${ROUNDS:-3}" --steps 10 \
   --max_seconds $((t > 150 ? t - 120 : 30)) --out "$OUT/bench_train_gpu.json" 2>&1 | quiet \
   | tee "$RUNS/bench.txt" | grep -v '^|'
 
@@ -70,16 +73,28 @@ if [ "$t" -gt 0 ]; then
   stage "bench_lstm_loops: the GPU loops' layout and unroll, 3x512 bfloat16 (${t} s at most)"
   timeout "$t" python3 experiments/bench_lstm_loops.py \
     --sizes "${LOOP_SIZES:-3x512:512x100,3x512:64x100}" \
-    --loops "${LOOPS:-bm:8:8,bm:16:16,bm:32:32,bm:8:4}" --dtype bfloat16 --rounds 3 --steps 10 \
+    --loops "${LOOPS:-bm:8:8,bm:32:32,wavefront/bm:8:8,wavefront/bm:16:16,wavefront/bm:32:32}" \
+    --dtype bfloat16 --rounds 3 --steps 10 \
     --peer_python "$PEER_PY" --peer_dir .carry --deadline $((t - 40)) \
     --bench_out "$OUT/bench_lstm_loops_gpu.json" 2>&1 | quiet | grep -E '^(\||compiled|deadline)'
+fi
+
+t=$(budget 75)
+if [ "$t" -gt 0 ]; then
+  stage "tests on the GPU: tests/test_model.py -k '${TESTS:-wavefront or fused_lstm or bfloat16}' \
+(${t} s at most)"
+  # SIGINT: pytest stops and still prints its summary of the tests run so far.
+  timeout -s INT -k 10 "$t" python3 -m pytest -q -p no:cacheprovider -rfE tests/test_model.py \
+    -k "${TESTS:-wavefront or fused_lstm or bfloat16}" \
+    2>&1 | tee "$OUT/tests.txt" | tail -15
 fi
 
 t=$(budget 60)
 if [ "$t" -gt 0 ]; then
   stage "profile: 3x512 at 512 x 100, bfloat16 (${t} s at most)"
   timeout "$t" python3 experiments/profile_step.py --size "${PROFILE_SIZE:-3x512:512x100}" \
-    --model_dtype bfloat16 --top 25 --trace_dir "$RUNS/trace" 2>&1 | quiet | grep -v '^trace:'
+    --impl "${PROFILE_IMPL:-fused}" --model_dtype bfloat16 --top 25 --trace_dir "$RUNS/trace" \
+    2>&1 | quiet | grep -v '^trace:'
   cp "$(find "$RUNS/trace" -name '*.trace.json.gz' | head -1)" "$OUT/trace_3x512_512x100.json.gz" \
     2>/dev/null
 fi
@@ -92,43 +107,38 @@ if [ "$t" -gt 0 ]; then
     --out "$OUT/bench_sample_gpu.json" 2>&1 | quiet | tail -8
 fi
 
-for dtype in float32 bfloat16; do
+TRAIN_VARIANTS=${TRAIN_VARIANTS:-fused:float32 wavefront:bfloat16}
+for variant in $TRAIN_VARIANTS; do
   t=$(budget 100); [ "$t" = 0 ] && break
-  stage "training: configs/tinyshakespeare.py, $dtype, $STEPS steps (${t} s at most)"
+  impl=${variant%:*}; dtype=${variant#*:}
+  stage "training: configs/tinyshakespeare.py, $impl $dtype, $STEPS steps (${t} s at most)"
   timeout "$t" python3 -m charlm.train --config configs/tinyshakespeare.py \
     --config.data.name= --config.data.path=.carry/tinyshakespeare.txt \
-    --config.model.dtype=$dtype --config.train.steps="$STEPS" --config.train.log_every=50 \
-    --config.train.eval_every=100 --config.train.eval_batches=0 --config.train.ckpt_every=100 \
-    --config.train.sample_every=0 ${TRAIN_ARGS:-} --workdir "$RUNS/ts_$dtype" 2>&1 | quiet \
-    | tail -3
-  cp "$RUNS/ts_$dtype/metrics.jsonl" "$OUT/ts_$dtype.jsonl" 2>/dev/null
+    --config.model.impl=$impl --config.model.dtype=$dtype --config.train.steps="$STEPS" \
+    --config.train.log_every=50 --config.train.eval_every=100 --config.train.eval_batches=0 \
+    --config.train.ckpt_every=100 --config.train.sample_every=0 ${TRAIN_ARGS:-} \
+    --workdir "$RUNS/ts_${impl}_$dtype" 2>&1 | quiet | tail -3
+  cp "$RUNS/ts_${impl}_$dtype/metrics.jsonl" "$OUT/ts_${impl}_$dtype.jsonl" 2>/dev/null
 done
-python3 - "$RUNS" <<'PY' | tee "$RUNS/training.txt"
+python3 - "$RUNS" $TRAIN_VARIANTS <<'PY' | tee "$RUNS/training.txt"
 import json, os, statistics, sys
-for dtype in ('float32', 'bfloat16'):
-  path = os.path.join(sys.argv[1], f'ts_{dtype}', 'metrics.jsonl')
+for variant in sys.argv[2:]:
+  path = os.path.join(sys.argv[1], 'ts_' + variant.replace(':', '_'), 'metrics.jsonl')
   if not os.path.exists(path):
-    print(dtype, 'no metrics'); continue
+    print(variant, 'no metrics'); continue
   rows = [json.loads(line) for line in open(path)]
   speed = [r['chars_per_sec'] for r in rows if 'chars_per_sec' in r][1:]
   train = [(r['step'], round(r['train/loss'], 3)) for r in rows if 'train/loss' in r]
   val = [(r['step'], round(r['val/loss'], 4)) for r in rows if 'val/loss' in r]
-  print(f'{dtype}: median chars/s {statistics.median(speed) if speed else 0:,.0f}; '
+  print(f'{variant}: median chars/s {statistics.median(speed) if speed else 0:,.0f}; '
         f'val loss (step, nats) {val}; train loss {train}')
 PY
 
-t=$(budget 75)
-if [ "$t" -gt 0 ]; then
-  stage "tests on the GPU: tests/test_model.py (${t} s at most)"
-  # SIGINT: pytest stops and still prints its summary of the tests run so far.
-  timeout -s INT -k 10 "$t" python3 -m pytest -q -p no:cacheprovider -rfE tests/test_model.py \
-    2>&1 | tee "$OUT/tests.txt" | tail -15
-fi
-
 t=$(budget 40)
-if [ "$t" -gt 0 ] && [ -d "$RUNS/ts_float32" ]; then
-  stage "sampling on the GPU from the float32 run"
-  timeout "$t" python3 -m charlm.sample --workdir "$RUNS/ts_float32" --prime "ROMEO:" \
+first=$(echo "$TRAIN_VARIANTS" | awk '{print $1}' | tr : _)
+if [ "$t" -gt 0 ] && [ -d "$RUNS/ts_$first" ]; then
+  stage "sampling on the GPU from the $first run"
+  timeout "$t" python3 -m charlm.sample --workdir "$RUNS/ts_$first" --prime "ROMEO:" \
     --length 300 --temperature 0.8 --seed 0 2>&1 | quiet | tail -12
 fi
 

@@ -117,6 +117,7 @@ print(json.dumps(dict(collections.Counter(ops), native=hlo.count('target="charlm
 @pytest.mark.parametrize('cell,impl,loops', [('lstm', 'fused', 'native'),
                                              ('lstm', 'fused', 'cpu_loops'),
                                              ('lstm', 'fused', 'gpu_loops'),
+                                             ('lstm', 'wavefront', 'gpu_loops'),
                                              ('gru', 'fused', '-'), ('lstm', 'scan', '-')])
 def test_data_parallel_step_only_all_reduces(cell, impl, loops):
   # Each device computes its part of every weight gradient, then one all-reduce at the end sums
@@ -133,5 +134,5 @@ def test_data_parallel_step_only_all_reduces(cell, impl, loops):
   # The native loops: 2 layers x (forward, backward), each device running its rows.
   assert collectives.pop('native') == (4 if loops == 'native' else 0)
   assert set(collectives) == {'all-reduce'}, collectives
-  if (cell, impl) == ('lstm', 'fused'):  # Autodiff through lax.scan sums some gradients early.
+  if cell == 'lstm' and impl != 'scan':  # Autodiff through lax.scan sums some gradients early.
     assert collectives['all-reduce'] == 1, collectives

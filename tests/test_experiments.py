@@ -31,11 +31,14 @@ def test_profile_step_names_the_operations_of_a_step(tmp_path):
 
 def test_lstm_loop_candidates_are_timed_against_the_first(tmp_path):
   out_json = tmp_path / 'loops.json'
-  run(['experiments/bench_lstm_loops.py', '--sizes', '1x16:4x8,1x16:2x8', '--loops',
-       'native,bm:3:2', '--dtype', 'float32', '--rounds', '1', '--steps', '2', '--no_peer',
-       '--bench_out', str(out_json)])
+  run(['experiments/bench_lstm_loops.py', '--sizes', '2x16:4x8,2x16:2x8', '--loops',
+       'native,bm:3:2,wavefront/bm:2:2', '--dtype', 'float32', '--rounds', '1', '--steps', '2',
+       '--no_peer', '--bench_out', str(out_json)])
   rows = json.loads(out_json.read_text())['results']
-  assert [(r['size'], r['loops']) for r in rows] == [
-      ('1x16:4x8', 'native'), ('1x16:4x8', 'bm:3:2'), ('1x16:2x8', 'native'),
-      ('1x16:2x8', 'bm:3:2')]
+  assert [(r['size'], r['loops'], r['impl']) for r in rows[:3]] == [
+      ('2x16:4x8', 'native', 'fused'), ('2x16:4x8', 'bm:3:2', 'fused'),
+      ('2x16:4x8', 'wavefront/bm:2:2', 'wavefront')]
+  # The second size: the baseline and the first size's fastest other candidate.
+  assert [(r['size'], r['loops']) for r in rows[3:4]] == [('2x16:2x8', 'native')]
+  assert len(rows) == 5 and rows[4]['loops'] in ('bm:3:2', 'wavefront/bm:2:2')
   assert rows[0]['vs_first'] == 1 and all(r['chars_per_s'] > 0 for r in rows)

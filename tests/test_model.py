@@ -170,6 +170,7 @@ def test_project_gradients_match_autodiff_of_a_product():
 @pytest.mark.parametrize('cell,impl,batch,seq', [
     ('lstm', 'fused', 2, 6),  # The first layer looks its input projection up in a table ...
     ('lstm', 'fused', 1, 3),  # ... unless the vocabulary is larger than the batch (3 < VOCAB).
+    ('lstm', 'wavefront', 2, 6), ('lstm', 'wavefront', 1, 3),
     ('lstm', 'scan', 2, 6), ('gru', 'scan', 2, 6), ('rnn', 'scan', 2, 6)])
 def test_model_and_gradients_match_reference(cell, impl, batch, seq):
   model = model_lib.CharRNN(VOCAB, cell, num_layers=2, hidden=6, embed=4, impl=impl)
@@ -197,6 +198,38 @@ def test_fused_and_scan_agree_with_dropout():
     results.append(jax.jit(jax.value_and_grad(loss_with_carry(apply, tokens, targets)))(
         params, carry))
   assert_trees_close(*results)
+
+
+@pytest.mark.parametrize('layers,batch,seq,embed,dropout,loops,dtype', [
+    (3, 4, 6, 0, 0.5, (False, 2, 1), 'float32'),  # Dropout between layers, same rngs.
+    (3, 2, 2, 5, 0.0, (False, 2, 1), 'float32'),  # Fewer steps than layers; embedded (4 < VOCAB).
+    (4, 3, 7, 0, 0.3, (False, 3, 2), 'float32'),  # Unrolls that do not divide the 10 loop steps.
+    (2, 8, 5, 6, 0.0, (False, 8, 8), 'float32'),  # The GPU's loops.
+    (3, 4, 6, 0, 0.5, (False, 8, 8), 'bfloat16')])
+def test_wavefront_matches_layer_by_layer(layers, batch, seq, embed, dropout, loops, dtype,
+                                          monkeypatch):
+  """impl='wavefront' against impl='fused' (whose gradients the tests above check): the same
+  parameters at init, and the same outputs, carry, loss and gradients, with dropout."""
+  monkeypatch.setattr(lstm_kernel, 'CPU_LOOPS', loops)
+  monkeypatch.setattr(lstm_kernel, 'GPU_LOOPS', loops)
+  tokens = random_tokens((batch, seq), VOCAB, seed=12)
+  targets = jnp.roll(tokens, -1, axis=1)
+  models = [model_lib.CharRNN(VOCAB, 'lstm', num_layers=layers, hidden=8, embed=embed,
+                              dropout=dropout, impl=impl, dtype=dtype)
+            for impl in ('wavefront', 'fused')]
+  assert_trees_close(*(init(m) for m in models), rtol=0, atol=0)
+  params, carry = random_params(models[0], seed=13), random_carry(models[0], batch, seed=14)
+  results = []
+  for model in models:
+    apply = lambda p, x, c, model=model: model.apply(
+        {'params': p}, x, c, train=True, rngs={'dropout': jax.random.PRNGKey(15)})
+    results.append((jax.jit(apply)(params, tokens, carry),
+                    jax.jit(jax.value_and_grad(loss_with_carry(apply, tokens, targets),
+                                               argnums=(0, 1)))(params, carry)))
+  tol = {'rtol': 2e-5, 'atol': 1e-5} if dtype == 'float32' else {'rtol': 2e-2, 'atol': 2e-2}
+  assert_trees_close(*results, **tol)
+  grads = jax.tree.leaves(results[0][1][1])
+  assert all(float(jnp.abs(g).max()) > 0 for g in grads)  # Every input gets a gradient.
 
 
 def test_carry_continues_a_sequence():
@@ -236,6 +269,9 @@ def test_from_config_and_count_params():
   for field, bad in (('cell', 'tree'), ('impl', 'pallas'), ('dtype', 'float16')):
     with pytest.raises(UserError, match=field):
       model_lib.from_config(ml_collections.ConfigDict({**config.to_dict(), field: bad}), VOCAB)
+  with pytest.raises(UserError, match="model.impl='wavefront' runs LSTM layers only"):
+    model_lib.from_config(ml_collections.ConfigDict({**config.to_dict(), 'cell': 'gru',
+                                                     'impl': 'wavefront'}), VOCAB)
   legacy = ml_collections.ConfigDict({k: v for k, v in config.items()
                                       if k not in ('impl', 'dtype')})
   assert model_lib.from_config(legacy, VOCAB).impl == 'fused'
