@@ -1,16 +1,19 @@
-"""How the fused LSTM's loops should run on this backend: state layout and unroll, timed.
+"""How the LSTM loops should run on this backend: layout, unroll, wavefront, XLA options, timed.
 
     python experiments/bench_lstm_loops.py --sizes 3x512:512x100,3x512:64x100 --dtype bfloat16
     python experiments/bench_lstm_loops.py --loops bm:8:8,wavefront/bm:8:8,wavefront/bm:16:16
+    python experiments/bench_lstm_loops.py --loops bm:8:8,bm:8:8+graphs,bm:8:8+graphs_unrolled
 
-For each size, every candidate of `lstm_kernel.GPU_LOOPS` (or `CPU_LOOPS` on a CPU) -- state
-feature-major or batch-major inside the loops, forward and backward unroll, after `wavefront/`
-for model.impl='wavefront' (lstm_wavefront; batch-major only) instead of 'fused'; on a CPU also
-`native`, the native loops of `lstm_cpu`, which the others turn off -- compiles charlm's
-real train step (experiments/bench_train.py's), then the compiled steps run in alternating
-rounds, with the peer (torch.nn.LSTM) once per size. Later sizes try only the current setting
-and the fastest candidate of the first size. Compiling stops at --deadline seconds, so that it
-fits a lent GPU's minutes. Prints a markdown table and writes JSON (--out).
+A candidate is [wavefront/]LOOPS[+OPTIONS]. LOOPS is a setting of `lstm_kernel.GPU_LOOPS` (or
+`CPU_LOOPS` on a CPU): state layout inside the loops, fm (feature-major) or bm (batch-major),
+then forward and backward unroll; on a CPU it may also be `native`, the native loops of
+`lstm_cpu`, which the others turn off. `wavefront/` runs model.impl='wavefront' (lstm_wavefront,
+batch-major only) instead of 'fused'; `+OPTIONS` compiles with a set of XLA options
+(XLA_OPTIONS below). For each size, every candidate compiles charlm's real train step
+(experiments/bench_train.py's), then the compiled steps run in alternating rounds, with the
+peer (torch.nn.LSTM) once per size. Later sizes try only the first candidate and the fastest
+other one of the first size. Compiling stops at --deadline seconds, so that it fits a lent
+GPU's minutes. Prints a markdown table and writes JSON (--bench_out).
 """
 import json
 import os
@@ -20,17 +23,37 @@ import time
 import bench_train
 from absl import app, flags
 
+XLA_OPTIONS = bench_train.XLA_OPTIONS
+
 _LOOPS = flags.DEFINE_list('loops', ['fm:2:1', 'bm:2:1', 'bm:8:8', 'bm:4:4'],
                            'Candidates layout:forward unroll:backward unroll, layout fm '
                            '(feature-major) or bm (batch-major), or native (CPUs); a prefix '
-                           'wavefront/ runs model.impl=wavefront; the first is the baseline.')
+                           'wavefront/ runs model.impl=wavefront, a suffix +NAME compiles with '
+                           'XLA_OPTIONS[NAME]; the first is the baseline.')
 _DTYPE = flags.DEFINE_string('dtype', 'bfloat16', "charlm's model.dtype.")
 _DEADLINE = flags.DEFINE_float('deadline', 240, 'Start no compile past this many seconds.')
 _BENCH_OUT = flags.DEFINE_string('bench_out', '', 'JSON results (empty: none).')
 
 
+def parse_candidate(text: str) -> tuple:
+  """'[impl/]loops[+options]' -> (model.impl, loops, XLA options or None), checked."""
+  impl, _, rest = text.rpartition('/')
+  loops, _, options = rest.partition('+')
+  impl = impl or 'fused'
+  if impl not in ('fused', 'wavefront') or options and options not in XLA_OPTIONS:
+    raise app.UsageError(f'{text}: use [wavefront/]LOOPS[+{"|".join(XLA_OPTIONS)}]')
+  if loops != 'native':
+    try:
+      feature_major = parse_loops(loops)[0]
+    except ValueError:
+      raise app.UsageError(f'{text}: LOOPS is native or fm|bm:FORWARD:BACKWARD') from None
+    if impl == 'wavefront' and feature_major:
+      raise app.UsageError(f'{text}: the wavefront loop is batch-major only (bm)')
+  return impl, loops, XLA_OPTIONS.get(options)
+
+
 def parse_loops(text: str) -> tuple:
-  layout, forward, backward = text.split('/')[-1].split(':')
+  layout, forward, backward = text.split(':')
   return layout == 'fm', int(forward), int(backward)
 
 
@@ -39,7 +62,7 @@ def set_loops(text: str) -> None:
   import jax
 
   from charlm import lstm_kernel
-  text = text.split('/')[-1]
+  text = parse_candidate(text)[1]
   lstm_kernel.NATIVE_CPU = text == 'native'
   if text != 'native':
     attr = 'CPU_LOOPS' if jax.default_backend() == 'cpu' else 'GPU_LOOPS'
@@ -61,6 +84,8 @@ def main(argv):
   print(f'{jax.devices()[0].device_kind}, jax {jax.__version__}, {attr} now '
         f'{getattr(lstm_kernel, attr)}', flush=True)
   runners, candidates = {}, list(_LOOPS.value)
+  for loops in candidates:
+    parse_candidate(loops)
   for n, size in enumerate(sizes):
     if n == 1 and len(runners) > 1:  # Later sizes: the baseline and the first size's best.
       first = {loops: r for (name, loops), r in runners.items() if name == sizes[0]['name']}
@@ -71,11 +96,14 @@ def main(argv):
       if time.perf_counter() - start > _DEADLINE.value:
         print(f'deadline: {size["name"]} {loops} not compiled', flush=True)
         continue
+      impl, _, options = parse_candidate(loops)
       set_loops(loops)
-      impl = loops.split('/')[0] if '/' in loops else 'fused'
-      if impl == 'wavefront' and parse_loops(loops)[0]:
-        raise app.UsageError(f'{loops}: the wavefront loop is batch-major only (bm)')
-      runner = bench_train.Charlm(size, impl, _DTYPE.value)
+      try:
+        runner = bench_train.Charlm(size, impl, _DTYPE.value, options)
+      except Exception as error:  # XLA may refuse an option set: go on without it.
+        print(f'failed {size["name"]} {loops}: {str(error).strip().splitlines()[0][:300]}',
+              flush=True)
+        continue
       runners[size['name'], loops] = runner
       print(f'compiled {size["name"]} {loops} in {runner.compile_s:.1f}s', flush=True)
   rates = {key: [] for key in runners}
@@ -99,6 +127,7 @@ def main(argv):
     rate = statistics.median(got)
     base = statistics.median(rates.get((name, _LOOPS.value[0]), got))
     row = {'size': name, 'loops': loops, 'impl': runners[name, loops].impl,
+           'xla_options': parse_candidate(loops)[2],
            'dtype': _DTYPE.value, 'chars_per_s': rate,
            'rounds': got, 'vs_first': rate / base, 'peer_chars_per_s': peer.get(name),
            'compile_s': runners[name, loops].compile_s,

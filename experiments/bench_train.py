@@ -50,13 +50,35 @@ _MAX_SECONDS = flags.DEFINE_float('max_seconds', 0, 'Start no round that would e
                                   'at least one round runs.')
 _VARIANTS = flags.DEFINE_list('variants', ['fused:float32'], "charlm's model.impl:model.dtype "
                               "pairs, each timed against the same peer runs (e.g. "
-                              "fused:float32,fused:bfloat16,cudnn:float32).")
+                              "fused:float32,fused:bfloat16,cudnn:float32); a suffix +NAME "
+                              "compiles with XLA_OPTIONS[NAME].")
 _PEER_PYTHON = flags.DEFINE_string('peer_python', '', "The peer's python ('': from setup.sh).")
 _PEER_DIR = flags.DEFINE_string('peer_dir', peer_lib.PEER_DIR,
                                 'Folder holding torch_charrnn.py and setup.sh.')
 _NO_PEER = flags.DEFINE_bool('no_peer', False, 'Run charlm only.')
 _OUT = flags.DEFINE_string('out', None, "JSON results (default experiments/results/"
                            "bench_train_<platform>.json; '': none).")
+
+
+# XLA:GPU runs a while loop from the host: each iteration launches its body (a CUDA graph when
+# it has enough kernels) and copies the loop condition back. Command buffers of type WHILE and
+# CONDITIONAL (not on by default) put the whole loop into one CUDA graph with conditional nodes;
+# with unroll_loops, XLA unrolls loops of known trip count into the graph instead. Untried.
+_GRAPH_TYPES = 'FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,WHILE,CONDITIONAL'
+XLA_OPTIONS = {
+    'graphs': {'xla_gpu_enable_command_buffer': _GRAPH_TYPES},
+    'graphs_unrolled': {'xla_gpu_enable_command_buffer': _GRAPH_TYPES,
+                        'xla_gpu_command_buffer_unroll_loops': True},
+}
+
+
+def parse_variant(variant: str) -> tuple:
+  """'impl:dtype[+options]' -> (impl, dtype, XLA options or None)."""
+  impl, _, rest = variant.partition(':')
+  dtype, _, options = rest.partition('+')
+  if not dtype or options and options not in XLA_OPTIONS:
+    raise app.UsageError(f'{variant}: use IMPL:DTYPE[+{"|".join(XLA_OPTIONS)}]')
+  return impl, dtype, XLA_OPTIONS.get(options)
 
 
 def parse_size(size: str) -> dict:
@@ -73,9 +95,10 @@ def flops_per_char(size: dict) -> int:
 
 
 class Charlm:
-  """charlm's jitted train step for one size, with its state and a stream of batches."""
+  """charlm's jitted train step for one size, with its state and a stream of batches;
+  `compiler_options` are XLA options for this compile only (jax's Lowered.compile)."""
 
-  def __init__(self, size: dict, impl: str, dtype: str):
+  def __init__(self, size: dict, impl: str, dtype: str, compiler_options=None):
     import jax
     import numpy as np
 
@@ -109,7 +132,7 @@ class Charlm:
                     for k in range(64)]
     self.to_global, self.k = to_global, 0
     start = time.perf_counter()
-    self.step = step.lower(self.state, *self.next_batch()).compile()
+    self.step = step.lower(self.state, *self.next_batch()).compile(compiler_options)
     self.compile_s = time.perf_counter() - start
     memory = self.step.memory_analysis()
     self.step_mb = None
@@ -188,11 +211,11 @@ def main(argv):
   import jax
   gpu = jax.devices()[0].platform == 'gpu'
   sizes = [parse_size(s) for s in (_SIZES.value or (GPU_SIZES if gpu else CPU_SIZES))]
-  variants = [tuple(v.split(':')) for v in _VARIANTS.value]
+  variants = {v: parse_variant(v) for v in _VARIANTS.value}
   # The matmul "peak" each variant is held to: float32 on a CPU (2048^3); on a GPU 8192^3 in
   # the variant's matmul dtype (JAX's default float32 precision there is TF32, as cuDNN's).
   matmul_n = 8192 if gpu else 2048
-  peak_dtypes = sorted({dtype for _, dtype in variants} | {'float32'})
+  peak_dtypes = sorted({dtype for _, dtype, _ in variants.values()} | {'float32'})
   python = None if _NO_PEER.value else peer_lib.peer_python(_PEER_PYTHON.value, _PEER_DIR.value)
   info = machine()
   info['load_before'] = os.getloadavg()
@@ -201,10 +224,10 @@ def main(argv):
 
   runners = {}
   for size in sizes:
-    for impl, dtype in variants:
-      runner = Charlm(size, impl, dtype)
-      runners[size['name'], impl, dtype] = runner
-      print(f'compiled {size["name"]} {impl}:{dtype} in {runner.compile_s:.1f}s', flush=True)
+    for variant, (impl, dtype, options) in variants.items():
+      runner = Charlm(size, impl, dtype, options)
+      runners[size['name'], variant] = runner
+      print(f'compiled {size["name"]} {variant} in {runner.compile_s:.1f}s', flush=True)
 
   rates = {key: [] for key in runners}
   peer_rates = {s['name']: [] for s in sizes}
@@ -222,10 +245,10 @@ def main(argv):
     for size in sizes:
       name, chars = size['name'], size['batch'] * size['seq']
       line = f'round {r + 1}: {name}'
-      for impl, dtype in variants:
-        rate = chars / statistics.median(runners[name, impl, dtype].run(_STEPS.value))
-        rates[name, impl, dtype].append(rate)
-        line += f' charlm {impl}:{dtype} {rate:,.0f} chars/s,'
+      for variant in variants:
+        rate = chars / statistics.median(runners[name, variant].run(_STEPS.value))
+        rates[name, variant].append(rate)
+        line += f' charlm {variant} {rate:,.0f} chars/s,'
       if python:
         peer = peer_run(python, size, _STEPS.value)
         peer_rates[name].append(chars / peer['step_s_median'])
@@ -242,9 +265,10 @@ def main(argv):
   for size in sizes:
     name = size['name']
     flops = flops_per_char(size)
-    for impl, dtype in variants:
-      runner, got = runners[name, impl, dtype], rates[name, impl, dtype]
-      row = {**size, 'impl': impl, 'dtype': dtype, 'train_flops_per_char': flops,
+    for variant, (impl, dtype, options) in variants.items():
+      runner, got = runners[name, variant], rates[name, variant]
+      row = {**size, 'variant': variant, 'impl': impl, 'dtype': dtype, 'xla_options': options,
+             'train_flops_per_char': flops,
              'charlm_chars_per_s': statistics.median(got), 'charlm_rounds': got,
              'compile_s': runner.compile_s, 'charlm_step_buffers_mb': runner.step_mb,
              'charlm_loss_last': runner.loss, 'charlm_devices': runner.devices}
@@ -287,8 +311,8 @@ def main(argv):
                   if 'ratio' in row else '-')
     peer_mb = f'{row["peer_max_rss_mb"]:.0f}' if 'ratio' in row else '-'
     mb = f'{row["charlm_step_buffers_mb"]:.0f}' if row['charlm_step_buffers_mb'] else '-'
-    print(f'| {row["layers"]}x{row["hidden"]} | {row["batch"]}x{row["seq"]} | {row["impl"]}:'
-          f'{row["dtype"]} | {row["charlm_devices"]} | {row["charlm_chars_per_s"]:,.0f} | {peer} | '
+    print(f'| {row["layers"]}x{row["hidden"]} | {row["batch"]}x{row["seq"]} | {row["variant"]} '
+          f'| {row["charlm_devices"]} | {row["charlm_chars_per_s"]:,.0f} | {peer} | '
           f'{row["charlm_gflops"]:,.0f} ({100 * row["charlm_peak_fraction"]:.0f}%) | '
           f'{peer_flops} | {row["compile_s"]:.1f} | {mb} | {peer_mb} |')
   print(f'\ncharlm process peak RSS {info["charlm_max_rss_mb"]:.0f} MB (all sizes); charlm step '

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One prepared GPU run (the device tool lends a GPU machine for minutes):
-# experiments/bench_train.py against torch.nn.LSTM (cuDNN) for 3x512 at batch 64, 100 and 512 in
+# experiments/bench_train.py against torch.nn.LSTM (cuDNN) for 3x512 at batch 64 and 512 in
 # float32 and bfloat16, layer by layer (model.impl='fused') and as one wavefront loop
-# ('wavefront'), unrolls of the LSTM loops, charlm's fast-LSTM tests on the GPU, a profile of the
-# batch-512 step, sampling speed (experiments/bench_sample.py), two training runs on
+# ('wavefront'); candidates for the loops (XLA's while loops as CUDA graphs, unrolls, the
+# wavefront's unroll); charlm's fast-LSTM tests on the GPU; a profile of the batch-512 step;
+# then, if time is left, sampling speed (experiments/bench_sample.py), two training runs on
 # tiny-shakespeare (fused float32 and wavefront bfloat16: loss curves compared) and a sample from
 # the trained model. Results land in $OUT.
 #
@@ -59,27 +60,31 @@ print("jax", jax.__version__, jax.devices(), "flax", flax.__version__, "optax", 
       "torch", torch.__version__, "cudnn", torch.backends.cudnn.version())'
 
 stage "bench_train: charlm against torch.nn.LSTM (cuDNN)"
-t=$(budget 330)
-# Compiling comes first (12 steps, ~5 s each on an H200); the rounds get the rest less 120 s.
+t=$(budget 240)
+# Compiling comes first (6 steps, ~5 s each on an H200); the rounds get the rest less 120 s.
 timeout "$t" python3 experiments/bench_train.py --peer_python "$PEER_PY" \
-  --peer_dir .carry --sizes "${SIZES:-3x512:64x100,3x512:100x100,3x512:512x100}" \
-  --variants "${VARIANTS:-fused:float32,fused:bfloat16,wavefront:float32,wavefront:bfloat16}" \
-  --rounds "${ROUNDS:-3}" --steps 10 \
+  --peer_dir .carry --sizes "${SIZES:-3x512:512x100,3x512:64x100}" \
+  --variants "${VARIANTS:-fused:bfloat16,wavefront:bfloat16,fused:float32}" \
+  --rounds "${ROUNDS:-5}" --steps 10 \
   --max_seconds $((t > 150 ? t - 120 : 30)) --out "$OUT/bench_train_gpu.json" 2>&1 | quiet \
   | tee "$RUNS/bench.txt" | grep -v '^|'
 
-t=$(budget 90)
+t=$(budget 120)
 if [ "$t" -gt 0 ]; then
-  stage "bench_lstm_loops: the GPU loops' layout and unroll, 3x512 bfloat16 (${t} s at most)"
+  stage "bench_lstm_loops: graphs, unroll, wavefront; 3x512 bfloat16 (${t} s at most)"
+  # XLA's CUDA-graph options are tried here, in a process of their own, where a crash costs
+  # only this stage.
+  loops=bm:8:8,bm:8:8+graphs,bm:8:8+graphs_unrolled,wavefront/bm:8:8+graphs,bm:32:32
+  loops+=,wavefront/bm:16:16
   timeout "$t" python3 experiments/bench_lstm_loops.py \
     --sizes "${LOOP_SIZES:-3x512:512x100,3x512:64x100}" \
-    --loops "${LOOPS:-bm:8:8,bm:32:32,wavefront/bm:8:8,wavefront/bm:16:16,wavefront/bm:32:32}" \
+    --loops "${LOOPS:-$loops}" \
     --dtype bfloat16 --rounds 3 --steps 10 \
     --peer_python "$PEER_PY" --peer_dir .carry --deadline $((t - 40)) \
     --bench_out "$OUT/bench_lstm_loops_gpu.json" 2>&1 | quiet | grep -E '^(\||compiled|deadline)'
 fi
 
-t=$(budget 75)
+t=$(budget 60)
 if [ "$t" -gt 0 ]; then
   stage "tests on the GPU: tests/test_model.py -k '${TESTS:-wavefront or fused_lstm or bfloat16}' \
 (${t} s at most)"
@@ -89,7 +94,7 @@ if [ "$t" -gt 0 ]; then
     2>&1 | tee "$OUT/tests.txt" | tail -15
 fi
 
-t=$(budget 60)
+t=$(budget 50)
 if [ "$t" -gt 0 ]; then
   stage "profile: 3x512 at 512 x 100, bfloat16 (${t} s at most)"
   timeout "$t" python3 experiments/profile_step.py --size "${PROFILE_SIZE:-3x512:512x100}" \

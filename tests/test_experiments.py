@@ -1,4 +1,5 @@
-"""The speed tools under experiments/: the LSTM loop candidates and the step profiler."""
+"""The speed tools under experiments/: the train benchmark's variants, the LSTM loop candidates
+and the step profiler."""
 import json
 import os
 import subprocess
@@ -32,13 +33,32 @@ def test_profile_step_names_the_operations_of_a_step(tmp_path):
 def test_lstm_loop_candidates_are_timed_against_the_first(tmp_path):
   out_json = tmp_path / 'loops.json'
   run(['experiments/bench_lstm_loops.py', '--sizes', '2x16:4x8,2x16:2x8', '--loops',
-       'native,bm:3:2,wavefront/bm:2:2', '--dtype', 'float32', '--rounds', '1', '--steps', '2',
-       '--no_peer', '--bench_out', str(out_json)])
+       'native,bm:3:2,wavefront/bm:2:2+graphs', '--dtype', 'float32', '--rounds', '1',
+       '--steps', '2', '--no_peer', '--bench_out', str(out_json)])
   rows = json.loads(out_json.read_text())['results']
   assert [(r['size'], r['loops'], r['impl']) for r in rows[:3]] == [
       ('2x16:4x8', 'native', 'fused'), ('2x16:4x8', 'bm:3:2', 'fused'),
-      ('2x16:4x8', 'wavefront/bm:2:2', 'wavefront')]
+      ('2x16:4x8', 'wavefront/bm:2:2+graphs', 'wavefront')]
+  assert rows[1]['xla_options'] is None
+  assert 'WHILE' in rows[2]['xla_options']['xla_gpu_enable_command_buffer']
   # The second size: the baseline and the first size's fastest other candidate.
   assert [(r['size'], r['loops']) for r in rows[3:4]] == [('2x16:2x8', 'native')]
-  assert len(rows) == 5 and rows[4]['loops'] in ('bm:3:2', 'wavefront/bm:2:2')
+  assert len(rows) == 5 and rows[4]['loops'] in ('bm:3:2', 'wavefront/bm:2:2+graphs')
   assert rows[0]['vs_first'] == 1 and all(r['chars_per_s'] > 0 for r in rows)
+
+
+def test_bench_train_times_each_variant(tmp_path):
+  out_json = tmp_path / 'train.json'
+  out = run(['experiments/bench_train.py', '--sizes', '2x16:4x8', '--variants',
+             'fused:float32,wavefront:float32+graphs', '--rounds', '1', '--steps', '2',
+             '--no_peer', '--out', str(out_json)])
+  rows = json.loads(out_json.read_text())['results']
+  assert [(r['variant'], r['impl'], r['dtype']) for r in rows] == [
+      ('fused:float32', 'fused', 'float32'), ('wavefront:float32+graphs', 'wavefront', 'float32')]
+  assert rows[0]['xla_options'] is None and 'WHILE' in str(rows[1]['xla_options'])
+  assert all(r['charlm_chars_per_s'] > 0 for r in rows)
+  assert '| 2x16 | 4x8 | wavefront:float32+graphs |' in out
+  bad = subprocess.run([sys.executable, 'experiments/bench_train.py', '--variants',
+                        'fused:float32+nope', '--no_peer', '--out', ''], cwd=ROOT,
+                       capture_output=True, text=True)
+  assert bad.returncode != 0 and 'use IMPL:DTYPE[+graphs|graphs_unrolled]' in bad.stderr
