@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 from flax import linen as nn
 
 from charlm import cudnn_lstm, lstm_kernel, lstm_wavefront
@@ -216,6 +217,9 @@ def from_config(model_config, vocab_size: int) -> CharRNN:
   if impl == 'wavefront' and model_config.cell != 'lstm':
     raise UserError(f"model.impl='wavefront' runs LSTM layers only (model.cell is "
                     f"{model_config.cell!r}); use model.impl='fused'")
+  if impl == 'wavefront' and jax.default_backend() == 'cpu':
+    logging.warning("charlm: model.impl='wavefront' is made for GPUs; on a CPU "
+                    "model.impl='fused' trains faster")
   if dtype not in DTYPES:
     raise UserError(f'unknown model.dtype {dtype!r}; use one of {", ".join(DTYPES)}')
   return CharRNN(vocab_size=vocab_size, cell=model_config.cell,

@@ -1,4 +1,5 @@
 """The model: shapes, initial loss, and the fast LSTM paths against plain references."""
+import logging
 import math
 import os
 
@@ -259,7 +260,7 @@ def test_bfloat16_matmuls_stay_close():
   assert abs(losses[0] - losses[1]) < 2e-2
 
 
-def test_from_config_and_count_params():
+def test_from_config_and_count_params(caplog):
   config = ml_collections.ConfigDict({'cell': 'lstm', 'num_layers': 2, 'hidden': 8, 'embed': 0,
                                       'dropout': 0.0, 'impl': 'fused', 'dtype': 'float32'})
   model = model_lib.from_config(config, VOCAB)
@@ -272,6 +273,13 @@ def test_from_config_and_count_params():
   with pytest.raises(UserError, match="model.impl='wavefront' runs LSTM layers only"):
     model_lib.from_config(ml_collections.ConfigDict({**config.to_dict(), 'cell': 'gru',
                                                      'impl': 'wavefront'}), VOCAB)
+  with caplog.at_level(logging.WARNING):
+    model_lib.from_config(ml_collections.ConfigDict({**config.to_dict(), 'impl': 'wavefront'}),
+                          VOCAB)
+  warned = [r.getMessage() for r in caplog.records if 'wavefront' in r.getMessage()]
+  assert warned == ([] if jax.default_backend() != 'cpu' else
+                    ["charlm: model.impl='wavefront' is made for GPUs; on a CPU "
+                     "model.impl='fused' trains faster"])
   legacy = ml_collections.ConfigDict({k: v for k, v in config.items()
                                       if k not in ('impl', 'dtype')})
   assert model_lib.from_config(legacy, VOCAB).impl == 'fused'
