@@ -132,7 +132,8 @@ class Charlm:
                     for k in range(64)]
     self.to_global, self.k = to_global, 0
     start = time.perf_counter()
-    self.step = step.lower(self.state, *self.next_batch()).compile(compiler_options)
+    self.step = step.lower(self.state, *self.next_batch()).compile(
+        compiler_options=compiler_options)
     self.compile_s = time.perf_counter() - start
     memory = self.step.memory_analysis()
     self.step_mb = None
