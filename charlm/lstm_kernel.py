@@ -128,6 +128,25 @@ def _scale(hidden: int, dtype, feature_major: bool):
   return s[:, None] if feature_major else s
 
 
+def _gates(z, s, c, axis):
+  """The gate arithmetic of one step from the gate inputs z: the new (c, h) and t = tanh(s * z);
+  the gates lie along `axis` (0 feature-major, -1 batch-major)."""
+  t = jnp.tanh(z * s)
+  i, f, g, o = jnp.split(t * s + (1 - s), 4, axis=axis)
+  c = f * c + i * g
+  return c, o * jnp.tanh(c), t
+
+
+def _gates_grad(t, s, c, c_prev, dh, dc, axis):
+  """`_gates` backward from the saved t, this step's c and the previous c_prev: the gradient dz
+  of the gate inputs and the gradient that reaches c_prev, given those (dh, dc) of h and c."""
+  i, f, g, o = jnp.split(t * s + (1 - s), 4, axis=axis)
+  tc = jnp.tanh(c)
+  dc = dc + dh * o * (1 - tc * tc)
+  da = jnp.concatenate([dc * g, dc * c_prev, dc * i, dh * tc], axis=axis)
+  return da * (s * s) * (1 - t * t), dc * f  # d/dz of (tanh(s z) s + 1 - s).
+
+
 def _cell(w, s, c, h, gx_t, feature_major):
   """One step; returns the new (c, h) and t = tanh(s * z), all in the state's layout.
 
@@ -137,10 +156,7 @@ def _cell(w, s, c, h, gx_t, feature_major):
     z = gx_t.T + jnp.dot(w, h.astype(w.dtype), preferred_element_type=jnp.float32)
   else:
     z = gx_t + jnp.dot(h.astype(w.dtype), w, preferred_element_type=jnp.float32)
-  t = jnp.tanh(z * s)
-  i, f, g, o = jnp.split(t * s + (1 - s), 4, axis=0 if feature_major else -1)
-  c = f * c + i * g
-  return c, o * jnp.tanh(c), t
+  return _gates(z, s, c, axis=0 if feature_major else -1)
 
 
 def _forward(gx, w_h, c0, h0, save):
@@ -191,17 +207,12 @@ def _lstm_bwd(residuals, cotangents):
   def step(carry, xs):
     dh, dc, c = carry  # c is this step's cell state; the loop reads the previous one.
     dh_out, t, c_prev = xs
-    i, f, g, o = jnp.split(t * s + (1 - s), 4, axis=axis)
-    dh = dh + layout(dh_out)
-    tc = jnp.tanh(c)
-    dc = dc + dh * o * (1 - tc * tc)
-    da = jnp.concatenate([dc * g, dc * c_prev, dc * i, dh * tc], axis=axis)
-    dz = da * (s * s) * (1 - t * t)  # d/dz of (tanh(s z) s + 1 - s).
+    dz, dc = _gates_grad(t, s, c, c_prev, dh + layout(dh_out), dc, axis)
     if feature_major:
       dh = jnp.dot(w_h, dz.astype(w_h.dtype), preferred_element_type=jnp.float32)
     else:
       dh = jnp.dot(dz.astype(w_h.dtype), w_h.T, preferred_element_type=jnp.float32)
-    return (dh, dc * f, c_prev), layout(dz)
+    return (dh, dc, c_prev), layout(dz)
 
   (dh0, dc0, _), dzs = jax.lax.scan(step, (layout(dh_last), layout(dc_last), c_last),
                                      (dhs, ts, c_prevs), reverse=True, unroll=unroll)

@@ -57,10 +57,7 @@ def _forward(gx0, w_x, b_x, w_h, c0, h0, keep, save):
     up = jnp.concatenate([x, h[1:]], axis=-1).astype(dtype)
     z_up = b_x[:, None] + jnp.einsum('lbi,lio->lbo', up, w_up,
                                      preferred_element_type=jnp.float32)
-    t = jnp.tanh(jnp.concatenate([z0[None], z_up]) * s)
-    i, f, g, o = jnp.split(t * s + (1 - s), 4, axis=-1)
-    c_new = f * c + i * g
-    h_new = o * jnp.tanh(c_new)
+    c_new, h_new, t = lstm_kernel._gates(jnp.concatenate([z0[None], z_up]), s, c, axis=-1)
     active = _active(k, layers, steps)
     carry = jnp.where(active, c_new, c), jnp.where(active, h_new, h)
     return carry, (h_new, t, c) if save else h_new
@@ -103,12 +100,9 @@ def _stack_bwd(residuals, cotangents):
     dh, dc, c, dx = carry  # dx: the gradient of each lower layer's output at its time now.
     k, dh_top, t, c_prev, keep_k = xs
     dh = dh + jnp.concatenate([dx, dh_top[None]])
-    i, f, g, o = jnp.split(t * s + (1 - s), 4, axis=-1)
-    tc = jnp.tanh(c)
-    dc_in = dc + dh * o * (1 - tc * tc)
-    da = jnp.concatenate([dc_in * g, dc_in * c_prev, dc_in * i, dh * tc], axis=-1)
+    dz, dc_prev = lstm_kernel._gates_grad(t, s, c, c_prev, dh, dc, axis=-1)
     active = _active(k, layers, steps)
-    dz = jnp.where(active, da * (s * s) * (1 - t * t), 0)
+    dz = jnp.where(active, dz, 0)
     dzc = dz.astype(dtype)
     dh0_new = jnp.dot(dzc[0], w_h[0].T, preferred_element_type=jnp.float32)
     d_up = jnp.einsum('lbo,lio->lbi', dzc[1:], w_up, preferred_element_type=jnp.float32)
@@ -116,7 +110,7 @@ def _stack_bwd(residuals, cotangents):
     if keep_k is not None:
       dx = dx * keep_k
     carry = (jnp.where(active, jnp.concatenate([dh0_new[None], dh_up]), dh),
-             jnp.where(active, dc_in * f, dc), c_prev, dx)  # Outside its steps c_prev is c.
+             jnp.where(active, dc_prev, dc), c_prev, dx)  # Outside its steps c_prev is c.
     return carry, dz
 
   xs = (jnp.arange(steps + layers - 1), _skew(dhs, layers - 1, layers), ts, c_prevs,
