@@ -57,16 +57,19 @@ def parse_loops(text: str) -> tuple:
   return layout == 'fm', int(forward), int(backward)
 
 
+def loops_setting() -> str:
+  """The lstm_kernel setting that this backend's XLA loops read (see lstm_kernel._loops)."""
+  import jax
+  return 'CPU_LOOPS' if jax.default_backend() == 'cpu' else 'GPU_LOOPS'
+
+
 def set_loops(text: str) -> None:
   """Makes the fused LSTM run the loops `text` names (a candidate of --loops)."""
-  import jax
-
   from charlm import lstm_kernel
   text = parse_candidate(text)[1]
   lstm_kernel.NATIVE_CPU = text == 'native'
   if text != 'native':
-    attr = 'CPU_LOOPS' if jax.default_backend() == 'cpu' else 'GPU_LOOPS'
-    setattr(lstm_kernel, attr, parse_loops(text))
+    setattr(lstm_kernel, loops_setting(), parse_loops(text))
 
 
 def main(argv):
@@ -76,7 +79,7 @@ def main(argv):
   import jax
 
   from charlm import lstm_kernel
-  attr = 'CPU_LOOPS' if jax.default_backend() == 'cpu' else 'GPU_LOOPS'
+  attr = loops_setting()
   sizes = [bench_train.parse_size(s) for s in bench_train._SIZES.value]
   python = (None if bench_train._NO_PEER.value else
             bench_train.peer_lib.peer_python(bench_train._PEER_PYTHON.value,

@@ -87,7 +87,6 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['10']
   *_, params, step = trainer.load_checkpoint(workdir, 'latest')
   assert step == 10
-  import jax
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(params))
 
 
@@ -142,8 +141,6 @@ def test_bad_text_files_fail_before_writing_anything(tmp_path, make, expect):
 
 
 def test_batch_size_must_divide_over_devices():
-  import jax
-
   from charlm import sharding
   mesh = sharding.create_mesh()
   sharding.check_batch_size(mesh.size * 3, mesh)
@@ -230,7 +227,6 @@ def test_cli_smoke_run_leaves_a_readable_workdir(tmp_path):
   assert result.returncode == 0, result.stderr
   assert 'sample at step 20' in result.stdout
   assert 'step 20/20' in result.stdout  # Plain progress lines when not on a terminal.
-  import jax
   if jax.default_backend() == 'cpu' and 'JAX_NUM_CPU_DEVICES' not in os.environ:
     # The native LSTM loops split the batch over the cores on one CPU device.
     assert 'training on 1 CPU device\n' in result.stdout
