@@ -23,8 +23,10 @@ def run(args):
 
 
 def test_profile_step_names_the_operations_of_a_step(tmp_path):
-  out = run(['experiments/profile_step.py', '--size', '1x16:4x8', '--profile_steps', '2',
-             '--top', '5', '--trace_dir', str(tmp_path / 'trace')])
+  out = run(['experiments/profile_step.py', '--size', '2x16:4x8', '--profile_steps', '2',
+             '--top', '5', '--trace_dir', str(tmp_path / 'trace'), '--set_loops',
+             'wavefront/bm:2:2+graphs'])
+  assert ' 2x16:4x8 wavefront:float32, loops (False, 2, 2): ' in out  # The candidate's impl.
   ops = out[out.index('| operation |'):].splitlines()[2:7]
   assert len(ops) == 5 and all(float(line.split('|')[2]) >= 0 for line in ops), out
   assert list((tmp_path / 'trace').rglob('*.trace.json.gz'))
