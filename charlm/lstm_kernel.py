@@ -34,7 +34,8 @@ Unrolling the backward loop too added 2% at 2x256 but cost 2-4% at the other siz
 at all.
 
 On a GPU the state is batch-major, [B, H] (h @ W_h, no transposes), and both loops are unrolled
-8 times, so that XLA's per-iteration cost of a GPU while loop comes once per 8 steps. 3x512
+about 8 times (`unroll_for`: 10 for 100 steps), so that XLA's per-iteration cost of a GPU while
+loop comes once per 8-10 steps. 3x512
 train step, bfloat16, on an H200 (`experiments/bench_lstm_loops.py`, alternating in one
 process): batch 512 x 100 2.79M chars/s feature-major unroll 2, 2.79M batch-major unroll 2,
 2.97M unroll 4, 3.11M unroll 8; batch 64 x 100 0.67M -> 0.91M (unroll 8).
@@ -112,6 +113,26 @@ def _loops():
   return CPU_LOOPS if jax.default_backend() == 'cpu' else GPU_LOOPS
 
 
+UNROLL_DIVIDES = True  # Round each unroll to a divisor of the loop's length (`unroll_for`).
+
+
+def unroll_for(length: int, unroll: int) -> int:
+  """The unroll for a loop of `length` steps: the divisor of `length` nearest `unroll` within
+  [unroll / 2, 2 unroll] (the larger on a tie), else `unroll` itself.
+
+  lax.scan runs a length that its unroll does not divide as a loop plus a remainder, and copies
+  every input and output sequence to split and join them. On an H200 at 3x512, batch 512 x 100
+  in bfloat16 with unroll 8, slices and concatenations of [96, 512, ...] arrays took about 1 ms
+  of an 18 ms train step (`experiments/profile_step.py`).
+  """
+  if not UNROLL_DIVIDES or unroll <= 1 or length % unroll == 0:
+    return unroll
+  if unroll >= length:
+    return length
+  near = [d for d in range(max(2, -(-unroll // 2)), 2 * unroll + 1) if length % d == 0]
+  return min(near, key=lambda d: (abs(d - unroll), -d)) if near else unroll
+
+
 NATIVE_CPU = True  # On a CPU, run float32 loops as native code (lstm_cpu) where it is built.
 
 
@@ -171,7 +192,8 @@ def _forward(gx, w_h, c0, h0, save):
     c, h, t = _cell(w, s, c_prev, h, gx_t, feature_major)
     return (c, h), (layout(h), t, c_prev) if save else layout(h)
 
-  (c, h), out = jax.lax.scan(step, (layout(c0), layout(h0)), gx, unroll=unroll)
+  (c, h), out = jax.lax.scan(step, (layout(c0), layout(h0)), gx,
+                             unroll=unroll_for(len(gx), unroll))
   return out, layout(c), layout(h), c
 
 
@@ -215,7 +237,8 @@ def _lstm_bwd(residuals, cotangents):
     return (dh, dc, c_prev), layout(dz)
 
   (dh0, dc0, _), dzs = jax.lax.scan(step, (layout(dh_last), layout(dc_last), c_last),
-                                     (dhs, ts, c_prevs), reverse=True, unroll=unroll)
+                                     (dhs, ts, c_prevs), reverse=True,
+                                     unroll=unroll_for(len(dhs), unroll))
   return dzs, _weight_grad(h_prev, dzs, w_h.dtype), layout(dc0), layout(dh0)
 
 

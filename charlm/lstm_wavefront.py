@@ -63,7 +63,8 @@ def _forward(gx0, w_x, b_x, w_h, c0, h0, keep, save):
     return carry, (h_new, t, c) if save else h_new
 
   xs = (jnp.arange(steps + layers - 1), _skew(gx0, 0, layers), _skewed_keep(keep, layers))
-  (c, h), out = jax.lax.scan(step, (c0, h0), xs, unroll=unroll)
+  (c, h), out = jax.lax.scan(step, (c0, h0), xs,
+                             unroll=lstm_kernel.unroll_for(steps + layers - 1, unroll))
   return out, c, h
 
 
@@ -116,8 +117,9 @@ def _stack_bwd(residuals, cotangents):
   xs = (jnp.arange(steps + layers - 1), _skew(dhs, layers - 1, layers), ts, c_prevs,
         _skewed_keep(keep, layers))
   dx0 = jnp.zeros((layers - 1,) + dh_last.shape[1:], jnp.float32)
-  (dh0, dc0, _, _), dzs = jax.lax.scan(step, (dh_last, dc_last, c_last, dx0), xs, reverse=True,
-                                       unroll=unroll)
+  (dh0, dc0, _, _), dzs = jax.lax.scan(
+      step, (dh_last, dc_last, c_last, dx0), xs, reverse=True,
+      unroll=lstm_kernel.unroll_for(steps + layers - 1, unroll))
   dz = [_unskew(dzs, n, steps) for n in range(layers)]  # Each layer's [T, B, 4H] and [T, B, H].
   h = [_unskew(hs, n, steps) for n in range(layers)]
   h_prev = [jnp.concatenate([h0[n][None], h[n][:-1]]) for n in range(layers)]

@@ -1,19 +1,22 @@
-"""How the LSTM loops should run on this backend: layout, unroll, wavefront, XLA options, timed.
+"""How the LSTM loops should run on this backend: layout, unroll, wavefront, timed.
 
     python experiments/bench_lstm_loops.py --sizes 3x512:512x100,3x512:64x100 --dtype bfloat16
     python experiments/bench_lstm_loops.py --loops bm:8:8,wavefront/bm:8:8,wavefront/bm:16:16
-    python experiments/bench_lstm_loops.py --loops bm:8:8,bm:8:8+graphs,bm:8:8+graphs_unrolled
+    python experiments/bench_lstm_loops.py --loops bm:8:8,bm:8:8+remainder,bm:25:25,bm:100:100
 
-A candidate is [wavefront/]LOOPS[+OPTIONS]. LOOPS is a setting of `lstm_kernel.GPU_LOOPS` (or
+A candidate is [wavefront/]LOOPS[+remainder]. LOOPS is a setting of `lstm_kernel.GPU_LOOPS` (or
 `CPU_LOOPS` on a CPU): state layout inside the loops, fm (feature-major) or bm (batch-major),
-then forward and backward unroll; on a CPU it may also be `native`, the native loops of
-`lstm_cpu`, which the others turn off. `wavefront/` runs model.impl='wavefront' (lstm_wavefront,
-batch-major only) instead of 'fused'; `+OPTIONS` compiles with a set of XLA options
-(XLA_OPTIONS below). For each size, every candidate compiles charlm's real train step
+then forward and backward unroll, which the loops round to a nearby divisor of their length
+(`lstm_kernel.unroll_for`: 8 becomes 10 for 100 steps); on a CPU it may also be `native`, the
+native loops of `lstm_cpu`, which the others turn off. `wavefront/` runs
+model.impl='wavefront' (lstm_wavefront, batch-major only) instead of 'fused'; `+remainder`
+keeps the unrolls as they are, with lax.scan's remainder loop (`UNROLL_DIVIDES = False`).
+For each size, every candidate compiles charlm's real train step
 (experiments/bench_train.py's), then the compiled steps run in alternating rounds, with the
 peer (torch.nn.LSTM) once per size. Later sizes try only the first candidate and the fastest
-other one of the first size. Compiling stops at --deadline seconds, so that it fits a lent
-GPU's minutes. Prints a markdown table and writes JSON (--bench_out).
+other one of the first size. Compiling stops at --deadline seconds and the rounds at
+--max_seconds, so that it fits a lent GPU's minutes. Prints a markdown table and writes JSON
+(--bench_out).
 """
 import json
 import os
@@ -23,25 +26,24 @@ import time
 import bench_train
 from absl import app, flags
 
-XLA_OPTIONS = bench_train.XLA_OPTIONS
-
 _LOOPS = flags.DEFINE_list('loops', ['fm:2:1', 'bm:2:1', 'bm:8:8', 'bm:4:4'],
                            'Candidates layout:forward unroll:backward unroll, layout fm '
                            '(feature-major) or bm (batch-major), or native (CPUs); a prefix '
-                           'wavefront/ runs model.impl=wavefront, a suffix +NAME compiles with '
-                           'XLA_OPTIONS[NAME]; the first is the baseline.')
+                           'wavefront/ runs model.impl=wavefront, a suffix +remainder keeps '
+                           "unrolls that do not divide the loop's length; the first is the "
+                           'baseline.')
 _DTYPE = flags.DEFINE_string('dtype', 'bfloat16', "charlm's model.dtype.")
 _DEADLINE = flags.DEFINE_float('deadline', 240, 'Start no compile past this many seconds.')
 _BENCH_OUT = flags.DEFINE_string('bench_out', '', 'JSON results (empty: none).')
 
 
 def parse_candidate(text: str) -> tuple:
-  """'[impl/]loops[+options]' -> (model.impl, loops, XLA options or None), checked."""
+  """'[impl/]loops[+remainder]' -> (model.impl, loops, whether unrolls divide lengths), checked."""
   impl, _, rest = text.rpartition('/')
-  loops, _, options = rest.partition('+')
+  loops, _, suffix = rest.partition('+')
   impl = impl or 'fused'
-  if impl not in ('fused', 'wavefront') or options and options not in XLA_OPTIONS:
-    raise app.UsageError(f'{text}: use [wavefront/]LOOPS[+{"|".join(XLA_OPTIONS)}]')
+  if impl not in ('fused', 'wavefront') or suffix not in ('', 'remainder'):
+    raise app.UsageError(f'{text}: use [wavefront/]LOOPS[+remainder]')
   if loops != 'native':
     try:
       feature_major = parse_loops(loops)[0]
@@ -49,7 +51,7 @@ def parse_candidate(text: str) -> tuple:
       raise app.UsageError(f'{text}: LOOPS is native or fm|bm:FORWARD:BACKWARD') from None
     if impl == 'wavefront' and feature_major:
       raise app.UsageError(f'{text}: the wavefront loop is batch-major only (bm)')
-  return impl, loops, XLA_OPTIONS.get(options)
+  return impl, loops, not suffix
 
 
 def parse_loops(text: str) -> tuple:
@@ -64,9 +66,9 @@ def loops_setting() -> str:
 
 
 def set_loops(text: str) -> None:
-  """Makes the fused LSTM run the loops `text` names (a candidate of --loops)."""
+  """Makes the LSTM run the loops `text` names (a candidate of --loops)."""
   from charlm import lstm_kernel
-  text = parse_candidate(text)[1]
+  _, text, lstm_kernel.UNROLL_DIVIDES = parse_candidate(text)
   lstm_kernel.NATIVE_CPU = text == 'native'
   if text != 'native':
     setattr(lstm_kernel, loops_setting(), parse_loops(text))
@@ -99,11 +101,11 @@ def main(argv):
       if time.perf_counter() - start > _DEADLINE.value:
         print(f'deadline: {size["name"]} {loops} not compiled', flush=True)
         continue
-      impl, _, options = parse_candidate(loops)
+      impl = parse_candidate(loops)[0]
       set_loops(loops)
       try:
-        runner = bench_train.Charlm(size, impl, _DTYPE.value, options)
-      except Exception as error:  # XLA may refuse an option set: go on without it.
+        runner = bench_train.Charlm(size, impl, _DTYPE.value)
+      except Exception as error:  # Out of memory, say: go on without it.
         print(f'failed {size["name"]} {loops}: {str(error).strip().splitlines()[0][:300]}',
               flush=True)
         continue
@@ -111,12 +113,18 @@ def main(argv):
       print(f'compiled {size["name"]} {loops} in {runner.compile_s:.1f}s', flush=True)
   rates = {key: [] for key in runners}
   peer = {}
+  rounds_start, round_s, max_s = time.perf_counter(), 0.0, bench_train._MAX_SECONDS.value
   for r in range(bench_train._ROUNDS.value):
+    if r and max_s and time.perf_counter() - rounds_start + round_s > max_s:
+      print(f'--max_seconds {max_s:g}: stopping after {r} rounds', flush=True)
+      break
+    round_start = time.perf_counter()
     for key, runner in runners.items():
       chars = runner.size['batch'] * runner.size['seq']
       rates[key].append(chars / statistics.median(runner.run(bench_train._STEPS.value)))
     print(f'round {r + 1}: ' + ', '.join(f'{k[0]} {k[1]} {v[-1]:,.0f}' for k, v in rates.items()),
           flush=True)
+    round_s = time.perf_counter() - round_start
   if python:
     for size in sizes:
       got = bench_train.peer_run(python, size, bench_train._STEPS.value)
@@ -130,7 +138,7 @@ def main(argv):
     rate = statistics.median(got)
     base = statistics.median(rates.get((name, _LOOPS.value[0]), got))
     row = {'size': name, 'loops': loops, 'impl': runners[name, loops].impl,
-           'xla_options': parse_candidate(loops)[2],
+           'unroll_divides': parse_candidate(loops)[2],
            'dtype': _DTYPE.value, 'chars_per_s': rate,
            'rounds': got, 'vs_first': rate / base, 'peer_chars_per_s': peer.get(name),
            'compile_s': runners[name, loops].compile_s,

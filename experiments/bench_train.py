@@ -50,8 +50,7 @@ _MAX_SECONDS = flags.DEFINE_float('max_seconds', 0, 'Start no round that would e
                                   'at least one round runs.')
 _VARIANTS = flags.DEFINE_list('variants', ['fused:float32'], "charlm's model.impl:model.dtype "
                               "pairs, each timed against the same peer runs (e.g. "
-                              "fused:float32,fused:bfloat16,cudnn:float32); a suffix +NAME "
-                              "compiles with XLA_OPTIONS[NAME].")
+                              "fused:float32,fused:bfloat16,cudnn:float32).")
 _PEER_PYTHON = flags.DEFINE_string('peer_python', '', "The peer's python ('': from setup.sh).")
 _PEER_DIR = flags.DEFINE_string('peer_dir', peer_lib.PEER_DIR,
                                 'Folder holding torch_charrnn.py and setup.sh.')
@@ -60,25 +59,12 @@ _OUT = flags.DEFINE_string('out', None, "JSON results (default experiments/resul
                            "bench_train_<platform>.json; '': none).")
 
 
-# XLA:GPU runs a while loop from the host: each iteration launches its body (a CUDA graph when
-# it has enough kernels) and copies the loop condition back. Command buffers of type WHILE and
-# CONDITIONAL (not on by default) put the whole loop into one CUDA graph with conditional nodes;
-# with unroll_loops, XLA unrolls loops of known trip count into the graph instead. Untried.
-_GRAPH_TYPES = 'FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,WHILE,CONDITIONAL'
-XLA_OPTIONS = {
-    'graphs': {'xla_gpu_enable_command_buffer': _GRAPH_TYPES},
-    'graphs_unrolled': {'xla_gpu_enable_command_buffer': _GRAPH_TYPES,
-                        'xla_gpu_command_buffer_unroll_loops': True},
-}
-
-
 def parse_variant(variant: str) -> tuple:
-  """'impl:dtype[+options]' -> (impl, dtype, XLA options or None)."""
-  impl, _, rest = variant.partition(':')
-  dtype, _, options = rest.partition('+')
-  if not dtype or options and options not in XLA_OPTIONS:
-    raise app.UsageError(f'{variant}: use IMPL:DTYPE[+{"|".join(XLA_OPTIONS)}]')
-  return impl, dtype, XLA_OPTIONS.get(options)
+  """'impl:dtype' -> (impl, dtype)."""
+  impl, _, dtype = variant.partition(':')
+  if not impl or not dtype:
+    raise app.UsageError(f'{variant}: use IMPL:DTYPE, e.g. fused:bfloat16')
+  return impl, dtype
 
 
 def parse_size(size: str) -> dict:
@@ -95,10 +81,9 @@ def flops_per_char(size: dict) -> int:
 
 
 class Charlm:
-  """charlm's jitted train step for one size, with its state and a stream of batches;
-  `compiler_options` are XLA options for this compile only (jax's Lowered.compile)."""
+  """charlm's jitted train step for one size, with its state and a stream of batches."""
 
-  def __init__(self, size: dict, impl: str, dtype: str, compiler_options=None):
+  def __init__(self, size: dict, impl: str, dtype: str):
     import jax
     import numpy as np
 
@@ -117,6 +102,7 @@ class Charlm:
     mesh = sharding.create_mesh(devices)
     self.devices = mesh.size
     model, tx, init_state = trainer.build(config, VOCAB, steps_per_epoch=1000)
+    self.impl = model.impl  # What model.impl='auto' chose.
     key = jax.random.PRNGKey(0)
     shardings = trainer.state_shardings(jax.eval_shape(init_state, key), mesh)
     self.state = jax.jit(init_state, out_shardings=shardings)(key)
@@ -132,8 +118,7 @@ class Charlm:
                     for k in range(64)]
     self.to_global, self.k = to_global, 0
     start = time.perf_counter()
-    self.step = step.lower(self.state, *self.next_batch()).compile(
-        compiler_options=compiler_options)
+    self.step = step.lower(self.state, *self.next_batch()).compile()
     self.compile_s = time.perf_counter() - start
     memory = self.step.memory_analysis()
     self.step_mb = None
@@ -216,7 +201,7 @@ def main(argv):
   # The matmul "peak" each variant is held to: float32 on a CPU (2048^3); on a GPU 8192^3 in
   # the variant's matmul dtype (JAX's default float32 precision there is TF32, as cuDNN's).
   matmul_n = 8192 if gpu else 2048
-  peak_dtypes = sorted({dtype for _, dtype, _ in variants.values()} | {'float32'})
+  peak_dtypes = sorted({dtype for _, dtype in variants.values()} | {'float32'})
   python = None if _NO_PEER.value else peer_lib.peer_python(_PEER_PYTHON.value, _PEER_DIR.value)
   info = machine()
   info['load_before'] = os.getloadavg()
@@ -225,8 +210,8 @@ def main(argv):
 
   runners = {}
   for size in sizes:
-    for variant, (impl, dtype, options) in variants.items():
-      runner = Charlm(size, impl, dtype, options)
+    for variant, (impl, dtype) in variants.items():
+      runner = Charlm(size, impl, dtype)
       runners[size['name'], variant] = runner
       print(f'compiled {size["name"]} {variant} in {runner.compile_s:.1f}s', flush=True)
 
@@ -266,9 +251,9 @@ def main(argv):
   for size in sizes:
     name = size['name']
     flops = flops_per_char(size)
-    for variant, (impl, dtype, options) in variants.items():
+    for variant, (impl, dtype) in variants.items():
       runner, got = runners[name, variant], rates[name, variant]
-      row = {**size, 'variant': variant, 'impl': impl, 'dtype': dtype, 'xla_options': options,
+      row = {**size, 'variant': variant, 'impl': impl, 'model_impl': runner.impl, 'dtype': dtype,
              'train_flops_per_char': flops,
              'charlm_chars_per_s': statistics.median(got), 'charlm_rounds': got,
              'compile_s': runner.compile_s, 'charlm_step_buffers_mb': runner.step_mb,

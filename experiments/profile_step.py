@@ -8,8 +8,7 @@ would use), runs --profile_steps steps under `jax.profiler.trace` and reads the 
 Prints each timeline lane's busy time per step (on a GPU also how much of the step its streams
 were idle, which is launch and loop overhead), then the operations or kernels that took the most
 time. The trace stays in --trace_dir for TensorBoard or https://ui.perfetto.dev. --set_loops
-takes a candidate of experiments/bench_lstm_loops.py (loops, and with it the impl and XLA
-options it names).
+takes a candidate of experiments/bench_lstm_loops.py (loops, and with it the impl it names).
 """
 import collections
 import glob
@@ -26,7 +25,7 @@ _SIZE = flags.DEFINE_string('size', '2x128:32x64', 'LxH:BxT.')
 _IMPL = flags.DEFINE_string('impl', 'fused', 'model.impl.')
 _MODEL_DTYPE = flags.DEFINE_string('model_dtype', 'float32', 'model.dtype.')
 _LOOPS_SET = flags.DEFINE_string('set_loops', '', 'A candidate of bench_lstm_loops, e.g. bm:8:8, '
-                                 "native or wavefront/bm:8:8+graphs (its impl replaces --impl; "
+                                 "native or wavefront/bm:8:8+remainder (its impl replaces --impl; "
                                  "'': the backend's default loops).")
 _PROFILE_STEPS = flags.DEFINE_integer('profile_steps', 5, 'Steps traced.')
 _TOP = flags.DEFINE_integer('top', 30, 'Operations listed.')
@@ -71,23 +70,23 @@ def main(argv):
   import jax
 
   from charlm import lstm_kernel
-  impl, options = _IMPL.value, None
+  impl = _IMPL.value
   if _LOOPS_SET.value:
     bench_lstm_loops.set_loops(_LOOPS_SET.value)
-    candidate_impl, _, options = bench_lstm_loops.parse_candidate(_LOOPS_SET.value)
-    impl = candidate_impl if '/' in _LOOPS_SET.value else impl
+    if '/' in _LOOPS_SET.value:
+      impl = bench_lstm_loops.parse_candidate(_LOOPS_SET.value)[0]
   size = bench_train.parse_size(_SIZE.value)
-  runner = bench_train.Charlm(size, impl, _MODEL_DTYPE.value, options)
+  runner = bench_train.Charlm(size, impl, _MODEL_DTYPE.value)
   runner.run(3)
   shutil.rmtree(_TRACE_DIR.value, ignore_errors=True)
   steps = _PROFILE_STEPS.value
   with jax.profiler.trace(_TRACE_DIR.value, create_perfetto_trace=True):
     times = runner.run(steps)
   step_ms = 1e3 * sum(times) / steps
-  native = impl == 'fused' and lstm_kernel.native_loops(_MODEL_DTYPE.value)
+  native = runner.impl == 'fused' and lstm_kernel.native_loops(_MODEL_DTYPE.value)
   loops = 'native' if native else lstm_kernel._loops()
   chars = size['batch'] * size['seq']
-  print(f'{jax.devices()[0].device_kind} x {runner.devices}, {size["name"]} {impl}:'
+  print(f'{jax.devices()[0].device_kind} x {runner.devices}, {size["name"]} {runner.impl}:'
         f'{_MODEL_DTYPE.value}, loops {loops}: {step_ms:.2f} ms a step while '
         f'traced ({chars / step_ms * 1e3:,.0f} chars/s)\n')
   trace = glob.glob(os.path.join(_TRACE_DIR.value, '**', '*.trace.json.gz'), recursive=True)

@@ -25,7 +25,7 @@ def run(args):
 def test_profile_step_names_the_operations_of_a_step(tmp_path):
   out = run(['experiments/profile_step.py', '--size', '2x16:4x8', '--profile_steps', '2',
              '--top', '5', '--trace_dir', str(tmp_path / 'trace'), '--set_loops',
-             'wavefront/bm:2:2+graphs'])
+             'wavefront/bm:2:2+remainder'])
   assert ' 2x16:4x8 wavefront:float32, loops (False, 2, 2): ' in out  # The candidate's impl.
   ops = out[out.index('| operation |'):].splitlines()[2:7]
   assert len(ops) == 5 and all(float(line.split('|')[2]) >= 0 for line in ops), out
@@ -35,32 +35,31 @@ def test_profile_step_names_the_operations_of_a_step(tmp_path):
 def test_lstm_loop_candidates_are_timed_against_the_first(tmp_path):
   out_json = tmp_path / 'loops.json'
   run(['experiments/bench_lstm_loops.py', '--sizes', '2x16:4x8,2x16:2x8', '--loops',
-       'native,bm:3:2,wavefront/bm:2:2+graphs', '--dtype', 'float32', '--rounds', '1',
-       '--steps', '2', '--no_peer', '--bench_out', str(out_json)])
+       'native,bm:3:2,wavefront/bm:4:4+remainder', '--dtype', 'float32', '--rounds', '3',
+       '--max_seconds', '1e-6', '--steps', '2', '--no_peer', '--bench_out', str(out_json)])
   rows = json.loads(out_json.read_text())['results']
   assert [(r['size'], r['loops'], r['impl']) for r in rows[:3]] == [
       ('2x16:4x8', 'native', 'fused'), ('2x16:4x8', 'bm:3:2', 'fused'),
-      ('2x16:4x8', 'wavefront/bm:2:2+graphs', 'wavefront')]
-  assert rows[1]['xla_options'] is None
-  assert 'WHILE' in rows[2]['xla_options']['xla_gpu_enable_command_buffer']
+      ('2x16:4x8', 'wavefront/bm:4:4+remainder', 'wavefront')]
+  assert [r['unroll_divides'] for r in rows[:3]] == [True, True, False]
   # The second size: the baseline and the first size's fastest other candidate.
   assert [(r['size'], r['loops']) for r in rows[3:4]] == [('2x16:2x8', 'native')]
-  assert len(rows) == 5 and rows[4]['loops'] in ('bm:3:2', 'wavefront/bm:2:2+graphs')
+  assert len(rows) == 5 and rows[4]['loops'] in ('bm:3:2', 'wavefront/bm:4:4+remainder')
   assert rows[0]['vs_first'] == 1 and all(r['chars_per_s'] > 0 for r in rows)
+  assert all(len(r['rounds']) == 1 for r in rows)  # --max_seconds stopped the rounds.
 
 
 def test_bench_train_times_each_variant(tmp_path):
   out_json = tmp_path / 'train.json'
   out = run(['experiments/bench_train.py', '--sizes', '2x16:4x8', '--variants',
-             'fused:float32,wavefront:float32+graphs', '--rounds', '1', '--steps', '2',
+             'fused:float32,wavefront:float32', '--rounds', '1', '--steps', '2',
              '--no_peer', '--out', str(out_json)])
   rows = json.loads(out_json.read_text())['results']
   assert [(r['variant'], r['impl'], r['dtype']) for r in rows] == [
-      ('fused:float32', 'fused', 'float32'), ('wavefront:float32+graphs', 'wavefront', 'float32')]
-  assert rows[0]['xla_options'] is None and 'WHILE' in str(rows[1]['xla_options'])
+      ('fused:float32', 'fused', 'float32'), ('wavefront:float32', 'wavefront', 'float32')]
   assert all(r['charlm_chars_per_s'] > 0 for r in rows)
-  assert '| 2x16 | 4x8 | wavefront:float32+graphs |' in out
+  assert '| 2x16 | 4x8 | wavefront:float32 |' in out
   bad = subprocess.run([sys.executable, 'experiments/bench_train.py', '--variants',
-                        'fused:float32+nope', '--no_peer', '--out', ''], cwd=ROOT,
+                        'fused', '--no_peer', '--out', ''], cwd=ROOT,
                        capture_output=True, text=True)
-  assert bad.returncode != 0 and 'use IMPL:DTYPE[+graphs|graphs_unrolled]' in bad.stderr
+  assert bad.returncode != 0 and 'fused: use IMPL:DTYPE' in bad.stderr

@@ -158,6 +158,28 @@ def test_fused_lstm_matches_autodiff_of_plain_lstm(loops, t, b, h, monkeypatch):
   assert_trees_close(grad(lstm_kernel.lstm)(*args), grad(plain)(*args), atol=atol)
 
 
+@pytest.mark.parametrize('length,unroll,expected', [
+    (100, 8, 10), (64, 8, 8), (102, 8, 6), (30, 8, 10), (100, 32, 25), (97, 8, 8), (5, 8, 5),
+    (7, 3, 3), (100, 1, 1)])
+def test_unroll_rounds_to_a_nearby_divisor(length, unroll, expected):
+  assert lstm_kernel.unroll_for(length, unroll) == expected
+
+
+def test_gpu_loops_split_no_sequence_for_a_remainder(monkeypatch):
+  """With the GPU's unroll of 8, 100 steps run as 10 x 10: lax.scan splits off no [96, ...]
+  part of the inputs and joins no outputs (which costs full copies), as it does with 8."""
+  monkeypatch.setattr(lstm_kernel, 'NATIVE_CPU', False)
+  monkeypatch.setattr(lstm_kernel, 'CPU_LOOPS', lstm_kernel.GPU_LOOPS)
+  args = (jnp.zeros((100, 2, 12)), jnp.zeros((3, 12)), jnp.zeros((2, 3)), jnp.zeros((2, 3)))
+  lowered = {}
+  for divides in (True, False):
+    monkeypatch.setattr(lstm_kernel, 'UNROLL_DIVIDES', divides)
+    loss = lambda *a: jnp.sum(lstm_kernel.lstm(*a)[0])  # A new function: traced anew.
+    lowered[divides] = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(*args).as_text()
+  assert 'tensor<96x' not in lowered[True]
+  assert 'tensor<96x' in lowered[False]
+
+
 def test_project_gradients_match_autodiff_of_a_product():
   """lstm_kernel.project's weight gradient (a copied transpose on CPUs) and input gradient."""
   x, w, weights = random_like([jnp.zeros((4, 3, 5)), jnp.zeros((5, 7)), jnp.zeros((4, 3, 7))],
@@ -204,7 +226,7 @@ def test_fused_and_scan_agree_with_dropout():
 @pytest.mark.parametrize('layers,batch,seq,embed,dropout,loops,dtype', [
     (3, 4, 6, 0, 0.5, (False, 2, 1), 'float32'),  # Dropout between layers, same rngs.
     (3, 2, 2, 5, 0.0, (False, 2, 1), 'float32'),  # Fewer steps than layers; embedded (4 < VOCAB).
-    (4, 3, 7, 0, 0.3, (False, 3, 2), 'float32'),  # Unrolls that do not divide the 10 loop steps.
+    (4, 3, 8, 0, 0.3, (False, 3, 2), 'float32'),  # 11 loop steps: unrolls 3, 2 leave remainders.
     (2, 8, 5, 6, 0.0, (False, 8, 8), 'float32'),  # The GPU's loops.
     (3, 4, 6, 0, 0.5, (False, 8, 8), 'bfloat16')])
 def test_wavefront_matches_layer_by_layer(layers, batch, seq, embed, dropout, loops, dtype,
