@@ -10,7 +10,9 @@ weight gradients as large matmuls over all timesteps (impl='fused'); impl='scan'
 autodiff through `lax.scan` (the reference). impl='cudnn' runs each LSTM layer through cuDNN
 on an NVIDIA GPU (`cudnn_lstm`), which projects the inputs itself. impl='wavefront' runs all
 LSTM layers in one loop (`lstm_wavefront`, for GPUs), with the same parameters and dropout
-masks. The carry (hidden state) comes in and goes out, so it flows across batches.
+masks. impl='auto' (the default) picks 'wavefront' or 'fused', whichever measured faster for
+the machine and size (`auto_impl`). The carry (hidden state) comes in and goes out, so it flows
+across batches.
 """
 from collections.abc import Callable
 
@@ -23,7 +25,9 @@ from charlm import cudnn_lstm, lstm_kernel, lstm_wavefront
 from charlm.errors import UserError
 
 CELLS = ('lstm', 'gru', 'rnn')
-IMPLS = ('fused', 'scan', 'cudnn', 'wavefront')
+IMPLS = ('auto', 'fused', 'scan', 'cudnn', 'wavefront')
+# impl='auto' picks the wavefront up to this per-device batch x hidden (see auto_impl).
+WAVEFRONT_MAX_BATCH_HIDDEN = 64 * 1024
 DTYPES = ('float32', 'bfloat16')
 
 
@@ -205,12 +209,36 @@ class CharRNN(nn.Module):
     return tuple(per_layer for _ in range(self.num_layers))
 
 
-def from_config(model_config, vocab_size: int) -> CharRNN:
+def auto_impl(model_config, batch_per_device: int | None, backend: str | None = None) -> str:
+  """What model.impl='auto' runs: 'wavefront' on a GPU for an LSTM of 2+ layers with bfloat16
+  matmuls and batch per device x hidden up to WAVEFRONT_MAX_BATCH_HIDDEN, else 'fused'.
+
+  That is where the wavefront measured faster. Train step on an H200, bfloat16, sequence 100,
+  wavefront against fused in one process (`experiments/bench_lstm_loops.py`): 3x512 at batch
+  128 1.13x, 256 0.97x; 2x256 at 64 1.07x; 3x1024 at 64 1.00x. Against cuDNN in one run
+  (`experiments/bench_train.py`), 3x512 at batch 64: 3.06x for the wavefront, 2.43x for fused;
+  at 512 1.36x and 1.48x. In float32 the two are not yet compared on a GPU, and on a CPU fused
+  wins (its native loops).
+  """
+  backend = backend or jax.default_backend()
+  if (backend == 'gpu' and model_config.cell == 'lstm' and model_config.num_layers > 1
+      and model_config.get('dtype', 'float32') == 'bfloat16' and batch_per_device
+      and batch_per_device * model_config.hidden <= WAVEFRONT_MAX_BATCH_HIDDEN):
+    return 'wavefront'
+  return 'fused'
+
+
+def from_config(model_config, vocab_size: int, batch_per_device: int | None = None) -> CharRNN:
+  """The model of `model_config`; `batch_per_device` (the training batch on each device)
+  lets model.impl='auto' choose for the size that will run."""
   if model_config.cell not in CELLS:
     raise UserError(f'unknown model.cell {model_config.cell!r}; use one of {", ".join(CELLS)}')
-  impl, dtype = model_config.get('impl', 'fused'), model_config.get('dtype', 'float32')
+  impl, dtype = model_config.get('impl', 'auto'), model_config.get('dtype', 'float32')
   if impl not in IMPLS:
     raise UserError(f'unknown model.impl {impl!r}; use one of {", ".join(IMPLS)}')
+  if impl == 'auto':
+    impl = auto_impl(model_config, batch_per_device)
+    logging.info("charlm: model.impl='auto' runs %r", impl)
   if impl == 'cudnn' and jax.default_backend() != 'gpu':
     raise UserError(f"model.impl='cudnn' needs an NVIDIA GPU (this run has "
                     f"{jax.default_backend()}); use model.impl='fused'")

@@ -116,7 +116,8 @@ def make_eval_step(model):
 
 def build(config, vocab_size: int, steps_per_epoch: int):
   """The model, the optimizer and `init_state(key)`, which makes the whole train state."""
-  model = model_lib.from_config(config.model, vocab_size)
+  model = model_lib.from_config(config.model, vocab_size,
+                                config.train.batch_size // jax.device_count())
   tx = make_optimizer(config.optim, steps_per_epoch, config.train.steps)
 
   def init_state(key):

@@ -26,10 +26,11 @@ def get_config(arg=None):
   config.model.dropout = 0.0  # Between layers and before the output layer, as in char-rnn.
   # LSTM training: 'fused' (a hand-written backward pass with the weight gradients as large
   # matmuls; fast), 'scan' (autodiff through lax.scan; the reference), 'cudnn' (NVIDIA GPUs
-  # only, float32; measured slower than 'fused' on an H200) or 'wavefront' (all layers in one
-  # loop, for GPUs; slower on CPUs). Same parameters: a run loads under any of them (a 'cudnn'
-  # run as 'fused' where there is no GPU).
-  config.model.impl = 'fused'
+  # only, float32; measured slower than 'fused' on an H200), 'wavefront' (all layers in one
+  # loop, for GPUs; slower on CPUs) or 'auto': 'wavefront' where it measured faster (GPUs,
+  # bfloat16, batch per device x hidden <= 65,536), else 'fused'. Same parameters: a run loads
+  # under any of them (a 'cudnn' run as 'fused' where there is no GPU).
+  config.model.impl = 'auto'
   # Matmul inputs: 'float32', or 'bfloat16' for GPUs/TPUs (parameters, state and the gate
   # arithmetic stay float32). Slower on CPUs without bf16 units.
   config.model.dtype = 'float32'

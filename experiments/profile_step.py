@@ -22,7 +22,7 @@ import bench_train
 from absl import app, flags
 
 _SIZE = flags.DEFINE_string('size', '2x128:32x64', 'LxH:BxT.')
-_IMPL = flags.DEFINE_string('impl', 'fused', 'model.impl.')
+_IMPL = flags.DEFINE_string('impl', 'auto', 'model.impl.')
 _MODEL_DTYPE = flags.DEFINE_string('model_dtype', 'float32', 'model.dtype.')
 _LOOPS_SET = flags.DEFINE_string('set_loops', '', 'A candidate of bench_lstm_loops, e.g. bm:8:8, '
                                  "native or wavefront/bm:8:8+remainder (its impl replaces --impl; "

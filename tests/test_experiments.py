@@ -52,11 +52,13 @@ def test_lstm_loop_candidates_are_timed_against_the_first(tmp_path):
 def test_bench_train_times_each_variant(tmp_path):
   out_json = tmp_path / 'train.json'
   out = run(['experiments/bench_train.py', '--sizes', '2x16:4x8', '--variants',
-             'fused:float32,wavefront:float32', '--rounds', '1', '--steps', '2',
+             'fused:float32,wavefront:float32,auto:float32', '--rounds', '1', '--steps', '2',
              '--no_peer', '--out', str(out_json)])
   rows = json.loads(out_json.read_text())['results']
   assert [(r['variant'], r['impl'], r['dtype']) for r in rows] == [
-      ('fused:float32', 'fused', 'float32'), ('wavefront:float32', 'wavefront', 'float32')]
+      ('fused:float32', 'fused', 'float32'), ('wavefront:float32', 'wavefront', 'float32'),
+      ('auto:float32', 'auto', 'float32')]
+  assert [r['model_impl'] for r in rows] == ['fused', 'wavefront', 'fused']  # 'auto': float32.
   assert all(r['charlm_chars_per_s'] > 0 for r in rows)
   assert '| 2x16 | 4x8 | wavefront:float32 |' in out
   bad = subprocess.run([sys.executable, 'experiments/bench_train.py', '--variants',

@@ -307,6 +307,33 @@ def test_from_config_and_count_params(caplog):
   assert model_lib.from_config(legacy, VOCAB).impl == 'fused'
 
 
+def test_auto_impl_picks_the_wavefront_where_it_measured_faster(monkeypatch, tmp_path):
+  def config(**changes):
+    fields = {'cell': 'lstm', 'num_layers': 3, 'hidden': 512, 'embed': 0, 'dropout': 0.0,
+              'impl': 'auto', 'dtype': 'bfloat16'}
+    return ml_collections.ConfigDict({**fields, **changes})
+
+  auto = model_lib.auto_impl
+  assert auto(config(), 64, 'gpu') == auto(config(), 128, 'gpu') == 'wavefront'
+  assert auto(config(num_layers=2, hidden=256), 64, 'gpu') == 'wavefront'
+  for fused, batch in ((config(), 256), (config(dtype='float32'), 64), (config(cell='gru'), 64),
+                       (config(num_layers=1), 64), (config(), None)):
+    assert auto(fused, batch, 'gpu') == 'fused', (fused, batch)
+  assert auto(config(), 64, 'cpu') == 'fused'
+  # from_config and trainer.build choose for the batch on each device.
+  monkeypatch.setattr(model_lib.jax, 'default_backend', lambda: 'gpu')
+  assert model_lib.from_config(config(), VOCAB, 64).impl == 'wavefront'
+  assert model_lib.from_config(config(), VOCAB).impl == 'fused'
+  assert model_lib.from_config(config(impl='fused'), VOCAB, 64).impl == 'fused'
+  train = smoke_config(tmp_path, model__num_layers=2, model__hidden=256, model__dtype='bfloat16',
+                       train__batch_size=64 * jax.device_count())
+  assert trainer.build(train, VOCAB, 1)[0].impl == 'wavefront'
+  train.train.batch_size *= 2
+  assert trainer.build(train, VOCAB, 1)[0].impl == 'wavefront'  # 128 x 256 <= 64K
+  train.train.batch_size *= 4
+  assert trainer.build(train, VOCAB, 1)[0].impl == 'fused'
+
+
 def cudnn_reference(x, h_0, c_0, weights, seq_lengths, input_size, hidden_size, num_layers,
                     dropout, bidirectional):
   """rnn.lstm in plain JAX, for CPUs: jax's reference reads the flat weights in cuDNN's layout."""

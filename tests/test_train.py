@@ -156,17 +156,19 @@ def test_cpu_devices_split_small_models_only(monkeypatch):
   monkeypatch.delenv('JAX_NUM_CPU_DEVICES', raising=False)
   monkeypatch.setattr(os, 'cpu_count', lambda: 2)
 
-  def devices(hidden=128, batch_size=32, cpu_devices=0, cell='lstm', dtype='float32'):
+  def devices(hidden=128, batch_size=32, cpu_devices=0, cell='lstm', dtype='float32',
+              impl='auto'):
     config = default.get_config()
     config.model.hidden, config.train.batch_size = hidden, batch_size
-    config.model.cell, config.model.dtype = cell, dtype
+    config.model.cell, config.model.dtype, config.model.impl = cell, dtype, impl
     config.train.cpu_devices = cpu_devices
     return host.cpu_devices(config)
 
   # The native LSTM loops split the batch over the cores themselves: one device.
   monkeypatch.setattr(host, 'accelerator_possible', lambda: False)
   assert lstm_cpu.available()
-  assert devices() == 1 and devices(hidden=256) == 1
+  assert devices() == 1 and devices(hidden=256) == 1 and devices(impl='fused') == 1
+  assert devices(impl='wavefront') == 2  # XLA's loops.
   assert devices(cell='gru') == 2 and devices(dtype='bfloat16') == 2  # XLA's loops.
   monkeypatch.setattr(lstm_cpu, 'available', lambda: False)
   assert devices() == 2 and devices(hidden=256) == 2
