@@ -2,7 +2,7 @@
 
     python experiments/bench_lstm_loops.py --sizes 3x512:512x100,3x512:64x100 --dtype bfloat16
     python experiments/bench_lstm_loops.py --loops bm:8:8,wavefront/bm:8:8,wavefront/bm:16:16
-    python experiments/bench_lstm_loops.py --loops bm:8:8,bm:8:8+remainder,bm:25:25,bm:100:100
+    python experiments/bench_lstm_loops.py --loops bm:8:8,bm:8:8+remainder,bm:25:25,bm:50:50
 
 A candidate is [wavefront/]LOOPS[+remainder]. LOOPS is a setting of `lstm_kernel.GPU_LOOPS` (or
 `CPU_LOOPS` on a CPU): state layout inside the loops, fm (feature-major) or bm (batch-major),
