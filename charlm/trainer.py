@@ -316,7 +316,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = MetricWriter(workdir)
   if writer.active:
     platform = mesh.devices.flat[0].platform.upper()
-    print(f'training on {mesh.size} {platform} device{"s" if mesh.size > 1 else ""}', flush=True)
+    print(f'training on {mesh.size} {platform} device{"s" if mesh.size > 1 else ""}, '
+          f'model.impl={model.impl!r}', flush=True)
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
     with open(os.path.join(workdir, 'vocab.json'), 'w') as f:

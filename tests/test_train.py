@@ -231,7 +231,7 @@ def test_cli_smoke_run_leaves_a_readable_workdir(tmp_path):
   assert 'step 20/20' in result.stdout  # Plain progress lines when not on a terminal.
   if jax.default_backend() == 'cpu' and 'JAX_NUM_CPU_DEVICES' not in os.environ:
     # The native LSTM loops split the batch over the cores on one CPU device.
-    assert 'training on 1 CPU device\n' in result.stdout
+    assert "training on 1 CPU device, model.impl='fused'\n" in result.stdout  # 'auto' chose.
   config = json.load(open(workdir / 'config.json'))
   assert config['data']['path'] == text and config['model']['hidden'] == 32
   rows = read_metrics(workdir)
