@@ -114,6 +114,9 @@ def _loops():
 
 
 UNROLL_DIVIDES = True  # Round each unroll to a divisor of the loop's length (`unroll_for`).
+# Run each batch-major forward step as one Pallas kernel (`lstm_pallas.cell`) where it applies:
+# a GPU candidate, off until timed.
+PALLAS_CELL = False
 
 
 def unroll_for(length: int, unroll: int) -> int:
@@ -186,10 +189,15 @@ def _forward(gx, w_h, c0, h0, save):
   feature_major, unroll, _ = _loops()
   s = _scale(h0.shape[-1], gx.dtype, feature_major)
   w, layout = (w_h.T, jnp.transpose) if feature_major else (w_h, lambda x: x)
+  cell = lambda c, h, gx_t: _cell(w, s, c, h, gx_t, feature_major)
+  if PALLAS_CELL and not feature_major:
+    from charlm import lstm_pallas  # Imports Pallas only when asked for.
+    if lstm_pallas.supported(*h0.shape):
+      cell = lambda c, h, gx_t: lstm_pallas.cell(w, c, h, gx_t)
 
   def step(carry, gx_t):
     c_prev, h = carry
-    c, h, t = _cell(w, s, c_prev, h, gx_t, feature_major)
+    c, h, t = cell(c_prev, h, gx_t)
     return (c, h), (layout(h), t, c_prev) if save else layout(h)
 
   (c, h), out = jax.lax.scan(step, (layout(c0), layout(h0)), gx,
