@@ -1,0 +1,91 @@
+"""The Pallas LSTM step (lstm_pallas): against XLA's step in interpret mode, inside the LSTM's
+loops with PALLAS_CELL, and lowered for CUDA (its compilation and speed need a GPU)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from charlm import lstm_kernel, lstm_pallas
+
+
+def random_args(batch, hidden, dtype=jnp.float32, steps=None, seed=0):
+  """(w_h, c, h, gx) of a step, or with `steps` (gx [steps, ...], w_h, c0, h0) of a layer."""
+  k = jax.random.split(jax.random.key(seed), 4)
+  w = (0.3 * jax.random.normal(k[0], (hidden, 4 * hidden))).astype(dtype)
+  c, h = (jax.random.normal(key, (batch, hidden)) for key in k[1:3])
+  gx = jax.random.normal(k[3], ((steps,) if steps else ()) + (batch, 4 * hidden))
+  return (w, c, h, gx) if steps is None else (gx, w, c, h)
+
+
+def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)
+
+
+def small_blocks(monkeypatch):
+  """Blocks of 16, the least the kernel takes, so that tiny shapes have several of each."""
+  for name in ('BLOCK_B', 'BLOCK_H', 'BLOCK_K'):
+    monkeypatch.setattr(lstm_pallas, name, 16)
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize('batch,hidden,small', [(32, 48, True), (128, 64, False), (16, 16, False)])
+def test_cell_matches_the_xla_step(batch, hidden, small, dtype, monkeypatch):
+  if small:  # A 2 x 3 grid, 3 chunks of the product.
+    small_blocks(monkeypatch)
+  assert lstm_pallas.supported(batch, hidden)
+  w, c, h, gx = random_args(batch, hidden, dtype)
+  want = lstm_kernel._cell(w, lstm_kernel._scale(hidden, jnp.float32, False), c, h, gx, False)
+  got = jax.jit(lstm_pallas.cell)(w, c, h, gx)
+  assert [x.shape for x in got] == [x.shape for x in want]
+  assert all(x.dtype == jnp.float32 for x in got)
+  assert_trees_close(got, want)
+
+
+def test_supported_shapes():
+  assert lstm_pallas.supported(512, 512) and lstm_pallas.supported(64, 512)
+  assert lstm_pallas.supported(16, 16) and lstm_pallas.supported(128, 768)
+  assert not lstm_pallas.supported(8, 512)  # Too few rows for a product.
+  assert not lstm_pallas.supported(48, 512)  # A block of 48 rows: not a power of two.
+  assert not lstm_pallas.supported(96, 512)  # 64 does not divide 96.
+  assert not lstm_pallas.supported(64, 40)
+
+
+def test_lstm_with_the_pallas_step_matches_xla_loops(monkeypatch):
+  """Forward and jax.grad with respect to all inputs, through the hand-written backward pass."""
+  small_blocks(monkeypatch)
+  monkeypatch.setattr(lstm_kernel, 'NATIVE_CPU', False)
+  monkeypatch.setattr(lstm_kernel, 'CPU_LOOPS', (False, 2, 2))
+  monkeypatch.setattr(lstm_kernel, 'GPU_LOOPS', (False, 2, 2))
+  args = random_args(32, 32, steps=5, seed=1)
+  weights = jax.random.normal(jax.random.key(2), (5, 32, 32))
+
+  def loss(gx, w_h, c0, h0):
+    hs, c, h = lstm_kernel.lstm(gx, w_h, c0, h0)
+    return jnp.sum(hs * weights) + jnp.sum(jnp.cos(c)) + jnp.sum(h ** 2)
+
+  def run(pallas):
+    monkeypatch.setattr(lstm_kernel, 'PALLAS_CELL', pallas)
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2, 3)))(*args))
+    assert ('pallas_call' in jaxpr) == pallas
+    return jax.jit(lstm_kernel.lstm)(*args), jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(*args)
+
+  assert_trees_close(run(True), run(False))
+
+
+@pytest.mark.parametrize('batch', [512, 64])
+def test_cell_lowers_to_a_triton_kernel_for_cuda(batch, monkeypatch):
+  """As on the GPU: 512 hidden, bfloat16 weights, Triton instead of interpret mode."""
+  monkeypatch.setattr(lstm_pallas, '_interpret', lambda: False)
+  hidden = 512
+  assert lstm_pallas.supported(batch, hidden)
+  args = [jax.ShapeDtypeStruct((hidden, 4 * hidden), jnp.bfloat16)] + [
+      jax.ShapeDtypeStruct(shape, jnp.float32)
+      for shape in ((batch, hidden), (batch, hidden), (batch, 4 * hidden))]
+  # jax 0.11 lowers Triton kernels for a GPU it knows, here an abstract H200 (sm_90).
+  device = jax.sharding.AbstractDevice(device_kind='NVIDIA H200', num_cores=132, platform='gpu')
+  with jax.sharding.use_abstract_mesh(
+      jax.sharding.AbstractMesh((1,), ('x',), abstract_device=device)):
+    lowered = jax.jit(lstm_pallas.cell).trace(*args).lower(lowering_platforms=('cuda',))
+  text = lowered.as_text()
+  assert 'stablehlo.custom_call @__gpu$xla.gpu.triton(' in text, text[:2000]
+  assert f'grid_x = {batch // 64} : i32, grid_y = 16 : i32' in text
