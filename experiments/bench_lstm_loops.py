@@ -3,14 +3,18 @@
     python experiments/bench_lstm_loops.py --sizes 3x512:512x100,3x512:64x100 --dtype bfloat16
     python experiments/bench_lstm_loops.py --loops bm:8:8,wavefront/bm:8:8,wavefront/bm:16:16
     python experiments/bench_lstm_loops.py --loops bm:8:8,bm:8:8+remainder,bm:25:25,bm:50:50
+    python experiments/bench_lstm_loops.py --loops bm:8:8,bm:8:8+pallas,bm:8:8+remainder+pallas
 
-A candidate is [wavefront/]LOOPS[+remainder]. LOOPS is a setting of `lstm_kernel.GPU_LOOPS` (or
-`CPU_LOOPS` on a CPU): state layout inside the loops, fm (feature-major) or bm (batch-major),
-then forward and backward unroll, which the loops round to a nearby divisor of their length
-(`lstm_kernel.unroll_for`: 8 becomes 10 for 100 steps); on a CPU it may also be `native`, the
-native loops of `lstm_cpu`, which the others turn off. `wavefront/` runs
-model.impl='wavefront' (lstm_wavefront, batch-major only) instead of 'fused'; `+remainder`
-keeps the unrolls as they are, with lax.scan's remainder loop (`UNROLL_DIVIDES = False`).
+A candidate is [wavefront/]LOOPS[+remainder][+pallas]. LOOPS is a setting of
+`lstm_kernel.GPU_LOOPS` (or `CPU_LOOPS` on a CPU): state layout inside the loops, fm
+(feature-major) or bm (batch-major), then forward and backward unroll, which the loops round to
+a nearby divisor of their length (`lstm_kernel.unroll_for`: 8 becomes 10 for 100 steps); on a
+CPU it may also be `native`, the native loops of `lstm_cpu`, which the others turn off.
+`wavefront/` runs model.impl='wavefront' (lstm_wavefront, batch-major only) instead of
+'fused'; `+remainder` keeps the unrolls as they are, with lax.scan's remainder loop
+(`UNROLL_DIVIDES = False`); `+pallas` runs each forward step as one Pallas kernel
+(`lstm_kernel.PALLAS_CELL`, where `lstm_pallas.supported`; on a CPU in interpret mode, slow),
+for bm loops of 'fused' only.
 For each size, every candidate compiles charlm's real train step
 (experiments/bench_train.py's), then the compiled steps run in alternating rounds, with the
 peer (torch.nn.LSTM) once per size. Later sizes try only the first candidate and the fastest
@@ -30,7 +34,8 @@ _LOOPS = flags.DEFINE_list('loops', ['fm:2:1', 'bm:2:1', 'bm:8:8', 'bm:4:4'],
                            'Candidates layout:forward unroll:backward unroll, layout fm '
                            '(feature-major) or bm (batch-major), or native (CPUs); a prefix '
                            'wavefront/ runs model.impl=wavefront, a suffix +remainder keeps '
-                           "unrolls that do not divide the loop's length; the first is the "
+                           "unrolls that do not divide the loop's length, +pallas (bm, not "
+                           'wavefront) steps forward with the Pallas kernel; the first is the '
                            'baseline.')
 _DTYPE = flags.DEFINE_string('dtype', 'bfloat16', "charlm's model.dtype.")
 _DEADLINE = flags.DEFINE_float('deadline', 240, 'Start no compile past this many seconds.')
@@ -38,12 +43,15 @@ _BENCH_OUT = flags.DEFINE_string('bench_out', '', 'JSON results (empty: none).')
 
 
 def parse_candidate(text: str) -> tuple:
-  """'[impl/]loops[+remainder]' -> (model.impl, loops, whether unrolls divide lengths), checked."""
+  """'[impl/]loops[+remainder][+pallas]' -> (model.impl, loops, whether unrolls divide lengths,
+  whether the forward steps run the Pallas kernel), checked."""
   impl, _, rest = text.rpartition('/')
-  loops, _, suffix = rest.partition('+')
+  loops, *suffixes = rest.split('+')
   impl = impl or 'fused'
-  if impl not in ('fused', 'wavefront') or suffix not in ('', 'remainder'):
-    raise app.UsageError(f'{text}: use [wavefront/]LOOPS[+remainder]')
+  if (impl not in ('fused', 'wavefront') or not set(suffixes) <= {'remainder', 'pallas'}
+      or len(set(suffixes)) < len(suffixes)):
+    raise app.UsageError(f'{text}: use [wavefront/]LOOPS[+remainder][+pallas]')
+  feature_major = None
   if loops != 'native':
     try:
       feature_major = parse_loops(loops)[0]
@@ -51,7 +59,10 @@ def parse_candidate(text: str) -> tuple:
       raise app.UsageError(f'{text}: LOOPS is native or fm|bm:FORWARD:BACKWARD') from None
     if impl == 'wavefront' and feature_major:
       raise app.UsageError(f'{text}: the wavefront loop is batch-major only (bm)')
-  return impl, loops, not suffix
+  pallas = 'pallas' in suffixes
+  if pallas and (impl != 'fused' or feature_major is not False):
+    raise app.UsageError(f'{text}: +pallas is for the batch-major loops (bm) of fused only')
+  return impl, loops, 'remainder' not in suffixes, pallas
 
 
 def parse_loops(text: str) -> tuple:
@@ -68,7 +79,7 @@ def loops_setting() -> str:
 def set_loops(text: str) -> None:
   """Makes the LSTM run the loops `text` names (a candidate of --loops)."""
   from charlm import lstm_kernel
-  _, text, lstm_kernel.UNROLL_DIVIDES = parse_candidate(text)
+  _, text, lstm_kernel.UNROLL_DIVIDES, lstm_kernel.PALLAS_CELL = parse_candidate(text)
   lstm_kernel.NATIVE_CPU = text == 'native'
   if text != 'native':
     setattr(lstm_kernel, loops_setting(), parse_loops(text))
@@ -138,7 +149,7 @@ def main(argv):
     rate = statistics.median(got)
     base = statistics.median(rates.get((name, _LOOPS.value[0]), got))
     row = {'size': name, 'loops': loops, 'impl': runners[name, loops].impl,
-           'unroll_divides': parse_candidate(loops)[2],
+           'unroll_divides': parse_candidate(loops)[2], 'pallas_cell': parse_candidate(loops)[3],
            'dtype': _DTYPE.value, 'chars_per_s': rate,
            'rounds': got, 'vs_first': rate / base, 'peer_chars_per_s': peer.get(name),
            'compile_s': runners[name, loops].compile_s,

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'experiments'))
 
@@ -34,19 +36,34 @@ def test_profile_step_names_the_operations_of_a_step(tmp_path):
 
 def test_lstm_loop_candidates_are_timed_against_the_first(tmp_path):
   out_json = tmp_path / 'loops.json'
-  run(['experiments/bench_lstm_loops.py', '--sizes', '2x16:4x8,2x16:2x8', '--loops',
-       'native,bm:3:2,wavefront/bm:4:4+remainder', '--dtype', 'float32', '--rounds', '3',
-       '--max_seconds', '1e-6', '--steps', '2', '--no_peer', '--bench_out', str(out_json)])
+  run(['experiments/bench_lstm_loops.py', '--sizes', '2x16:16x8,2x16:2x8', '--loops',
+       'native,bm:3:2,wavefront/bm:4:4+remainder,bm:2:2+pallas+remainder', '--dtype', 'float32',
+       '--rounds', '3', '--max_seconds', '1e-6', '--steps', '2', '--no_peer', '--bench_out',
+       str(out_json)])
   rows = json.loads(out_json.read_text())['results']
-  assert [(r['size'], r['loops'], r['impl']) for r in rows[:3]] == [
-      ('2x16:4x8', 'native', 'fused'), ('2x16:4x8', 'bm:3:2', 'fused'),
-      ('2x16:4x8', 'wavefront/bm:4:4+remainder', 'wavefront')]
-  assert [r['unroll_divides'] for r in rows[:3]] == [True, True, False]
+  assert [(r['size'], r['loops'], r['impl']) for r in rows[:4]] == [
+      ('2x16:16x8', 'native', 'fused'), ('2x16:16x8', 'bm:3:2', 'fused'),
+      ('2x16:16x8', 'wavefront/bm:4:4+remainder', 'wavefront'),
+      ('2x16:16x8', 'bm:2:2+pallas+remainder', 'fused')]
+  assert [r['unroll_divides'] for r in rows[:4]] == [True, True, False, False]
+  assert [r['pallas_cell'] for r in rows[:4]] == [False, False, False, True]
   # The second size: the baseline and the first size's fastest other candidate.
-  assert [(r['size'], r['loops']) for r in rows[3:4]] == [('2x16:2x8', 'native')]
-  assert len(rows) == 5 and rows[4]['loops'] in ('bm:3:2', 'wavefront/bm:4:4+remainder')
+  assert [(r['size'], r['loops']) for r in rows[4:5]] == [('2x16:2x8', 'native')]
+  assert len(rows) == 6 and rows[5]['loops'] in [r['loops'] for r in rows[1:4]]
   assert rows[0]['vs_first'] == 1 and all(r['chars_per_s'] > 0 for r in rows)
   assert all(len(r['rounds']) == 1 for r in rows)  # --max_seconds stopped the rounds.
+
+
+@pytest.mark.parametrize('text,error', [
+    ('fm:2:1+pallas', 'bm'), ('wavefront/bm:8:8+pallas', 'fused only'),
+    ('native+pallas', 'bm'), ('bm:8:8+pallas+pallas', 'use '), ('bm:8:8+fast', 'use ')])
+def test_lstm_loop_candidates_that_cannot_run_are_refused(text, error):
+  import bench_lstm_loops
+  from absl import app
+  with pytest.raises(app.UsageError, match=error):
+    bench_lstm_loops.parse_candidate(text)
+  assert bench_lstm_loops.parse_candidate('bm:8:8+remainder+pallas') == (
+      'fused', 'bm:8:8', False, True)
 
 
 def test_bench_train_times_each_variant(tmp_path):
