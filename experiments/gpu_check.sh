@@ -2,11 +2,12 @@
 # One prepared GPU run (the device tool lends a GPU machine for minutes):
 # experiments/bench_train.py against torch.nn.LSTM (cuDNN) for 3x512 at batch 512 and 64, in
 # bfloat16 and float32, layer by layer (model.impl='fused') and as one wavefront loop
-# ('wavefront'; float32 is what model.impl='auto' has not measured yet); the loops' unrolls
-# (rounded to a divisor of the length, as lstm_kernel now does, against the remainder loop of
-# before, and larger); charlm's fast-LSTM tests on the GPU; a profile of the batch-512 step;
-# then, if time is left, two training runs on tiny-shakespeare (fused bfloat16 and float32:
-# loss curves compared), sampling speed and a sample. Results land in $OUT.
+# ('wavefront'; float32 is what model.impl='auto' has not measured yet); the Pallas forward step
+# (lstm_pallas, +pallas) against XLA's; the loops' unrolls (rounded to a divisor of the length,
+# as lstm_kernel now does, against the remainder loop of before, and larger); charlm's fast-LSTM
+# tests on the GPU (the Pallas kernel's included); a profile of the batch-512 step; then, if
+# time is left, two training runs on tiny-shakespeare (fused bfloat16 and float32: loss curves
+# compared), sampling speed and a sample. Results land in $OUT.
 #
 # The GPU image has jax (CUDA), flax, optax, orbax and torch but no network: carry the rest.
 # From the repository root, once:
@@ -16,11 +17,11 @@
 #     ml-collections==1.1.0 tensorboardX==2.6.5
 #   mkdir -p .carry && cp ../shared/bench/torch_charrnn.py ../shared/data/tinyshakespeare.txt \
 #     .carry/
-# then run `bash experiments/gpu_check.sh 2>&1 | tee $OUT/log.txt` there with `.whl` and `.carry`
-# carried, under a command timeout a minute above DEADLINE.
+# then run `DEADLINE=550 bash experiments/gpu_check.sh 2>&1 | tee $OUT/log.txt` there with
+# `.whl` and `.carry` carried, under a command timeout half a minute above DEADLINE.
 #
-# Every stage gets at most what is left of DEADLINE seconds (default 520), in this order of
-# importance: the benchmark (its rounds stop at the budget), the loops' unrolls
+# Every stage gets at most what is left of DEADLINE seconds (default 520), in this order: the
+# benchmark (its rounds stop at the budget), the Pallas step, the loops' unrolls
 # (experiments/bench_lstm_loops.py), the tests, a profile of the batch-512 step, the training
 # runs, sampling speed, the sample. On an H200 (2026-11-26) a 3x512 step compiled in 4-13 s
 # (the larger unrolls slower); the run of that day gave 240 s to the benchmark (2 sizes x 3
@@ -29,8 +30,8 @@
 # XLA's default flags fastest: --xla_gpu_autotune_level=0 compiled in 3 s but trained at 0.38x,
 # --xla_gpu_enable_triton_gemm=false at 0.89x (3x512, 64 x 100, float32), and XLA's while loops
 # as CUDA graphs lost (experiments/results/bench_lstm_loops_graphs_gpu.json). SIZES, VARIANTS,
-# ROUNDS, STEPS, LOOP_SIZES, LOOPS, TESTS (pytest -k), PROFILE_SIZE, PROFILE_IMPL, SAMPLE_ARGS,
-# TRAIN_VARIANTS, TRAIN_ARGS (extra flags) and PEER_PY change the run.
+# ROUNDS, STEPS, PALLAS_SIZES, LOOP_SIZES, LOOPS, TESTS (pytest -k), PROFILE_SIZE,
+# PROFILE_IMPL, SAMPLE_ARGS, TRAIN_VARIANTS, TRAIN_ARGS (extra flags) and PEER_PY change the run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/charlm-gpu-check}
@@ -62,40 +63,52 @@ print("jax", jax.__version__, jax.devices(), "flax", flax.__version__, "optax", 
       "torch", torch.__version__, "cudnn", torch.backends.cudnn.version())'
 
 stage "bench_train: charlm against torch.nn.LSTM (cuDNN)"
-t=$(budget 210)
-# Compiling comes first (8 steps, 5-10 s each on an H200); the rounds get the rest less 130 s.
+t=$(budget 200)
+# Compiling comes first (8 steps, 5-10 s each on an H200); the rounds get the rest less 125 s.
 timeout "$t" python3 experiments/bench_train.py --peer_python "$PEER_PY" \
   --peer_dir .carry --sizes "${SIZES:-3x512:512x100,3x512:64x100}" \
   --variants "${VARIANTS:-fused:bfloat16,wavefront:bfloat16,fused:float32,wavefront:float32}" \
   --rounds "${ROUNDS:-5}" --steps 10 \
-  --max_seconds $((t > 160 ? t - 130 : 30)) --out "$OUT/bench_train_gpu.json" 2>&1 | quiet \
+  --max_seconds $((t > 150 ? t - 125 : 30)) --out "$OUT/bench_train_gpu.json" 2>&1 | quiet \
   | tee "$RUNS/bench.txt" | grep -v '^|'
 
-t=$(budget 170)
+t=$(budget 110)
+if [ "$t" -gt 0 ]; then
+  stage "bench_lstm_loops: the Pallas forward step, 3x512 bfloat16 (${t} s at most)"
+  # In a process of its own: Triton compiles lstm_pallas's kernel here for the first time.
+  timeout "$t" python3 experiments/bench_lstm_loops.py \
+    --sizes "${PALLAS_SIZES:-3x512:512x100,3x512:64x100}" --loops bm:8:8,bm:8:8+pallas \
+    --dtype bfloat16 --rounds 5 --steps 10 --max_seconds 20 \
+    --peer_python "$PEER_PY" --peer_dir .carry --deadline $((t - 50)) \
+    --bench_out "$OUT/bench_lstm_loops_pallas_gpu.json" 2>&1 | quiet \
+    | grep -E '^(\||compiled|deadline|failed|round|--max|Traceback|[A-Za-z]*Error)'
+fi
+
+t=$(budget 140)
 if [ "$t" -gt 0 ]; then
   stage "bench_lstm_loops: unrolls, 3x512 bfloat16 (${t} s at most)"
-  # bm:8:8 runs 100 steps as 10 x 10 now; +remainder as 12 x 8 + 4, as before 2026-11-26;
-  # bm:50:50 as 2 x 50. A complete unroll (bm:100:100) did not finish compiling in 5 minutes
-  # on a 2-core CPU (3x64), so it is not tried here.
-  loops=bm:8:8,bm:8:8+remainder,bm:25:25,wavefront/bm:8:8,bm:50:50
+  # bm:8:8 runs 100 steps as 10 x 10 now; +remainder as 12 x 8 + 4, as before 2026-11-26. A
+  # complete unroll (bm:100:100) did not finish compiling in 5 minutes on a 2-core CPU (3x64).
+  loops=bm:8:8,bm:8:8+remainder,bm:25:25,wavefront/bm:8:8
   timeout "$t" python3 experiments/bench_lstm_loops.py \
     --sizes "${LOOP_SIZES:-3x512:512x100}" --loops "${LOOPS:-$loops}" \
-    --dtype bfloat16 --rounds 5 --steps 10 --max_seconds 25 \
-    --peer_python "$PEER_PY" --peer_dir .carry --deadline $((t - 75)) \
+    --dtype bfloat16 --rounds 5 --steps 10 --max_seconds 20 \
+    --peer_python "$PEER_PY" --peer_dir .carry --deadline $((t - 60)) \
     --bench_out "$OUT/bench_lstm_loops_gpu.json" 2>&1 | quiet \
     | grep -E '^(\||compiled|deadline|failed|round|--max)'
 fi
 
-t=$(budget 90)
+t=$(budget 75)
 if [ "$t" -gt 0 ]; then
-  tests=${TESTS:-wavefront or fused_lstm or remainder or auto or bfloat16}
-  stage "tests on the GPU: tests/test_model.py -k '$tests' (${t} s at most)"
+  tests=${TESTS:-pallas or wavefront or fused_lstm or remainder or auto or bfloat16}
+  stage "tests on the GPU: -k '$tests' (${t} s at most)"
   # SIGINT: pytest stops and still prints its summary of the tests run so far.
-  timeout -s INT -k 10 "$t" python3 -m pytest -q -p no:cacheprovider -rfE tests/test_model.py \
-    -k "$tests" 2>&1 | tee "$OUT/tests.txt" | tail -15
+  timeout -s INT -k 10 "$t" python3 -m pytest -q -p no:cacheprovider -rfE \
+    tests/test_lstm_pallas.py tests/test_model.py -k "$tests" 2>&1 | tee "$OUT/tests.txt" \
+    | tail -15
 fi
 
-t=$(budget 50)
+t=$(budget 45)
 if [ "$t" -gt 0 ]; then
   stage "profile: 3x512 at 512 x 100, bfloat16 (${t} s at most)"
   timeout "$t" python3 experiments/profile_step.py --size "${PROFILE_SIZE:-3x512:512x100}" \
