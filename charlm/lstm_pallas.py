@@ -17,22 +17,36 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-# Block sizes for H100/H200: at batch 512 x 512 hidden, 8 x 16 = 128 programs for 132 SMs.
+# Largest blocks, for H100/H200: at batch 512 x 512 hidden, 8 x 16 = 128 programs for 132 SMs.
 BLOCK_B = 64  # Batch rows per program.
 BLOCK_H = 32  # Hidden units per program, each with its four gates.
 BLOCK_K = 64  # The product's chunk of the contracted axis (H).
+MIN_BLOCK = 16  # Triton's least product dimension.
+PROGRAMS = 128  # Smaller batches get smaller blocks (rows first) until this many programs.
 NUM_WARPS = 4
 NUM_STAGES = 3
 
 
+def _fit(n: int, largest: int) -> int:
+  """The largest power of two up to `largest` that divides n (MIN_BLOCK if none does)."""
+  while largest > MIN_BLOCK and n % largest:
+    largest //= 2
+  return largest
+
+
 def _blocks(batch: int, hidden: int) -> tuple:
-  return min(BLOCK_B, batch), min(BLOCK_H, hidden), min(BLOCK_K, hidden)
+  bm, bh = _fit(batch, BLOCK_B), _fit(hidden, BLOCK_H)
+  while (batch // bm) * (hidden // bh) < PROGRAMS and bm > MIN_BLOCK:
+    bm //= 2
+  while (batch // bm) * (hidden // bh) < PROGRAMS and bh > MIN_BLOCK:
+    bh //= 2
+  return bm, bh, _fit(hidden, BLOCK_K)
 
 
 def supported(batch: int, hidden: int) -> bool:
   """Whether `cell` runs states [batch, hidden]: blocks that divide them, powers of two (as
   Triton's arrays must be) and at least 16 (the minimum of its products)."""
-  return all(b >= 16 and b & (b - 1) == 0 and n % b == 0
+  return all(b >= MIN_BLOCK and b & (b - 1) == 0 and n % b == 0
              for b, n in zip(_blocks(batch, hidden), (batch, hidden, hidden), strict=True))
 
 

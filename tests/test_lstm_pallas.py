@@ -41,12 +41,19 @@ def test_cell_matches_the_xla_step(batch, hidden, small, dtype, monkeypatch):
   assert_trees_close(got, want)
 
 
+def test_smaller_batches_get_smaller_blocks_to_fill_the_gpu():
+  assert lstm_pallas._blocks(512, 512) == (64, 32, 64)  # 8 x 16 programs.
+  assert lstm_pallas._blocks(128, 512) == (16, 32, 64)  # 8 x 16.
+  assert lstm_pallas._blocks(64, 512) == (16, 16, 64)  # 4 x 32.
+  assert lstm_pallas._blocks(96, 512) == (16, 16, 64)  # Powers of two that divide the batch.
+
+
 def test_supported_shapes():
   assert lstm_pallas.supported(512, 512) and lstm_pallas.supported(64, 512)
   assert lstm_pallas.supported(16, 16) and lstm_pallas.supported(128, 768)
   assert not lstm_pallas.supported(8, 512)  # Too few rows for a product.
-  assert not lstm_pallas.supported(48, 512)  # A block of 48 rows: not a power of two.
-  assert not lstm_pallas.supported(96, 512)  # 64 does not divide 96.
+  assert lstm_pallas.supported(48, 512) and lstm_pallas.supported(96, 512)  # Blocks of 16 rows.
+  assert not lstm_pallas.supported(40, 512)  # No power of two from 16 up divides 40.
   assert not lstm_pallas.supported(64, 40)
 
 
@@ -88,4 +95,6 @@ def test_cell_lowers_to_a_triton_kernel_for_cuda(batch, monkeypatch):
     lowered = jax.jit(lstm_pallas.cell).trace(*args).lower(lowering_platforms=('cuda',))
   text = lowered.as_text()
   assert 'stablehlo.custom_call @__gpu$xla.gpu.triton(' in text, text[:2000]
-  assert f'grid_x = {batch // 64} : i32, grid_y = 16 : i32' in text
+  rows, units, _ = lstm_pallas._blocks(batch, hidden)
+  assert f'grid_x = {batch // rows} : i32, grid_y = {hidden // units} : i32' in text
+  assert (batch // rows) * (hidden // units) >= 128  # Programs for the GPU's 132 SMs.
