@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,6 +18,11 @@ jax.config.update('jax_default_matmul_precision', 'float32')
 
 WORDS = ('the of and to a in that is was he for it with as his on be at by I ROMEO JULIET '
          'thou thee art what shall love night day sweet').split()
+
+
+def assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
 
 
 def write_text(path, lines=400, seed=0):

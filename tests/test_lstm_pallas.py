@@ -2,8 +2,8 @@
 loops with PALLAS_CELL, and lowered for CUDA (its compilation and speed need a GPU)."""
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
+from conftest import assert_trees_close
 
 from charlm import lstm_kernel, lstm_pallas
 
@@ -15,10 +15,6 @@ def random_args(batch, hidden, dtype=jnp.float32, steps=None, seed=0):
   c, h = (jax.random.normal(key, (batch, hidden)) for key in k[1:3])
   gx = jax.random.normal(k[3], ((steps,) if steps else ()) + (batch, 4 * hidden))
   return (w, c, h, gx) if steps is None else (gx, w, c, h)
-
-
-def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)
 
 
 def small_blocks(monkeypatch):

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import smoke_config
+from conftest import assert_trees_close, smoke_config
 from jax.experimental import rnn
 
 from charlm import cudnn_lstm, lstm_cpu, lstm_kernel, trainer
@@ -82,11 +82,6 @@ def loss_with_carry(apply, tokens, targets):
     nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1).mean()
     return nll + sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(new_carry))
   return loss
-
-
-def assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize('cell', ['lstm', 'gru', 'rnn'])
