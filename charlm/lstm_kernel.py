@@ -114,8 +114,8 @@ def _loops():
 
 
 UNROLL_DIVIDES = True  # Round each unroll to a divisor of the loop's length (`unroll_for`).
-# Run each batch-major forward step as one Pallas kernel (`lstm_pallas.cell`) where it applies:
-# a GPU candidate, off until timed.
+# Run each batch-major step, forward and backward, as one Pallas kernel (`lstm_pallas.cell`,
+# `lstm_pallas.cell_grad`) where it applies: a GPU candidate, off until timed.
 PALLAS_CELL = False
 
 
@@ -230,6 +230,11 @@ def _lstm_bwd(residuals, cotangents):
     dzs, dc0, dh0 = lstm_cpu.backward(dhs, ts, c_prevs, c_last, dc_last, dh_last, w_h)
     return dzs, _weight_grad(h_prev, dzs, w_h.dtype), dc0, dh0
   feature_major, _, unroll = _loops()
+  if PALLAS_CELL and not feature_major:
+    from charlm import lstm_pallas
+    if lstm_pallas.supported(*h0.shape):
+      dzs, dc0, dh0 = _pallas_backward(dhs, ts, c_prevs, c_last, dc_last, dh_last, w_h, unroll)
+      return dzs, _weight_grad(h_prev, dzs, w_h.dtype), dc0, dh0
   s = _scale(hs.shape[-1], ts.dtype, feature_major)
   axis = 0 if feature_major else -1
   layout = jnp.transpose if feature_major else lambda x: x
@@ -248,6 +253,28 @@ def _lstm_bwd(residuals, cotangents):
                                      (dhs, ts, c_prevs), reverse=True,
                                      unroll=unroll_for(len(dhs), unroll))
   return dzs, _weight_grad(h_prev, dzs, w_h.dtype), layout(dc0), layout(dh0)
+
+
+def _pallas_backward(dhs, ts, c_prevs, c_last, dc_last, dh_last, w_h, unroll):
+  """The batch-major backward loop with `lstm_pallas.cell_grad`: (dzs, dc0, dh0).
+
+  Each step starts with the product that XLA's loop ends with, so that one kernel runs it and
+  the gate arithmetic: the carry is the next step's dz, zeros at first, and the cotangent of
+  the final h joins the last step's output gradient instead.
+  """
+  from charlm import lstm_pallas
+
+  def step(carry, xs):
+    dz_next, dc, c = carry  # c is this step's cell state; the loop reads the previous one.
+    dh_out, t, c_prev = xs
+    dz, dc = lstm_pallas.cell_grad(w_h, dz_next, dh_out, t, c, c_prev, dc)
+    return (dz, dc, c_prev), dz
+
+  dz_next = jnp.zeros(ts.shape[1:], jnp.float32)
+  (dz0, dc0, _), dzs = jax.lax.scan(step, (dz_next, dc_last, c_last),
+                                    (dhs.at[-1].add(dh_last), ts, c_prevs), reverse=True,
+                                    unroll=unroll_for(len(dhs), unroll))
+  return dzs, dc0, jnp.dot(dz0.astype(w_h.dtype), w_h.T, preferred_element_type=jnp.float32)
 
 
 lstm.defvjp(_lstm_fwd, _lstm_bwd)

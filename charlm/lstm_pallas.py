@@ -1,5 +1,6 @@
-"""One batch-major LSTM forward step as a single Pallas kernel, for GPUs (Triton); opt-in
-through `lstm_kernel.PALLAS_CELL`, a candidate to time against XLA's step.
+"""One batch-major LSTM step, forward (`cell`) and backward (`cell_grad`), each as a single
+Pallas kernel, for GPUs (Triton); opt-in through `lstm_kernel.PALLAS_CELL`, a candidate to time
+against XLA's steps.
 
 XLA runs a step of `lstm_kernel._cell` as a gemm h @ W_h and then two or three elementwise
 fusions for the gate arithmetic; at 3x512, batch 512 in bfloat16 on an H200 the gemm took
@@ -7,6 +8,13 @@ fusions for the gate arithmetic; at 3x512, batch 512 in bfloat16 on an H200 the 
 rows and of hidden units j, multiplies the rows' h by the columns of all four gates of those
 units (W_h [H, 4H] viewed as [H, 4, H], so that one block holds them), accumulating over H in
 chunks, and applies the gate arithmetic to the product before it leaves the registers.
+
+The backward step is the same shape turned around: a step of XLA's backward loop (~20 us
+there) is the gemm dz @ W_h^T (~5 us) and ~3 elementwise kernels (~14 us). `cell_grad` takes
+the gate gradients dz of the next (later) step, so the product comes first: each program
+computes dh of its rows and units j from W_h's rows j (all 4H columns), adds the gradient from
+the layer's output and applies `lstm_kernel._gates_grad` to it, writing this step's dz and the
+gradient that reaches the previous cell state.
 
 On a CPU (the tests) the kernel runs in Pallas' interpret mode.
 """
@@ -98,3 +106,59 @@ def cell(w, c, h, gx_t):
       name='lstm_cell',
   )(gx_t.reshape(batch, 4, hidden), w.reshape(hidden, 4, hidden), c, h)
   return c, h, t.reshape(batch, 4 * hidden)
+
+
+def _grad_kernel(dz_ref, w_ref, dh_ref, t_ref, c_ref, c_prev_ref, dc_ref, dz_out, dc_out, *,
+                 block_k):
+  rows, _, hidden = dz_ref.shape
+  units = dh_ref.shape[1]
+  contract_last = (((1,), (1,)), ((), ()))  # dz [rows, k] by w [units, k]: dz @ w^T.
+
+  def chunk(k, acc):
+    ks = pl.ds(pl.multiple_of(k * block_k, block_k), block_k)
+    for g in range(4):
+      acc += jax.lax.dot_general(dz_ref[:, g, ks].astype(w_ref.dtype), w_ref[:, g, ks],
+                                 contract_last, preferred_element_type=jnp.float32)
+    return acc
+
+  acc = jax.lax.fori_loop(0, hidden // block_k, chunk, jnp.zeros((rows, units), jnp.float32))
+  dh = dh_ref[...] + acc
+  # As lstm_kernel._gates_grad, gate by gate: s = 1/2 but for g (s = 1).
+  t = [t_ref[:, g, :] for g in range(4)]
+  i, f, o = (x * 0.5 + 0.5 for x in (t[0], t[1], t[3]))
+  c = c_ref[...]
+  tc = jnp.tanh(c)
+  dc = dc_ref[...] + dh * o * (1 - tc * tc)
+  da = (dc * t[2], dc * c_prev_ref[...], dc * i, dh * tc)
+  for g, a in enumerate(da):
+    dz_out[:, g, :] = a * (1.0 if g == 2 else 0.25) * (1 - t[g] * t[g])
+  dc_out[...] = dc * f
+
+
+def cell_grad(w, dz_next, dh_out, t, c, c_prev, dc):
+  """One step of `lstm_kernel._lstm_bwd` batch-major, the product first: w = w_h [H, 4H]
+  (float32 or bfloat16); dz_next [B, 4H], the gate gradients of the next step; dh_out [B, H],
+  the gradient of this step's h from the layer's output; t [B, 4H] and c [B, H] of this step,
+  c_prev [B, H] of the previous one; dc [B, H], the gradient of c; all float32.
+  -> dz [B, 4H], this step's gate gradients, and dc_prev [B, H], the gradient of c_prev."""
+  (batch, hidden), dtype = c.shape, c.dtype
+  bm, bh, bk = _blocks(batch, hidden)
+  gates = lambda i, j: (i, 0, j)
+  state = lambda i, j: (i, j)
+  dz, dc = pl.pallas_call(
+      functools.partial(_grad_kernel, block_k=bk),
+      out_shape=(jax.ShapeDtypeStruct((batch, 4, hidden), dtype),
+                 jax.ShapeDtypeStruct((batch, hidden), dtype)),
+      grid=(batch // bm, hidden // bh),
+      in_specs=[pl.BlockSpec((bm, 4, hidden), lambda i, j: (i, 0, 0)),
+                pl.BlockSpec((bh, 4, hidden), lambda i, j: (j, 0, 0)),
+                pl.BlockSpec((bm, bh), state),
+                pl.BlockSpec((bm, 4, bh), gates)]
+      + [pl.BlockSpec((bm, bh), state)] * 3,
+      out_specs=[pl.BlockSpec((bm, 4, bh), gates), pl.BlockSpec((bm, bh), state)],
+      interpret=_interpret(),
+      compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
+      name='lstm_cell_grad',
+  )(dz_next.reshape(batch, 4, hidden), w.reshape(hidden, 4, hidden), dh_out,
+    t.reshape(batch, 4, hidden), c, c_prev, dc)
+  return dz.reshape(batch, 4 * hidden), dc

@@ -1,5 +1,6 @@
-"""The Pallas LSTM step (lstm_pallas): against XLA's step in interpret mode, inside the LSTM's
-loops with PALLAS_CELL, and lowered for CUDA (its compilation and speed need a GPU)."""
+"""The Pallas LSTM steps (lstm_pallas), forward and backward: against XLA's steps in interpret
+mode, inside the LSTM's loops with PALLAS_CELL, and lowered for CUDA (their compilation and
+speed need a GPU)."""
 import jax
 import jax.numpy as jnp
 import pytest
@@ -37,6 +38,30 @@ def test_cell_matches_the_xla_step(batch, hidden, small, dtype, monkeypatch):
   assert_trees_close(got, want)
 
 
+def random_grad_args(batch, hidden, dtype=jnp.float32, seed=0):
+  """(w_h, dz_next, dh_out, t, c, c_prev, dc) of a backward step."""
+  k = jax.random.split(jax.random.key(seed), 7)
+  w = (0.3 * jax.random.normal(k[0], (hidden, 4 * hidden))).astype(dtype)
+  dz_next, t = (jax.random.normal(key, (batch, 4 * hidden)) for key in k[1:3])
+  return (w, 0.5 * dz_next, *(jax.random.normal(key, (batch, hidden)) for key in k[3:4]),
+          jnp.tanh(t), *(jax.random.normal(key, (batch, hidden)) for key in k[4:]))
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize('batch,hidden,small', [(32, 48, True), (128, 64, False), (16, 16, False)])
+def test_cell_grad_matches_the_xla_step(batch, hidden, small, dtype, monkeypatch):
+  if small:  # A 2 x 3 grid, 3 chunks of the product for each of the 4 gates.
+    small_blocks(monkeypatch)
+  w, dz_next, dh_out, t, c, c_prev, dc = random_grad_args(batch, hidden, dtype)
+  dh = dh_out + jnp.dot(dz_next.astype(dtype), w.T, preferred_element_type=jnp.float32)
+  s = lstm_kernel._scale(hidden, jnp.float32, False)
+  want = lstm_kernel._gates_grad(t, s, c, c_prev, dh, dc, axis=-1)
+  got = jax.jit(lstm_pallas.cell_grad)(w, dz_next, dh_out, t, c, c_prev, dc)
+  assert [x.shape for x in got] == [(batch, 4 * hidden), (batch, hidden)]
+  assert all(x.dtype == jnp.float32 for x in got)
+  assert_trees_close(got, want)
+
+
 def test_smaller_batches_get_smaller_blocks_to_fill_the_gpu():
   assert lstm_pallas._blocks(512, 512) == (64, 32, 64)  # 8 x 16 programs.
   assert lstm_pallas._blocks(128, 512) == (16, 32, 64)  # 8 x 16.
@@ -53,8 +78,10 @@ def test_supported_shapes():
   assert not lstm_pallas.supported(64, 40)
 
 
-def test_lstm_with_the_pallas_step_matches_xla_loops(monkeypatch):
-  """Forward and jax.grad with respect to all inputs, through the hand-written backward pass."""
+@pytest.mark.parametrize('final_state', [True, False])
+def test_lstm_with_the_pallas_step_matches_xla_loops(final_state, monkeypatch):
+  """Forward and jax.grad with respect to all inputs, through the hand-written backward pass;
+  with `final_state` the loss reads the final (c, h) too, so that their cotangents are not 0."""
   small_blocks(monkeypatch)
   monkeypatch.setattr(lstm_kernel, 'NATIVE_CPU', False)
   monkeypatch.setattr(lstm_kernel, 'CPU_LOOPS', (False, 2, 2))
@@ -64,12 +91,14 @@ def test_lstm_with_the_pallas_step_matches_xla_loops(monkeypatch):
 
   def loss(gx, w_h, c0, h0):
     hs, c, h = lstm_kernel.lstm(gx, w_h, c0, h0)
-    return jnp.sum(hs * weights) + jnp.sum(jnp.cos(c)) + jnp.sum(h ** 2)
+    return jnp.sum(hs * weights) + (jnp.sum(jnp.cos(c)) + jnp.sum(h ** 2) if final_state else 0)
 
   def run(pallas):
     monkeypatch.setattr(lstm_kernel, 'PALLAS_CELL', pallas)
     jaxpr = str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2, 3)))(*args))
-    assert ('pallas_call' in jaxpr) == pallas
+    # One kernel in the forward loop's body, one in the backward's.
+    assert jaxpr.count('pallas_call') == (2 if pallas else 0)
+    assert ('lstm_cell_grad' in jaxpr) == pallas
     return jax.jit(lstm_kernel.lstm)(*args), jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(*args)
 
   assert_trees_close(run(True), run(False))
@@ -94,3 +123,20 @@ def test_cell_lowers_to_a_triton_kernel_for_cuda(batch, monkeypatch):
   rows, units, _ = lstm_pallas._blocks(batch, hidden)
   assert f'grid_x = {batch // rows} : i32, grid_y = {hidden // units} : i32' in text
   assert (batch // rows) * (hidden // units) >= 128  # Programs for the GPU's 132 SMs.
+
+
+@pytest.mark.parametrize('batch', [512, 64])
+def test_cell_grad_lowers_to_a_triton_kernel_for_cuda(batch, monkeypatch):
+  """As on the GPU: 512 hidden, bfloat16 weights, Triton instead of interpret mode."""
+  monkeypatch.setattr(lstm_pallas, '_interpret', lambda: False)
+  hidden = 512
+  args = [jax.ShapeDtypeStruct((hidden, 4 * hidden), jnp.bfloat16)] + [
+      jax.ShapeDtypeStruct((batch, n * hidden), jnp.float32) for n in (4, 1, 4, 1, 1, 1)]
+  device = jax.sharding.AbstractDevice(device_kind='NVIDIA H200', num_cores=132, platform='gpu')
+  with jax.sharding.use_abstract_mesh(
+      jax.sharding.AbstractMesh((1,), ('x',), abstract_device=device)):
+    lowered = jax.jit(lstm_pallas.cell_grad).trace(*args).lower(lowering_platforms=('cuda',))
+  text = lowered.as_text()
+  assert 'stablehlo.custom_call @__gpu$xla.gpu.triton(' in text, text[:2000]
+  rows, units, _ = lstm_pallas._blocks(batch, hidden)
+  assert f'grid_x = {batch // rows} : i32, grid_y = {hidden // units} : i32' in text
