@@ -16,7 +16,7 @@ computes dh of its rows and units j from W_h's rows j (all 4H columns), adds the
 the layer's output and applies `lstm_kernel._gates_grad` to it, writing this step's dz and the
 gradient that reaches the previous cell state.
 
-On a CPU (the tests) the kernel runs in Pallas' interpret mode.
+On a CPU (the tests) the kernels run in Pallas' interpret mode.
 """
 import functools
 
@@ -52,8 +52,8 @@ def _blocks(batch: int, hidden: int) -> tuple:
 
 
 def supported(batch: int, hidden: int) -> bool:
-  """Whether `cell` runs states [batch, hidden]: blocks that divide them, powers of two (as
-  Triton's arrays must be) and at least 16 (the minimum of its products)."""
+  """Whether `cell` and `cell_grad` run states [batch, hidden]: blocks that divide them, powers
+  of two (as Triton's arrays must be) and at least 16 (the minimum of its products)."""
   return all(b >= MIN_BLOCK and b & (b - 1) == 0 and n % b == 0
              for b, n in zip(_blocks(batch, hidden), (batch, hidden, hidden), strict=True))
 
