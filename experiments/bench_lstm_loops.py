@@ -12,7 +12,7 @@ a nearby divisor of their length (`lstm_kernel.unroll_for`: 8 becomes 10 for 100
 CPU it may also be `native`, the native loops of `lstm_cpu`, which the others turn off.
 `wavefront/` runs model.impl='wavefront' (lstm_wavefront, batch-major only) instead of
 'fused'; `+remainder` keeps the unrolls as they are, with lax.scan's remainder loop
-(`UNROLL_DIVIDES = False`); `+pallas` runs each forward step as one Pallas kernel
+(`UNROLL_DIVIDES = False`); `+pallas` runs each step, forward and backward, as one Pallas kernel
 (`lstm_kernel.PALLAS_CELL`, where `lstm_pallas.supported`; on a CPU in interpret mode, slow),
 for bm loops of 'fused' only.
 For each size, every candidate compiles charlm's real train step
@@ -35,7 +35,7 @@ _LOOPS = flags.DEFINE_list('loops', ['fm:2:1', 'bm:2:1', 'bm:8:8', 'bm:4:4'],
                            '(feature-major) or bm (batch-major), or native (CPUs); a prefix '
                            'wavefront/ runs model.impl=wavefront, a suffix +remainder keeps '
                            "unrolls that do not divide the loop's length, +pallas (bm, not "
-                           'wavefront) steps forward with the Pallas kernel; the first is the '
+                           'wavefront) steps with the Pallas kernels; the first is the '
                            'baseline.')
 _DTYPE = flags.DEFINE_string('dtype', 'bfloat16', "charlm's model.dtype.")
 _DEADLINE = flags.DEFINE_float('deadline', 240, 'Start no compile past this many seconds.')
@@ -44,7 +44,7 @@ _BENCH_OUT = flags.DEFINE_string('bench_out', '', 'JSON results (empty: none).')
 
 def parse_candidate(text: str) -> tuple:
   """'[impl/]loops[+remainder][+pallas]' -> (model.impl, loops, whether unrolls divide lengths,
-  whether the forward steps run the Pallas kernel), checked."""
+  whether the steps run the Pallas kernels), checked."""
   impl, _, rest = text.rpartition('/')
   loops, *suffixes = rest.split('+')
   impl = impl or 'fused'

@@ -2,12 +2,12 @@
 # One prepared GPU run (the device tool lends a GPU machine for minutes):
 # experiments/bench_train.py against torch.nn.LSTM (cuDNN) for 3x512 at batch 512 and 64, in
 # bfloat16 and float32, layer by layer (model.impl='fused') and as one wavefront loop
-# ('wavefront'; float32 is what model.impl='auto' has not measured yet); the Pallas forward step
-# (lstm_pallas, +pallas) against XLA's; the loops' unrolls (rounded to a divisor of the length,
-# as lstm_kernel now does, against the remainder loop of before, and larger); charlm's fast-LSTM
-# tests on the GPU (the Pallas kernel's included); a profile of the batch-512 step; then, if
-# time is left, two training runs on tiny-shakespeare (fused bfloat16 and float32: loss curves
-# compared), sampling speed and a sample. Results land in $OUT.
+# ('wavefront'; float32 is what model.impl='auto' has not measured yet); the Pallas steps, forward
+# and backward (lstm_pallas, +pallas), against XLA's; the loops' unrolls (rounded to a divisor of
+# the length, as lstm_kernel now does, against the remainder loop of before, and larger); charlm's
+# fast-LSTM tests on the GPU (the Pallas kernel's included); a profile of the batch-512 step;
+# then, if time is left, two training runs on tiny-shakespeare (fused bfloat16 and float32: loss
+# curves compared), sampling speed and a sample. Results land in $OUT.
 #
 # The GPU image has jax (CUDA), flax, optax, orbax and torch but no network: carry the rest.
 # From the repository root, once:
@@ -74,8 +74,8 @@ timeout "$t" python3 experiments/bench_train.py --peer_python "$PEER_PY" \
 
 t=$(budget 110)
 if [ "$t" -gt 0 ]; then
-  stage "bench_lstm_loops: the Pallas forward step, 3x512 bfloat16 (${t} s at most)"
-  # In a process of its own: Triton compiles lstm_pallas's kernel here for the first time.
+  stage "bench_lstm_loops: the Pallas steps, 3x512 bfloat16 (${t} s at most)"
+  # In a process of its own: Triton compiles lstm_pallas's kernels here for the first time.
   timeout "$t" python3 experiments/bench_lstm_loops.py \
     --sizes "${PALLAS_SIZES:-3x512:512x100,3x512:64x100}" --loops bm:8:8,bm:8:8+pallas \
     --dtype bfloat16 --rounds 5 --steps 10 --max_seconds 20 \
