@@ -119,6 +119,15 @@ UNROLL_DIVIDES = True  # Round each unroll to a divisor of the loop's length (`u
 PALLAS_CELL = False
 
 
+def _pallas_for(feature_major: bool, state_shape):
+  """lstm_pallas where PALLAS_CELL asks for it and its kernels take states of `state_shape`,
+  else None."""
+  if not PALLAS_CELL or feature_major:
+    return None
+  from charlm import lstm_pallas  # Imports Pallas only when asked for.
+  return lstm_pallas if lstm_pallas.supported(*state_shape) else None
+
+
 def unroll_for(length: int, unroll: int) -> int:
   """The unroll for a loop of `length` steps: the divisor of `length` nearest `unroll` within
   [unroll / 2, 2 unroll] (the larger on a tie), else `unroll` itself.
@@ -190,10 +199,9 @@ def _forward(gx, w_h, c0, h0, save):
   s = _scale(h0.shape[-1], gx.dtype, feature_major)
   w, layout = (w_h.T, jnp.transpose) if feature_major else (w_h, lambda x: x)
   cell = lambda c, h, gx_t: _cell(w, s, c, h, gx_t, feature_major)
-  if PALLAS_CELL and not feature_major:
-    from charlm import lstm_pallas  # Imports Pallas only when asked for.
-    if lstm_pallas.supported(*h0.shape):
-      cell = lambda c, h, gx_t: lstm_pallas.cell(w, c, h, gx_t)
+  pallas = _pallas_for(feature_major, h0.shape)
+  if pallas:
+    cell = lambda c, h, gx_t: pallas.cell(w, c, h, gx_t)
 
   def step(carry, gx_t):
     c_prev, h = carry
@@ -230,11 +238,11 @@ def _lstm_bwd(residuals, cotangents):
     dzs, dc0, dh0 = lstm_cpu.backward(dhs, ts, c_prevs, c_last, dc_last, dh_last, w_h)
     return dzs, _weight_grad(h_prev, dzs, w_h.dtype), dc0, dh0
   feature_major, _, unroll = _loops()
-  if PALLAS_CELL and not feature_major:
-    from charlm import lstm_pallas
-    if lstm_pallas.supported(*h0.shape):
-      dzs, dc0, dh0 = _pallas_backward(dhs, ts, c_prevs, c_last, dc_last, dh_last, w_h, unroll)
-      return dzs, _weight_grad(h_prev, dzs, w_h.dtype), dc0, dh0
+  pallas = _pallas_for(feature_major, h0.shape)
+  if pallas:
+    dzs, dc0, dh0 = _pallas_backward(pallas, dhs, ts, c_prevs, c_last, dc_last, dh_last, w_h,
+                                     unroll)
+    return dzs, _weight_grad(h_prev, dzs, w_h.dtype), dc0, dh0
   s = _scale(hs.shape[-1], ts.dtype, feature_major)
   axis = 0 if feature_major else -1
   layout = jnp.transpose if feature_major else lambda x: x
@@ -255,19 +263,17 @@ def _lstm_bwd(residuals, cotangents):
   return dzs, _weight_grad(h_prev, dzs, w_h.dtype), layout(dc0), layout(dh0)
 
 
-def _pallas_backward(dhs, ts, c_prevs, c_last, dc_last, dh_last, w_h, unroll):
-  """The batch-major backward loop with `lstm_pallas.cell_grad`: (dzs, dc0, dh0).
+def _pallas_backward(pallas, dhs, ts, c_prevs, c_last, dc_last, dh_last, w_h, unroll):
+  """The batch-major backward loop with `pallas.cell_grad` (lstm_pallas): (dzs, dc0, dh0).
 
   Each step starts with the product that XLA's loop ends with, so that one kernel runs it and
   the gate arithmetic: the carry is the next step's dz, zeros at first, and the cotangent of
   the final h joins the last step's output gradient instead.
   """
-  from charlm import lstm_pallas
-
   def step(carry, xs):
     dz_next, dc, c = carry  # c is this step's cell state; the loop reads the previous one.
     dh_out, t, c_prev = xs
-    dz, dc = lstm_pallas.cell_grad(w_h, dz_next, dh_out, t, c, c_prev, dc)
+    dz, dc = pallas.cell_grad(w_h, dz_next, dh_out, t, c, c_prev, dc)
     return (dz, dc, c_prev), dz
 
   dz_next = jnp.zeros(ts.shape[1:], jnp.float32)

@@ -62,6 +62,27 @@ def _interpret() -> bool:
   return jax.default_backend() == 'cpu'
 
 
+def _call(kernel, name, batch, hidden, in_specs, out_specs, out_shape):
+  """pallas_call of `kernel` over the (batch blocks, hidden-unit blocks) grid of `_blocks`;
+  `in_specs` and `out_specs` map (bm, bh) to the operands' BlockSpecs."""
+  bm, bh, bk = _blocks(batch, hidden)
+  return pl.pallas_call(
+      functools.partial(kernel, block_k=bk), out_shape=out_shape,
+      grid=(batch // bm, hidden // bh), in_specs=in_specs(bm, bh), out_specs=out_specs(bm, bh),
+      interpret=_interpret(),
+      compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
+      name=name)
+
+
+def _gates_spec(bm, bh):
+  """A block of all four gates of some units, in a [B, 4, H] view of [B, 4H]."""
+  return pl.BlockSpec((bm, 4, bh), lambda i, j: (i, 0, j))
+
+
+def _state_spec(bm, bh):
+  return pl.BlockSpec((bm, bh), lambda i, j: (i, j))
+
+
 def _kernel(gx_ref, w_ref, c_ref, h_ref, c_out, h_out, t_out, *, block_k):
   rows, hidden = h_ref.shape
   units = c_ref.shape[1]
@@ -88,22 +109,13 @@ def cell(w, c, h, gx_t):
   """`lstm_kernel._cell` batch-major: w = w_h [H, 4H] (float32 or bfloat16), c and h [B, H]
   float32, gx_t [B, 4H] float32 -> the new (c, h) and t = tanh(s z) [B, 4H]."""
   (batch, hidden), dtype = c.shape, c.dtype
-  bm, bh, bk = _blocks(batch, hidden)
-  gates = lambda i, j: (i, 0, j)
-  state = lambda i, j: (i, j)
-  c, h, t = pl.pallas_call(
-      functools.partial(_kernel, block_k=bk),
-      out_shape=(jax.ShapeDtypeStruct((batch, hidden), dtype),) * 2
+  c, h, t = _call(
+      _kernel, 'lstm_cell', batch, hidden,
+      lambda bm, bh: [_gates_spec(bm, bh), pl.BlockSpec((hidden, 4, bh), lambda i, j: (0, 0, j)),
+                      _state_spec(bm, bh), pl.BlockSpec((bm, hidden), lambda i, j: (i, 0))],
+      lambda bm, bh: [_state_spec(bm, bh)] * 2 + [_gates_spec(bm, bh)],
+      (jax.ShapeDtypeStruct((batch, hidden), dtype),) * 2
       + (jax.ShapeDtypeStruct((batch, 4, hidden), dtype),),
-      grid=(batch // bm, hidden // bh),
-      in_specs=[pl.BlockSpec((bm, 4, bh), gates),
-                pl.BlockSpec((hidden, 4, bh), lambda i, j: (0, 0, j)),
-                pl.BlockSpec((bm, bh), state),
-                pl.BlockSpec((bm, hidden), lambda i, j: (i, 0))],
-      out_specs=[pl.BlockSpec((bm, bh), state)] * 2 + [pl.BlockSpec((bm, 4, bh), gates)],
-      interpret=_interpret(),
-      compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
-      name='lstm_cell',
   )(gx_t.reshape(batch, 4, hidden), w.reshape(hidden, 4, hidden), c, h)
   return c, h, t.reshape(batch, 4 * hidden)
 
@@ -142,23 +154,14 @@ def cell_grad(w, dz_next, dh_out, t, c, c_prev, dc):
   c_prev [B, H] of the previous one; dc [B, H], the gradient of c; all float32.
   -> dz [B, 4H], this step's gate gradients, and dc_prev [B, H], the gradient of c_prev."""
   (batch, hidden), dtype = c.shape, c.dtype
-  bm, bh, bk = _blocks(batch, hidden)
-  gates = lambda i, j: (i, 0, j)
-  state = lambda i, j: (i, j)
-  dz, dc = pl.pallas_call(
-      functools.partial(_grad_kernel, block_k=bk),
-      out_shape=(jax.ShapeDtypeStruct((batch, 4, hidden), dtype),
-                 jax.ShapeDtypeStruct((batch, hidden), dtype)),
-      grid=(batch // bm, hidden // bh),
-      in_specs=[pl.BlockSpec((bm, 4, hidden), lambda i, j: (i, 0, 0)),
-                pl.BlockSpec((bh, 4, hidden), lambda i, j: (j, 0, 0)),
-                pl.BlockSpec((bm, bh), state),
-                pl.BlockSpec((bm, 4, bh), gates)]
-      + [pl.BlockSpec((bm, bh), state)] * 3,
-      out_specs=[pl.BlockSpec((bm, 4, bh), gates), pl.BlockSpec((bm, bh), state)],
-      interpret=_interpret(),
-      compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
-      name='lstm_cell_grad',
+  dz, dc = _call(
+      _grad_kernel, 'lstm_cell_grad', batch, hidden,
+      lambda bm, bh: [pl.BlockSpec((bm, 4, hidden), lambda i, j: (i, 0, 0)),
+                      pl.BlockSpec((bh, 4, hidden), lambda i, j: (j, 0, 0)),
+                      _state_spec(bm, bh), _gates_spec(bm, bh)] + [_state_spec(bm, bh)] * 3,
+      lambda bm, bh: [_gates_spec(bm, bh), _state_spec(bm, bh)],
+      (jax.ShapeDtypeStruct((batch, 4, hidden), dtype),
+       jax.ShapeDtypeStruct((batch, hidden), dtype)),
   )(dz_next.reshape(batch, 4, hidden), w.reshape(hidden, 4, hidden), dh_out,
     t.reshape(batch, 4, hidden), c, c_prev, dc)
   return dz.reshape(batch, 4 * hidden), dc
