@@ -92,9 +92,11 @@ def _native_lstm_loops(model_config) -> bool:
   """Whether the model's LSTM layers would run the native CPU loops (see lstm_kernel); not
   asked (nor built) where JAX may run on an accelerator."""
   from charlm import lstm_kernel
-  # 'auto' is 'fused' on a CPU (model.auto_impl).
-  return (model_config.cell == 'lstm' and model_config.get('impl', 'auto') in ('auto', 'fused')
-          and not accelerator_possible()
+  from charlm import model as model_lib
+  impl = model_config.get('impl', 'auto')
+  if impl == 'auto':
+    impl = model_lib.auto_impl(model_config, None, backend='cpu')
+  return (model_config.cell == 'lstm' and impl == 'fused' and not accelerator_possible()
           and lstm_kernel.native_loops(model_config.get('dtype', 'float32'), backend='cpu'))
 
 
