@@ -104,39 +104,27 @@ def test_lstm_with_the_pallas_step_matches_xla_loops(final_state, monkeypatch):
   assert_trees_close(run(True), run(False))
 
 
+# The state operands after w of each kernel, in units of hidden: [B, n x H] float32.
+STATE_WIDTHS = {'cell': (1, 1, 4), 'cell_grad': (4, 1, 4, 1, 1, 1)}
+
+
+@pytest.mark.parametrize('kernel', ['cell', 'cell_grad'])
 @pytest.mark.parametrize('batch', [512, 64])
-def test_cell_lowers_to_a_triton_kernel_for_cuda(batch, monkeypatch):
+def test_kernels_lower_to_triton_for_cuda(kernel, batch, monkeypatch):
   """As on the GPU: 512 hidden, bfloat16 weights, Triton instead of interpret mode."""
   monkeypatch.setattr(lstm_pallas, '_interpret', lambda: False)
   hidden = 512
   assert lstm_pallas.supported(batch, hidden)
   args = [jax.ShapeDtypeStruct((hidden, 4 * hidden), jnp.bfloat16)] + [
-      jax.ShapeDtypeStruct(shape, jnp.float32)
-      for shape in ((batch, hidden), (batch, hidden), (batch, 4 * hidden))]
+      jax.ShapeDtypeStruct((batch, n * hidden), jnp.float32) for n in STATE_WIDTHS[kernel]]
   # jax 0.11 lowers Triton kernels for a GPU it knows, here an abstract H200 (sm_90).
   device = jax.sharding.AbstractDevice(device_kind='NVIDIA H200', num_cores=132, platform='gpu')
   with jax.sharding.use_abstract_mesh(
       jax.sharding.AbstractMesh((1,), ('x',), abstract_device=device)):
-    lowered = jax.jit(lstm_pallas.cell).trace(*args).lower(lowering_platforms=('cuda',))
+    lowered = jax.jit(getattr(lstm_pallas, kernel)).trace(*args).lower(
+        lowering_platforms=('cuda',))
   text = lowered.as_text()
   assert 'stablehlo.custom_call @__gpu$xla.gpu.triton(' in text, text[:2000]
   rows, units, _ = lstm_pallas._blocks(batch, hidden)
   assert f'grid_x = {batch // rows} : i32, grid_y = {hidden // units} : i32' in text
   assert (batch // rows) * (hidden // units) >= 128  # Programs for the GPU's 132 SMs.
-
-
-@pytest.mark.parametrize('batch', [512, 64])
-def test_cell_grad_lowers_to_a_triton_kernel_for_cuda(batch, monkeypatch):
-  """As on the GPU: 512 hidden, bfloat16 weights, Triton instead of interpret mode."""
-  monkeypatch.setattr(lstm_pallas, '_interpret', lambda: False)
-  hidden = 512
-  args = [jax.ShapeDtypeStruct((hidden, 4 * hidden), jnp.bfloat16)] + [
-      jax.ShapeDtypeStruct((batch, n * hidden), jnp.float32) for n in (4, 1, 4, 1, 1, 1)]
-  device = jax.sharding.AbstractDevice(device_kind='NVIDIA H200', num_cores=132, platform='gpu')
-  with jax.sharding.use_abstract_mesh(
-      jax.sharding.AbstractMesh((1,), ('x',), abstract_device=device)):
-    lowered = jax.jit(lstm_pallas.cell_grad).trace(*args).lower(lowering_platforms=('cuda',))
-  text = lowered.as_text()
-  assert 'stablehlo.custom_call @__gpu$xla.gpu.triton(' in text, text[:2000]
-  rows, units, _ = lstm_pallas._blocks(batch, hidden)
-  assert f'grid_x = {batch // rows} : i32, grid_y = {hidden // units} : i32' in text
