@@ -72,31 +72,25 @@ timeout "$t" python3 experiments/bench_train.py --peer_python "$PEER_PY" \
   --max_seconds $((t > 150 ? t - 125 : 30)) --out "$OUT/bench_train_gpu.json" 2>&1 | quiet \
   | tee "$RUNS/bench.txt" | grep -v '^|'
 
-t=$(budget 110)
-if [ "$t" -gt 0 ]; then
-  stage "bench_lstm_loops: the Pallas steps, 3x512 bfloat16 (${t} s at most)"
-  # In a process of its own: Triton compiles lstm_pallas's kernels here for the first time.
-  timeout "$t" python3 experiments/bench_lstm_loops.py \
-    --sizes "${PALLAS_SIZES:-3x512:512x100,3x512:64x100}" --loops bm:8:8,bm:8:8+pallas \
-    --dtype bfloat16 --rounds 5 --steps 10 --max_seconds 20 \
-    --peer_python "$PEER_PY" --peer_dir .carry --deadline $((t - 50)) \
-    --bench_out "$OUT/bench_lstm_loops_pallas_gpu.json" 2>&1 | quiet \
-    | grep -E '^(\||compiled|deadline|failed|round|--max|Traceback|[A-Za-z]*Error)'
-fi
-
-t=$(budget 140)
-if [ "$t" -gt 0 ]; then
-  stage "bench_lstm_loops: unrolls, 3x512 bfloat16 (${t} s at most)"
-  # bm:8:8 runs 100 steps as 10 x 10 now; +remainder as 12 x 8 + 4, as before 2026-11-26. A
-  # complete unroll (bm:100:100) did not finish compiling in 5 minutes on a 2-core CPU (3x64).
-  loops=bm:8:8,bm:8:8+remainder,bm:25:25,wavefront/bm:8:8
-  timeout "$t" python3 experiments/bench_lstm_loops.py \
-    --sizes "${LOOP_SIZES:-3x512:512x100}" --loops "${LOOPS:-$loops}" \
+# loops_stage SECONDS TITLE SIZES LOOPS JSON: bench_lstm_loops, bfloat16, against the peer;
+# compiling stops a minute before the stage's end, so that rounds and the peer still fit.
+loops_stage() {
+  local t; t=$(budget "$1"); [ "$t" -gt 0 ] || return 0
+  stage "bench_lstm_loops: $2, 3x512 bfloat16 (${t} s at most)"
+  timeout "$t" python3 experiments/bench_lstm_loops.py --sizes "$3" --loops "$4" \
     --dtype bfloat16 --rounds 5 --steps 10 --max_seconds 20 \
     --peer_python "$PEER_PY" --peer_dir .carry --deadline $((t - 60)) \
-    --bench_out "$OUT/bench_lstm_loops_gpu.json" 2>&1 | quiet \
-    | grep -E '^(\||compiled|deadline|failed|round|--max)'
-fi
+    --bench_out "$OUT/$5" 2>&1 | quiet \
+    | grep -E '^(\||compiled|deadline|failed|round|--max|Traceback|[A-Za-z]*Error)'
+}
+
+# In a stage of its own: Triton compiles lstm_pallas's kernels here for the first time.
+loops_stage 110 "the Pallas steps" "${PALLAS_SIZES:-3x512:512x100,3x512:64x100}" \
+  bm:8:8,bm:8:8+pallas bench_lstm_loops_pallas_gpu.json
+# bm:8:8 runs 100 steps as 10 x 10 now; +remainder as 12 x 8 + 4, as before 2026-11-26. A
+# complete unroll (bm:100:100) did not finish compiling in 5 minutes on a 2-core CPU (3x64).
+loops_stage 140 unrolls "${LOOP_SIZES:-3x512:512x100}" \
+  "${LOOPS:-bm:8:8,bm:8:8+remainder,bm:25:25,wavefront/bm:8:8}" bench_lstm_loops_gpu.json
 
 t=$(budget 75)
 if [ "$t" -gt 0 ]; then
