@@ -149,10 +149,14 @@ NATIVE_CPU = True  # On a CPU, run float32 loops as native code (lstm_cpu) where
 
 
 def native_loops(dtype, backend=None) -> bool:
-  """Whether float32 gates with recurrent weights of `dtype` run the native CPU loops on
-  `backend` (default: JAX's, which this then starts)."""
+  """Whether gate inputs and recurrent weights of `dtype` run the native CPU loops on `backend`
+  (default: JAX's, which this then starts): float32 only."""
   return (NATIVE_CPU and (backend or jax.default_backend()) == 'cpu'
           and jnp.dtype(dtype) == jnp.float32 and lstm_cpu.available())
+
+
+def _native(gx, w_h) -> bool:
+  return gx.dtype == jnp.float32 and native_loops(w_h.dtype)
 
 
 def _scale(hidden: int, dtype, feature_major: bool):
@@ -196,7 +200,7 @@ def _forward(gx, w_h, c0, h0, save):
   """The forward loop: (hs, or with `save` (hs, gate activations, previous cell states)), cT, hT
   and cT in the loop's layout."""
   feature_major, unroll, _ = _loops()
-  s = _scale(h0.shape[-1], gx.dtype, feature_major)
+  s = _scale(h0.shape[-1], jnp.float32, feature_major)
   w, layout = (w_h.T, jnp.transpose) if feature_major else (w_h, lambda x: x)
   cell = lambda c, h, gx_t: _cell(w, s, c, h, gx_t, feature_major)
   pallas = _pallas_for(feature_major, h0.shape)
@@ -215,33 +219,38 @@ def _forward(gx, w_h, c0, h0, save):
 
 @jax.custom_vjp
 def lstm(gx, w_h, c0, h0):
-  """gx [T, B, 4H] float32, w_h [H, 4H], c0 and h0 [B, H] -> (hs [T, B, H], cT, hT)."""
-  if native_loops(w_h.dtype):
+  """gx [T, B, 4H], w_h [H, 4H], c0 and h0 [B, H] float32 -> (hs [T, B, H], cT, hT), float32.
+
+  gx is float32 or the matmul dtype (w_h's); its gradient comes back in its dtype, rounded
+  inside the backward loop. The loops compute in float32 either way.
+  """
+  if _native(gx, w_h):
     return lstm_cpu.forward(gx, w_h, c0, h0)
   hs, c, h, _ = _forward(gx, w_h, c0, h0, save=False)
   return hs, c, h
 
 
 def _lstm_fwd(gx, w_h, c0, h0):
-  if native_loops(w_h.dtype):
+  gx_like = jnp.zeros((0,), gx.dtype)  # Residuals are arrays: an empty one holds the dtype.
+  if _native(gx, w_h):
     hs, c, h, ts, c_prevs = lstm_cpu.forward_saving(gx, w_h, c0, h0)
-    return (hs, c, h), (hs, ts, c_prevs, c, w_h, h0)
+    return (hs, c, h), (hs, ts, c_prevs, c, w_h, h0, gx_like)
   (hs, ts, c_prevs), c, h, c_state = _forward(gx, w_h, c0, h0, save=True)
-  return (hs, c, h), (hs, ts, c_prevs, c_state, w_h, h0)
+  return (hs, c, h), (hs, ts, c_prevs, c_state, w_h, h0, gx_like)
 
 
 def _lstm_bwd(residuals, cotangents):
-  hs, ts, c_prevs, c_last, w_h, h0 = residuals
+  hs, ts, c_prevs, c_last, w_h, h0, gx_like = residuals
   dhs, dc_last, dh_last = cotangents
   h_prev = jnp.concatenate([h0[None], hs[:-1]])
-  if native_loops(w_h.dtype):
+  if _native(gx_like, w_h):
     dzs, dc0, dh0 = lstm_cpu.backward(dhs, ts, c_prevs, c_last, dc_last, dh_last, w_h)
     return dzs, _weight_grad(h_prev, dzs, w_h.dtype), dc0, dh0
   feature_major, _, unroll = _loops()
   pallas = _pallas_for(feature_major, h0.shape)
   if pallas:
     dzs, dc0, dh0 = _pallas_backward(pallas, dhs, ts, c_prevs, c_last, dc_last, dh_last, w_h,
-                                     unroll)
+                                     unroll, gx_like.dtype)
     return dzs, _weight_grad(h_prev, dzs, w_h.dtype), dc0, dh0
   s = _scale(hs.shape[-1], ts.dtype, feature_major)
   axis = 0 if feature_major else -1
@@ -255,7 +264,7 @@ def _lstm_bwd(residuals, cotangents):
       dh = jnp.dot(w_h, dz.astype(w_h.dtype), preferred_element_type=jnp.float32)
     else:
       dh = jnp.dot(dz.astype(w_h.dtype), w_h.T, preferred_element_type=jnp.float32)
-    return (dh, dc, c_prev), layout(dz)
+    return (dh, dc, c_prev), layout(dz).astype(gx_like.dtype)
 
   (dh0, dc0, _), dzs = jax.lax.scan(step, (layout(dh_last), layout(dc_last), c_last),
                                      (dhs, ts, c_prevs), reverse=True,
@@ -263,12 +272,12 @@ def _lstm_bwd(residuals, cotangents):
   return dzs, _weight_grad(h_prev, dzs, w_h.dtype), layout(dc0), layout(dh0)
 
 
-def _pallas_backward(pallas, dhs, ts, c_prevs, c_last, dc_last, dh_last, w_h, unroll):
+def _pallas_backward(pallas, dhs, ts, c_prevs, c_last, dc_last, dh_last, w_h, unroll, dz_dtype):
   """The batch-major backward loop with `pallas.cell_grad` (lstm_pallas): (dzs, dc0, dh0).
 
   Each step starts with the product that XLA's loop ends with, so that one kernel runs it and
-  the gate arithmetic: the carry is the next step's dz, zeros at first, and the cotangent of
-  the final h joins the last step's output gradient instead.
+  the gate arithmetic: the carry is the next step's dz (in `dz_dtype`), zeros at first, and the
+  cotangent of the final h joins the last step's output gradient instead.
   """
   def step(carry, xs):
     dz_next, dc, c = carry  # c is this step's cell state; the loop reads the previous one.
@@ -276,7 +285,7 @@ def _pallas_backward(pallas, dhs, ts, c_prevs, c_last, dc_last, dh_last, w_h, un
     dz, dc = pallas.cell_grad(w_h, dz_next, dh_out, t, c, c_prev, dc)
     return (dz, dc, c_prev), dz
 
-  dz_next = jnp.zeros(ts.shape[1:], jnp.float32)
+  dz_next = jnp.zeros(ts.shape[1:], dz_dtype)
   (dz0, dc0, _), dzs = jax.lax.scan(step, (dz_next, dc_last, c_last),
                                     (dhs.at[-1].add(dh_last), ts, c_prevs), reverse=True,
                                     unroll=unroll_for(len(dhs), unroll))

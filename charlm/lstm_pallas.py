@@ -96,7 +96,8 @@ def _kernel(gx_ref, w_ref, c_ref, h_ref, c_out, h_out, t_out, *, block_k):
   zeros = jnp.zeros((rows, units), jnp.float32)
   acc = jax.lax.fori_loop(0, hidden // block_k, chunk, (zeros,) * 4)
   # As lstm_kernel._gates: t = tanh(s z), gate = s t + 1 - s, s = 1/2 but for g (s = 1).
-  t = [jnp.tanh((gx_ref[:, g, :] + a) * (1.0 if g == 2 else 0.5)) for g, a in enumerate(acc)]
+  t = [jnp.tanh((gx_ref[:, g, :].astype(jnp.float32) + a) * (1.0 if g == 2 else 0.5))
+       for g, a in enumerate(acc)]
   i, f, o = (x * 0.5 + 0.5 for x in (t[0], t[1], t[3]))
   c = f * c_ref[...] + i * t[2]
   c_out[...] = c
@@ -107,7 +108,8 @@ def _kernel(gx_ref, w_ref, c_ref, h_ref, c_out, h_out, t_out, *, block_k):
 
 def cell(w, c, h, gx_t):
   """`lstm_kernel._cell` batch-major: w = w_h [H, 4H] (float32 or bfloat16), c and h [B, H]
-  float32, gx_t [B, 4H] float32 -> the new (c, h) and t = tanh(s z) [B, 4H]."""
+  float32, gx_t [B, 4H] float32 or bfloat16 -> the new (c, h) and t = tanh(s z) [B, 4H],
+  float32."""
   (batch, hidden), dtype = c.shape, c.dtype
   c, h, t = _call(
       _kernel, 'lstm_cell', batch, hidden,
@@ -143,16 +145,17 @@ def _grad_kernel(dz_ref, w_ref, dh_ref, t_ref, c_ref, c_prev_ref, dc_ref, dz_out
   dc = dc_ref[...] + dh * o * (1 - tc * tc)
   da = (dc * t[2], dc * c_prev_ref[...], dc * i, dh * tc)
   for g, a in enumerate(da):
-    dz_out[:, g, :] = a * (1.0 if g == 2 else 0.25) * (1 - t[g] * t[g])
+    dz_out[:, g, :] = (a * (1.0 if g == 2 else 0.25) * (1 - t[g] * t[g])).astype(dz_out.dtype)
   dc_out[...] = dc * f
 
 
 def cell_grad(w, dz_next, dh_out, t, c, c_prev, dc):
   """One step of `lstm_kernel._lstm_bwd` batch-major, the product first: w = w_h [H, 4H]
-  (float32 or bfloat16); dz_next [B, 4H], the gate gradients of the next step; dh_out [B, H],
-  the gradient of this step's h from the layer's output; t [B, 4H] and c [B, H] of this step,
-  c_prev [B, H] of the previous one; dc [B, H], the gradient of c; all float32.
-  -> dz [B, 4H], this step's gate gradients, and dc_prev [B, H], the gradient of c_prev."""
+  (float32 or bfloat16); dz_next [B, 4H], the gate gradients of the next step (float32 or
+  bfloat16); dh_out [B, H], the gradient of this step's h from the layer's output; t [B, 4H]
+  and c [B, H] of this step, c_prev [B, H] of the previous one; dc [B, H], the gradient of c;
+  these float32. -> dz [B, 4H], this step's gate gradients in dz_next's dtype, and dc_prev
+  [B, H] float32, the gradient of c_prev."""
   (batch, hidden), dtype = c.shape, c.dtype
   dz, dc = _call(
       _grad_kernel, 'lstm_cell_grad', batch, hidden,
@@ -160,7 +163,7 @@ def cell_grad(w, dz_next, dh_out, t, c, c_prev, dc):
                       pl.BlockSpec((bh, 4, hidden), lambda i, j: (j, 0, 0)),
                       _state_spec(bm, bh), _gates_spec(bm, bh)] + [_state_spec(bm, bh)] * 3,
       lambda bm, bh: [_gates_spec(bm, bh), _state_spec(bm, bh)],
-      (jax.ShapeDtypeStruct((batch, 4, hidden), dtype),
+      (jax.ShapeDtypeStruct((batch, 4, hidden), dz_next.dtype),
        jax.ShapeDtypeStruct((batch, hidden), dtype)),
   )(dz_next.reshape(batch, 4, hidden), w.reshape(hidden, 4, hidden), dh_out,
     t.reshape(batch, 4, hidden), c, c_prev, dc)

@@ -73,7 +73,8 @@ def stack(gx0, w_x, b_x, w_h, c0, h0, keep):
   """L >= 2 LSTM layers over T steps; returns the top layer's hs [T, B, H] and the final c and h
   of every layer [L, B, H].
 
-  gx0 [T, B, 4H] float32 is layer 0's input projection; w_x [L - 1, H, 4H] and b_x [L - 1, 4H]
+  gx0 [T, B, 4H] is layer 0's input projection, float32 or the matmul dtype (its gradient comes
+  back in its dtype); w_x [L - 1, H, 4H] and b_x [L - 1, 4H]
   (float32) are the upper layers' input kernels and biases; w_h [L, H, 4H] the recurrent
   kernels (w_x and w_h in the matmul dtype); c0 and h0 [L, B, H] float32; keep [L - 1, T, B, H]
   multiplies each upper layer's input (dropout: the mask over the keep probability), or None.
@@ -85,11 +86,13 @@ def stack(gx0, w_x, b_x, w_h, c0, h0, keep):
 def _stack_fwd(gx0, w_x, b_x, w_h, c0, h0, keep):
   (hs, ts, c_prevs), c, h = _forward(gx0, w_x, b_x, w_h, c0, h0, keep, save=True)
   layers, steps = w_h.shape[0], gx0.shape[0]
-  return (_unskew(hs, layers - 1, steps), c, h), (hs, ts, c_prevs, c, w_x, w_h, h0, keep)
+  gx0_like = jnp.zeros((0,), gx0.dtype)  # Residuals are arrays: an empty one holds the dtype.
+  return (_unskew(hs, layers - 1, steps), c, h), (hs, ts, c_prevs, c, w_x, w_h, h0, keep,
+                                                  gx0_like)
 
 
 def _stack_bwd(residuals, cotangents):
-  hs, ts, c_prevs, c_last, w_x, w_h, h0, keep = residuals
+  hs, ts, c_prevs, c_last, w_x, w_h, h0, keep, gx0_like = residuals
   dhs, dc_last, dh_last = cotangents
   layers, hidden, dtype = w_h.shape[0], w_h.shape[1], w_h.dtype
   steps = dhs.shape[0]
@@ -112,7 +115,7 @@ def _stack_bwd(residuals, cotangents):
       dx = dx * keep_k
     carry = (jnp.where(active, jnp.concatenate([dh0_new[None], dh_up]), dh),
              jnp.where(active, dc_prev, dc), c_prev, dx)  # Outside its steps c_prev is c.
-    return carry, dz
+    return carry, dz.astype(gx0_like.dtype)
 
   xs = (jnp.arange(steps + layers - 1), _skew(dhs, layers - 1, layers), ts, c_prevs,
         _skewed_keep(keep, layers))
@@ -127,7 +130,7 @@ def _stack_bwd(residuals, cotangents):
   x = [h[n - 1] if keep is None else h[n - 1] * keep[n - 1] for n in range(1, layers)]
   dw_x = jnp.stack([lstm_kernel._weight_grad(x[n - 1], dz[n], w_x.dtype)
                     for n in range(1, layers)])
-  db_x = jnp.stack([dz[n].sum((0, 1)) for n in range(1, layers)])
+  db_x = jnp.stack([dz[n].sum((0, 1), dtype=jnp.float32) for n in range(1, layers)])
   dkeep = None if keep is None else jnp.zeros_like(keep)
   return dz[0], dw_x, db_x, dw_h, dc0, dh0, dkeep
 

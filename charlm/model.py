@@ -29,6 +29,20 @@ IMPLS = ('auto', 'fused', 'scan', 'cudnn', 'wavefront')
 # impl='auto' picks the wavefront up to this per-device batch x hidden (see auto_impl).
 WAVEFRONT_MAX_BATCH_HIDDEN = 64 * 1024
 DTYPES = ('float32', 'bfloat16')
+# Whether, with bfloat16 matmuls, the LSTM loops take their gate inputs gx [T, B, 4H] in
+# bfloat16 and give their gradients back in it. Either way gx holds bfloat16 values (the input
+# projection's output), the loops compute in float32, and the gradients are rounded to bfloat16
+# before every product they feed, so bfloat16 only halves the memory of the step's largest
+# sequences. On a 2-core CPU it lost: 2x256, batch 32 x 64, bfloat16 train step 0.88x in the
+# feature-major loops and 0.89x batch-major, 45 -> 41 MB a step (experiments/bench_lstm_loops.py
+# +bf16gx). Validation losses after 500 steps of configs/tinyshakespeare.py:small there: 1.7214
+# nats with it, 1.7211 without, 1.7218 in float32. A GPU candidate, off until timed there.
+GATE_INPUTS_BFLOAT16 = False
+
+
+def loop_dtype(dtype: str):
+  """The dtype of the gate inputs that the LSTM loops take, for matmuls in `dtype`."""
+  return jnp.dtype(dtype) if GATE_INPUTS_BFLOAT16 else jnp.float32
 
 
 def lstm_step(w_h, carry, gx):
@@ -117,12 +131,13 @@ class Recurrent(nn.Module):
     dot = project_dot_general if self.cell == 'lstm' and self.impl == 'fused' else None
     gx = nn.Dense(gates * h, bias_init=bias_init, dtype=self.dtype, dot_general=dot,
                   name='input')(xs)
-    gx = gx.astype(jnp.float32)
+    gx = gx.astype(jnp.float32)  # Then a lookup's gradient adds up rows in float32.
     if tokens is not None:
       gx = jnp.take(gx, tokens, axis=0, mode='clip')  # Ids are in range; 'fill' costs a select.
     w_h = self.param('recurrent', nn.initializers.orthogonal(), (h, gates * h))
     if self.cell == 'lstm' and self.impl == 'fused':
-      hs, c, h_last = lstm_kernel.lstm(gx, w_h.astype(self.dtype), *carry)
+      hs, c, h_last = lstm_kernel.lstm(gx.astype(loop_dtype(self.dtype)),
+                                       w_h.astype(self.dtype), *carry)
       return (c, h_last), hs
     if self.cell == 'lstm':
       step = lambda c, x: lstm_step(w_h, c, x)
@@ -192,6 +207,7 @@ class CharRNN(nn.Module):
            + b_x0.astype(dtype)).astype(jnp.float32)  # As nn.Dense(dtype=self.dtype).
     if lookup:
       gx0 = jnp.take(gx0, tokens, axis=0, mode='clip')
+    gx0 = gx0.astype(loop_dtype(self.dtype))
     keep = None
     if train and self.dropout > 0:  # Each upper layer's input mask, as nn.Dropout draws it.
       ones = jnp.ones((steps, batch, self.hidden), jnp.float32)

@@ -4,8 +4,9 @@
     python experiments/bench_lstm_loops.py --loops bm:8:8,wavefront/bm:8:8,wavefront/bm:16:16
     python experiments/bench_lstm_loops.py --loops bm:8:8,bm:8:8+remainder,bm:25:25,bm:50:50
     python experiments/bench_lstm_loops.py --loops bm:8:8,bm:8:8+pallas,bm:8:8+remainder+pallas
+    python experiments/bench_lstm_loops.py --loops bm:8:8,bm:8:8+bf16gx,wavefront/bm:8:8+bf16gx
 
-A candidate is [wavefront/]LOOPS[+remainder][+pallas]. LOOPS is a setting of
+A candidate is [wavefront/]LOOPS[+remainder][+pallas][+bf16gx]. LOOPS is a setting of
 `lstm_kernel.GPU_LOOPS` (or `CPU_LOOPS` on a CPU): state layout inside the loops, fm
 (feature-major) or bm (batch-major), then forward and backward unroll, which the loops round to
 a nearby divisor of their length (`lstm_kernel.unroll_for`: 8 becomes 10 for 100 steps); on a
@@ -14,7 +15,8 @@ CPU it may also be `native`, the native loops of `lstm_cpu`, which the others tu
 'fused'; `+remainder` keeps the unrolls as they are, with lax.scan's remainder loop
 (`UNROLL_DIVIDES = False`); `+pallas` runs each step, forward and backward, as one Pallas kernel
 (`lstm_kernel.PALLAS_CELL`, where `lstm_pallas.supported`; on a CPU in interpret mode, slow),
-for bm loops of 'fused' only.
+for bm loops of 'fused' only; `+bf16gx` passes the loops bfloat16 gate inputs and takes
+bfloat16 gradients back, with bfloat16 matmuls (`model.GATE_INPUTS_BFLOAT16`).
 For each size, every candidate compiles charlm's real train step
 (experiments/bench_train.py's), then the compiled steps run in alternating rounds, with the
 peer (torch.nn.LSTM) once per size. Later sizes try only the first candidate and the fastest
@@ -35,22 +37,25 @@ _LOOPS = flags.DEFINE_list('loops', ['fm:2:1', 'bm:2:1', 'bm:8:8', 'bm:4:4'],
                            '(feature-major) or bm (batch-major), or native (CPUs); a prefix '
                            'wavefront/ runs model.impl=wavefront, a suffix +remainder keeps '
                            "unrolls that do not divide the loop's length, +pallas (bm, not "
-                           'wavefront) steps with the Pallas kernels; the first is the '
-                           'baseline.')
+                           'wavefront) steps with the Pallas kernels, +bf16gx bfloat16 gate '
+                           'inputs; the first is the baseline.')
 _DTYPE = flags.DEFINE_string('dtype', 'bfloat16', "charlm's model.dtype.")
 _DEADLINE = flags.DEFINE_float('deadline', 240, 'Start no compile past this many seconds.')
 _BENCH_OUT = flags.DEFINE_string('bench_out', '', 'JSON results (empty: none).')
 
 
+SUFFIXES = ('remainder', 'pallas', 'bf16gx')
+
+
 def parse_candidate(text: str) -> tuple:
-  """'[impl/]loops[+remainder][+pallas]' -> (model.impl, loops, whether unrolls divide lengths,
-  whether the steps run the Pallas kernels), checked."""
+  """'[impl/]loops[+remainder][+pallas][+bf16gx]' -> (model.impl, loops, whether unrolls divide
+  lengths, whether the steps run the Pallas kernels, whether gate inputs are bfloat16), checked."""
   impl, _, rest = text.rpartition('/')
   loops, *suffixes = rest.split('+')
   impl = impl or 'fused'
-  if (impl not in ('fused', 'wavefront') or not set(suffixes) <= {'remainder', 'pallas'}
+  if (impl not in ('fused', 'wavefront') or not set(suffixes) <= set(SUFFIXES)
       or len(set(suffixes)) < len(suffixes)):
-    raise app.UsageError(f'{text}: use [wavefront/]LOOPS[+remainder][+pallas]')
+    raise app.UsageError(f'{text}: use [wavefront/]LOOPS[+{"][+".join(SUFFIXES)}]')
   feature_major = None
   if loops != 'native':
     try:
@@ -62,7 +67,7 @@ def parse_candidate(text: str) -> tuple:
   pallas = 'pallas' in suffixes
   if pallas and (impl != 'fused' or feature_major is not False):
     raise app.UsageError(f'{text}: +pallas is for the batch-major loops (bm) of fused only')
-  return impl, loops, 'remainder' not in suffixes, pallas
+  return impl, loops, 'remainder' not in suffixes, pallas, 'bf16gx' in suffixes
 
 
 def parse_loops(text: str) -> tuple:
@@ -78,8 +83,9 @@ def loops_setting() -> str:
 
 def set_loops(text: str) -> None:
   """Makes the LSTM run the loops `text` names (a candidate of --loops)."""
-  from charlm import lstm_kernel
-  _, text, lstm_kernel.UNROLL_DIVIDES, lstm_kernel.PALLAS_CELL = parse_candidate(text)
+  from charlm import lstm_kernel, model
+  (_, text, lstm_kernel.UNROLL_DIVIDES, lstm_kernel.PALLAS_CELL,
+   model.GATE_INPUTS_BFLOAT16) = parse_candidate(text)
   lstm_kernel.NATIVE_CPU = text == 'native'
   if text != 'native':
     setattr(lstm_kernel, loops_setting(), parse_loops(text))
@@ -150,6 +156,7 @@ def main(argv):
     base = statistics.median(rates.get((name, _LOOPS.value[0]), got))
     row = {'size': name, 'loops': loops, 'impl': runners[name, loops].impl,
            'unroll_divides': parse_candidate(loops)[2], 'pallas_cell': parse_candidate(loops)[3],
+           'gate_inputs_bfloat16': parse_candidate(loops)[4],
            'dtype': _DTYPE.value, 'chars_per_s': rate,
            'rounds': got, 'vs_first': rate / base, 'peer_chars_per_s': peer.get(name),
            'compile_s': runners[name, loops].compile_s,

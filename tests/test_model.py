@@ -277,6 +277,61 @@ def test_bfloat16_matmuls_stay_close():
   assert abs(losses[0] - losses[1]) < 2e-2
 
 
+@pytest.mark.parametrize('loops', [(True, 2, 1), (False, 8, 8)],
+                         ids=['feature-major', 'batch-major'])
+def test_bfloat16_gate_inputs_give_float32_results_rounded(loops, monkeypatch):
+  """lstm_kernel.lstm with bfloat16 gate inputs and weights, against float32 inputs of the same
+  values: the same outputs and gradients of w_h, c0 and h0, and the gate inputs' gradient
+  rounded to bfloat16 (the loops compute in float32 and round dz before each product anyway)."""
+  monkeypatch.setattr(lstm_kernel, 'NATIVE_CPU', False)
+  monkeypatch.setattr(lstm_kernel, 'CPU_LOOPS', loops)
+  monkeypatch.setattr(lstm_kernel, 'GPU_LOOPS', loops)
+  t, b, h = 9, 4, 8
+  gx, w_h, c0, h0, weights = random_like(
+      [jnp.zeros((t, b, 4 * h), jnp.bfloat16), jnp.zeros((h, 4 * h), jnp.bfloat16),
+       jnp.zeros((b, h)), jnp.zeros((b, h)), jnp.zeros((t, b, h))], scale=1.0, seed=4)
+
+  def loss(*args):
+    hs, c, hh = lstm_kernel.lstm(*args)
+    return jnp.sum(hs * weights) + jnp.sum(jnp.cos(c)) + jnp.sum(hh ** 2)
+
+  grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
+  loss16, grads16 = grad(gx, w_h, c0, h0)
+  loss32, grads32 = grad(gx.astype(jnp.float32), w_h, c0, h0)
+  assert grads16[0].dtype == jnp.bfloat16 and grads32[0].dtype == jnp.float32
+  assert_trees_close((loss16, grads16[1:]), (loss32, grads32[1:]), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(grads16[0].astype(jnp.float32),  # Within one bfloat16 step.
+                             grads32[0].astype(jnp.bfloat16).astype(jnp.float32), rtol=2 ** -7)
+
+
+@pytest.mark.parametrize('impl', ['fused', 'wavefront'])
+def test_bfloat16_gate_inputs_save_memory_and_train_alike(impl, monkeypatch):
+  """model.GATE_INPUTS_BFLOAT16: with bfloat16 matmuls, the loops' gate inputs and their
+  gradients in bfloat16. The compiled gradient needs less scratch memory than with float32
+  ones, and gives the same loss and gradients within bfloat16 rounding."""
+  monkeypatch.setattr(lstm_kernel, 'NATIVE_CPU', False)
+  monkeypatch.setattr(lstm_kernel, 'CPU_LOOPS', lstm_kernel.GPU_LOOPS)
+  model = model_lib.CharRNN(VOCAB, 'lstm', num_layers=3, hidden=32, dropout=0.3, impl=impl,
+                            dtype='bfloat16')
+  tokens = random_tokens((8, 20), VOCAB, seed=16)
+  targets = jnp.roll(tokens, -1, axis=1)
+  params, carry = random_params(model, seed=17, scale=0.2), random_carry(model, 8, seed=18)
+  apply = lambda p, x, c: model.apply({'params': p}, x, c, train=True,
+                                      rngs={'dropout': jax.random.PRNGKey(19)})
+  scratch, results = {}, {}
+  for narrow in (False, True):
+    monkeypatch.setattr(model_lib, 'GATE_INPUTS_BFLOAT16', narrow)
+    grad = jax.value_and_grad(loss_with_carry(apply, tokens, targets), argnums=(0, 1))
+    compiled = jax.jit(grad).lower(params, carry).compile()
+    scratch[narrow] = compiled.memory_analysis().temp_size_in_bytes
+    results[narrow] = compiled(params, carry)
+  assert scratch[True] < 0.95 * scratch[False], scratch
+  # Sums in bfloat16 differ in their last bits: compare each array as a whole.
+  for bf16, f32 in zip(jax.tree.leaves(results[True]), jax.tree.leaves(results[False]),
+                        strict=True):
+    assert float(jnp.linalg.norm(bf16 - f32)) <= 1e-2 * float(jnp.linalg.norm(f32))
+
+
 def test_from_config_and_count_params(caplog):
   config = ml_collections.ConfigDict({'cell': 'lstm', 'num_layers': 2, 'hidden': 8, 'embed': 0,
                                       'dropout': 0.0, 'impl': 'fused', 'dtype': 'float32'})
