@@ -117,6 +117,20 @@ UNROLL_DIVIDES = True  # Round each unroll to a divisor of the loop's length (`u
 # Run each batch-major step, forward and backward, as one Pallas kernel (`lstm_pallas.cell`,
 # `lstm_pallas.cell_grad`) where it applies: a GPU candidate, off until timed.
 PALLAS_CELL = False
+# With bfloat16 weights, save the gate activations t = tanh(s z) [T, B, 4H] for the backward
+# loop in float16 instead of float32: a GPU candidate, off until timed. They lie in [-1, 1],
+# where float16 keeps 11 significant bits (bfloat16 8, too few for the 1 - t^2 of saturated
+# gates), and they are the loops' largest saved sequence; the gradients stay within bfloat16
+# rounding of those with float32 ones (tests/test_model.py). On a 2-core CPU: 2x256 (32 x 64)
+# 1.00x, 45 -> 41 MB a step (experiments/bench_lstm_loops.py +f16t); validation loss after 500
+# steps of configs/tinyshakespeare.py:small 1.7211 nats, as without (float32: 1.7218).
+SAVED_GATES_FLOAT16 = False
+
+
+def saved_gates_dtype(w_dtype):
+  """The dtype in which the forward loop saves the gate activations, for weights of `w_dtype`."""
+  narrow = SAVED_GATES_FLOAT16 and jnp.dtype(w_dtype) == jnp.bfloat16
+  return jnp.dtype(jnp.float16 if narrow else jnp.float32)
 
 
 def _pallas_for(feature_major: bool, state_shape):
@@ -203,14 +217,15 @@ def _forward(gx, w_h, c0, h0, save):
   s = _scale(h0.shape[-1], jnp.float32, feature_major)
   w, layout = (w_h.T, jnp.transpose) if feature_major else (w_h, lambda x: x)
   cell = lambda c, h, gx_t: _cell(w, s, c, h, gx_t, feature_major)
+  t_dtype = saved_gates_dtype(w_h.dtype)
   pallas = _pallas_for(feature_major, h0.shape)
   if pallas:
-    cell = lambda c, h, gx_t: pallas.cell(w, c, h, gx_t)
+    cell = lambda c, h, gx_t: pallas.cell(w, c, h, gx_t, t_dtype)
 
   def step(carry, gx_t):
     c_prev, h = carry
     c, h, t = cell(c_prev, h, gx_t)
-    return (c, h), (layout(h), t, c_prev) if save else layout(h)
+    return (c, h), (layout(h), t.astype(t_dtype), c_prev) if save else layout(h)
 
   (c, h), out = jax.lax.scan(step, (layout(c0), layout(h0)), gx,
                              unroll=unroll_for(len(gx), unroll))
@@ -252,14 +267,14 @@ def _lstm_bwd(residuals, cotangents):
     dzs, dc0, dh0 = _pallas_backward(pallas, dhs, ts, c_prevs, c_last, dc_last, dh_last, w_h,
                                      unroll, gx_like.dtype)
     return dzs, _weight_grad(h_prev, dzs, w_h.dtype), dc0, dh0
-  s = _scale(hs.shape[-1], ts.dtype, feature_major)
+  s = _scale(hs.shape[-1], jnp.float32, feature_major)
   axis = 0 if feature_major else -1
   layout = jnp.transpose if feature_major else lambda x: x
 
   def step(carry, xs):
     dh, dc, c = carry  # c is this step's cell state; the loop reads the previous one.
     dh_out, t, c_prev = xs
-    dz, dc = _gates_grad(t, s, c, c_prev, dh + layout(dh_out), dc, axis)
+    dz, dc = _gates_grad(t.astype(jnp.float32), s, c, c_prev, dh + layout(dh_out), dc, axis)
     if feature_major:
       dh = jnp.dot(w_h, dz.astype(w_h.dtype), preferred_element_type=jnp.float32)
     else:

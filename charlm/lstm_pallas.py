@@ -103,13 +103,13 @@ def _kernel(gx_ref, w_ref, c_ref, h_ref, c_out, h_out, t_out, *, block_k):
   c_out[...] = c
   h_out[...] = o * jnp.tanh(c)
   for g in range(4):
-    t_out[:, g, :] = t[g]
+    t_out[:, g, :] = t[g].astype(t_out.dtype)
 
 
-def cell(w, c, h, gx_t):
+def cell(w, c, h, gx_t, t_dtype=jnp.float32):
   """`lstm_kernel._cell` batch-major: w = w_h [H, 4H] (float32 or bfloat16), c and h [B, H]
-  float32, gx_t [B, 4H] float32 or bfloat16 -> the new (c, h) and t = tanh(s z) [B, 4H],
-  float32."""
+  float32, gx_t [B, 4H] float32 or bfloat16 -> the new (c, h), float32, and t = tanh(s z)
+  [B, 4H] in `t_dtype`."""
   (batch, hidden), dtype = c.shape, c.dtype
   c, h, t = _call(
       _kernel, 'lstm_cell', batch, hidden,
@@ -117,7 +117,7 @@ def cell(w, c, h, gx_t):
                       _state_spec(bm, bh), pl.BlockSpec((bm, hidden), lambda i, j: (i, 0))],
       lambda bm, bh: [_state_spec(bm, bh)] * 2 + [_gates_spec(bm, bh)],
       (jax.ShapeDtypeStruct((batch, hidden), dtype),) * 2
-      + (jax.ShapeDtypeStruct((batch, 4, hidden), dtype),),
+      + (jax.ShapeDtypeStruct((batch, 4, hidden), t_dtype),),
   )(gx_t.reshape(batch, 4, hidden), w.reshape(hidden, 4, hidden), c, h)
   return c, h, t.reshape(batch, 4 * hidden)
 
@@ -138,7 +138,7 @@ def _grad_kernel(dz_ref, w_ref, dh_ref, t_ref, c_ref, c_prev_ref, dc_ref, dz_out
   acc = jax.lax.fori_loop(0, hidden // block_k, chunk, jnp.zeros((rows, units), jnp.float32))
   dh = dh_ref[...] + acc
   # As lstm_kernel._gates_grad, gate by gate: s = 1/2 but for g (s = 1).
-  t = [t_ref[:, g, :] for g in range(4)]
+  t = [t_ref[:, g, :].astype(jnp.float32) for g in range(4)]
   i, f, o = (x * 0.5 + 0.5 for x in (t[0], t[1], t[3]))
   c = c_ref[...]
   tc = jnp.tanh(c)
@@ -153,9 +153,9 @@ def cell_grad(w, dz_next, dh_out, t, c, c_prev, dc):
   """One step of `lstm_kernel._lstm_bwd` batch-major, the product first: w = w_h [H, 4H]
   (float32 or bfloat16); dz_next [B, 4H], the gate gradients of the next step (float32 or
   bfloat16); dh_out [B, H], the gradient of this step's h from the layer's output; t [B, 4H]
-  and c [B, H] of this step, c_prev [B, H] of the previous one; dc [B, H], the gradient of c;
-  these float32. -> dz [B, 4H], this step's gate gradients in dz_next's dtype, and dc_prev
-  [B, H] float32, the gradient of c_prev."""
+  (float32 or float16) and c [B, H] of this step, c_prev [B, H] of the previous one; dc [B, H],
+  the gradient of c; but for t these float32. -> dz [B, 4H], this step's gate gradients in
+  dz_next's dtype, and dc_prev [B, H] float32, the gradient of c_prev."""
   (batch, hidden), dtype = c.shape, c.dtype
   dz, dc = _call(
       _grad_kernel, 'lstm_cell_grad', batch, hidden,

@@ -47,7 +47,7 @@ def _forward(gx0, w_x, b_x, w_h, c0, h0, keep, save):
   _, unroll, _ = lstm_kernel._loops()
   s = lstm_kernel._scale(hidden, jnp.float32, feature_major=False)
   w_up = jnp.concatenate([w_x, w_h[1:]], axis=1)  # [L - 1, 2H, 4H]
-  dtype = w_h.dtype
+  dtype, t_dtype = w_h.dtype, lstm_kernel.saved_gates_dtype(w_h.dtype)
 
   def step(carry, xs):
     c, h = carry
@@ -60,7 +60,7 @@ def _forward(gx0, w_x, b_x, w_h, c0, h0, keep, save):
     c_new, h_new, t = lstm_kernel._gates(jnp.concatenate([z0[None], z_up]), s, c, axis=-1)
     active = _active(k, layers, steps)
     carry = jnp.where(active, c_new, c), jnp.where(active, h_new, h)
-    return carry, (h_new, t, c) if save else h_new
+    return carry, (h_new, t.astype(t_dtype), c) if save else h_new
 
   xs = (jnp.arange(steps + layers - 1), _skew(gx0, 0, layers), _skewed_keep(keep, layers))
   (c, h), out = jax.lax.scan(step, (c0, h0), xs,
@@ -104,7 +104,7 @@ def _stack_bwd(residuals, cotangents):
     dh, dc, c, dx = carry  # dx: the gradient of each lower layer's output at its time now.
     k, dh_top, t, c_prev, keep_k = xs
     dh = dh + jnp.concatenate([dx, dh_top[None]])
-    dz, dc_prev = lstm_kernel._gates_grad(t, s, c, c_prev, dh, dc, axis=-1)
+    dz, dc_prev = lstm_kernel._gates_grad(t.astype(jnp.float32), s, c, c_prev, dh, dc, axis=-1)
     active = _active(k, layers, steps)
     dz = jnp.where(active, dz, 0)
     dzc = dz.astype(dtype)

@@ -4,9 +4,9 @@
     python experiments/bench_lstm_loops.py --loops bm:8:8,wavefront/bm:8:8,wavefront/bm:16:16
     python experiments/bench_lstm_loops.py --loops bm:8:8,bm:8:8+remainder,bm:25:25,bm:50:50
     python experiments/bench_lstm_loops.py --loops bm:8:8,bm:8:8+pallas,bm:8:8+remainder+pallas
-    python experiments/bench_lstm_loops.py --loops bm:8:8,bm:8:8+bf16gx,wavefront/bm:8:8+bf16gx
+    python experiments/bench_lstm_loops.py --loops bm:8:8,bm:8:8+bf16gx,bm:8:8+bf16gx+f16t
 
-A candidate is [wavefront/]LOOPS[+remainder][+pallas][+bf16gx]. LOOPS is a setting of
+A candidate is [wavefront/]LOOPS[+remainder][+pallas][+bf16gx][+f16t]. LOOPS is a setting of
 `lstm_kernel.GPU_LOOPS` (or `CPU_LOOPS` on a CPU): state layout inside the loops, fm
 (feature-major) or bm (batch-major), then forward and backward unroll, which the loops round to
 a nearby divisor of their length (`lstm_kernel.unroll_for`: 8 becomes 10 for 100 steps); on a
@@ -16,7 +16,8 @@ CPU it may also be `native`, the native loops of `lstm_cpu`, which the others tu
 (`UNROLL_DIVIDES = False`); `+pallas` runs each step, forward and backward, as one Pallas kernel
 (`lstm_kernel.PALLAS_CELL`, where `lstm_pallas.supported`; on a CPU in interpret mode, slow),
 for bm loops of 'fused' only; `+bf16gx` passes the loops bfloat16 gate inputs and takes
-bfloat16 gradients back, with bfloat16 matmuls (`model.GATE_INPUTS_BFLOAT16`).
+bfloat16 gradients back, with bfloat16 matmuls (`model.GATE_INPUTS_BFLOAT16`); `+f16t` saves
+the gate activations for the backward loop in float16 (`lstm_kernel.SAVED_GATES_FLOAT16`).
 For each size, every candidate compiles charlm's real train step
 (experiments/bench_train.py's), then the compiled steps run in alternating rounds, with the
 peer (torch.nn.LSTM) once per size. Later sizes try only the first candidate and the fastest
@@ -28,6 +29,7 @@ import json
 import os
 import statistics
 import time
+from typing import NamedTuple
 
 import bench_train
 from absl import app, flags
@@ -38,18 +40,27 @@ _LOOPS = flags.DEFINE_list('loops', ['fm:2:1', 'bm:2:1', 'bm:8:8', 'bm:4:4'],
                            'wavefront/ runs model.impl=wavefront, a suffix +remainder keeps '
                            "unrolls that do not divide the loop's length, +pallas (bm, not "
                            'wavefront) steps with the Pallas kernels, +bf16gx bfloat16 gate '
-                           'inputs; the first is the baseline.')
+                           'inputs, +f16t gate activations saved in float16; the first is '
+                           'the baseline.')
 _DTYPE = flags.DEFINE_string('dtype', 'bfloat16', "charlm's model.dtype.")
 _DEADLINE = flags.DEFINE_float('deadline', 240, 'Start no compile past this many seconds.')
 _BENCH_OUT = flags.DEFINE_string('bench_out', '', 'JSON results (empty: none).')
 
 
-SUFFIXES = ('remainder', 'pallas', 'bf16gx')
+SUFFIXES = ('remainder', 'pallas', 'bf16gx', 'f16t')
 
 
-def parse_candidate(text: str) -> tuple:
-  """'[impl/]loops[+remainder][+pallas][+bf16gx]' -> (model.impl, loops, whether unrolls divide
-  lengths, whether the steps run the Pallas kernels, whether gate inputs are bfloat16), checked."""
+class Candidate(NamedTuple):
+  impl: str  # model.impl
+  loops: str
+  unroll_divides: bool  # lstm_kernel.UNROLL_DIVIDES
+  pallas_cell: bool  # lstm_kernel.PALLAS_CELL
+  gate_inputs_bfloat16: bool  # model.GATE_INPUTS_BFLOAT16
+  saved_gates_float16: bool  # lstm_kernel.SAVED_GATES_FLOAT16
+
+
+def parse_candidate(text: str) -> Candidate:
+  """'[impl/]loops[+remainder][+pallas][+bf16gx][+f16t]', checked."""
   impl, _, rest = text.rpartition('/')
   loops, *suffixes = rest.split('+')
   impl = impl or 'fused'
@@ -67,7 +78,8 @@ def parse_candidate(text: str) -> tuple:
   pallas = 'pallas' in suffixes
   if pallas and (impl != 'fused' or feature_major is not False):
     raise app.UsageError(f'{text}: +pallas is for the batch-major loops (bm) of fused only')
-  return impl, loops, 'remainder' not in suffixes, pallas, 'bf16gx' in suffixes
+  return Candidate(impl, loops, 'remainder' not in suffixes, pallas, 'bf16gx' in suffixes,
+                   'f16t' in suffixes)
 
 
 def parse_loops(text: str) -> tuple:
@@ -84,11 +96,14 @@ def loops_setting() -> str:
 def set_loops(text: str) -> None:
   """Makes the LSTM run the loops `text` names (a candidate of --loops)."""
   from charlm import lstm_kernel, model
-  (_, text, lstm_kernel.UNROLL_DIVIDES, lstm_kernel.PALLAS_CELL,
-   model.GATE_INPUTS_BFLOAT16) = parse_candidate(text)
-  lstm_kernel.NATIVE_CPU = text == 'native'
-  if text != 'native':
-    setattr(lstm_kernel, loops_setting(), parse_loops(text))
+  candidate = parse_candidate(text)
+  lstm_kernel.UNROLL_DIVIDES = candidate.unroll_divides
+  lstm_kernel.PALLAS_CELL = candidate.pallas_cell
+  model.GATE_INPUTS_BFLOAT16 = candidate.gate_inputs_bfloat16
+  lstm_kernel.SAVED_GATES_FLOAT16 = candidate.saved_gates_float16
+  lstm_kernel.NATIVE_CPU = candidate.loops == 'native'
+  if candidate.loops != 'native':
+    setattr(lstm_kernel, loops_setting(), parse_loops(candidate.loops))
 
 
 def main(argv):
@@ -118,7 +133,7 @@ def main(argv):
       if time.perf_counter() - start > _DEADLINE.value:
         print(f'deadline: {size["name"]} {loops} not compiled', flush=True)
         continue
-      impl = parse_candidate(loops)[0]
+      impl = parse_candidate(loops).impl
       set_loops(loops)
       try:
         runner = bench_train.Charlm(size, impl, _DTYPE.value)
@@ -154,10 +169,8 @@ def main(argv):
   for (name, loops), got in rates.items():
     rate = statistics.median(got)
     base = statistics.median(rates.get((name, _LOOPS.value[0]), got))
-    row = {'size': name, 'loops': loops, 'impl': runners[name, loops].impl,
-           'unroll_divides': parse_candidate(loops)[2], 'pallas_cell': parse_candidate(loops)[3],
-           'gate_inputs_bfloat16': parse_candidate(loops)[4],
-           'dtype': _DTYPE.value, 'chars_per_s': rate,
+    row = {**parse_candidate(loops)._asdict(), 'size': name, 'loops': loops,
+           'impl': runners[name, loops].impl, 'dtype': _DTYPE.value, 'chars_per_s': rate,
            'rounds': got, 'vs_first': rate / base, 'peer_chars_per_s': peer.get(name),
            'compile_s': runners[name, loops].compile_s,
            'step_mb': runners[name, loops].step_mb}

@@ -5,10 +5,10 @@
 # ('wavefront'; float32 is what model.impl='auto' has not measured yet); the Pallas steps, forward
 # and backward (lstm_pallas, +pallas), against XLA's; the loops' unrolls (rounded to a divisor of
 # the length, as lstm_kernel now does, against the remainder loop of before, and larger) and
-# bfloat16 gate inputs against float32 ones (+bf16gx); charlm's
-# fast-LSTM tests on the GPU (the Pallas kernel's included); a profile of the batch-512 step;
-# then, if time is left, two training runs on tiny-shakespeare ('auto' in bfloat16 and fused
-# float32: loss curves compared), sampling speed and a sample. Results land in $OUT.
+# bfloat16 gate inputs and float16 saved gate activations against float32 (+bf16gx, +f16t);
+# charlm's fast-LSTM tests on the GPU (the Pallas kernel's included); a profile of the batch-512
+# step; then, if time is left, two training runs on tiny-shakespeare ('auto' in bfloat16 and
+# fused float32: loss curves compared), sampling speed and a sample. Results land in $OUT.
 #
 # The GPU image has jax (CUDA), flax, optax, orbax and torch but no network: carry the rest.
 # From the repository root, once:
@@ -90,10 +90,11 @@ loops_stage 110 "the Pallas steps" "${PALLAS_SIZES:-3x512:512x100,3x512:64x100}"
   bm:8:8,bm:8:8+pallas bench_lstm_loops_pallas_gpu.json
 # bm:8:8 runs 100 steps as 10 x 10 now; +remainder as 12 x 8 + 4, as before 2026-11-26. A
 # complete unroll (bm:100:100) did not finish compiling in 5 minutes on a 2-core CPU (3x64).
-# +bf16gx: bfloat16 gate inputs and gradients between the loops and the products (float32 by
-# default; on a 2-core CPU bfloat16 lost, 0.88x).
-loops_stage 150 "unrolls and gate-input dtype" "${LOOP_SIZES:-3x512:512x100}" \
-  "${LOOPS:-bm:8:8,bm:8:8+bf16gx,bm:8:8+remainder,bm:25:25,wavefront/bm:8:8}" \
+# +bf16gx: bfloat16 gate inputs and gradients between the loops and the products; +f16t: the
+# gate activations saved in float16 (both float32 by default; on a 2-core CPU, 0.88x and 1.00x).
+loops_stage 170 "unrolls, bfloat16 gate inputs, float16 saved gates" \
+  "${LOOP_SIZES:-3x512:512x100}" \
+  "${LOOPS:-bm:8:8,bm:8:8+bf16gx,bm:8:8+f16t,bm:8:8+bf16gx+f16t,bm:8:8+remainder,bm:25:25}" \
   bench_lstm_loops_gpu.json
 
 t=$(budget 75)

@@ -74,7 +74,7 @@ def main(argv):
   if _LOOPS_SET.value:
     bench_lstm_loops.set_loops(_LOOPS_SET.value)
     if '/' in _LOOPS_SET.value:
-      impl = bench_lstm_loops.parse_candidate(_LOOPS_SET.value)[0]
+      impl = bench_lstm_loops.parse_candidate(_LOOPS_SET.value).impl
   size = bench_train.parse_size(_SIZE.value)
   runner = bench_train.Charlm(size, impl, _MODEL_DTYPE.value)
   runner.run(3)

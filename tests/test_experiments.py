@@ -37,17 +37,18 @@ def test_profile_step_names_the_operations_of_a_step(tmp_path):
 def test_lstm_loop_candidates_are_timed_against_the_first(tmp_path):
   out_json = tmp_path / 'loops.json'
   run(['experiments/bench_lstm_loops.py', '--sizes', '2x16:16x8,2x16:2x8', '--loops',
-       'native,bm:3:2,wavefront/bm:4:4+remainder+bf16gx,bm:2:2+pallas+remainder', '--dtype',
+       'native,bm:3:2,wavefront/bm:4:4+remainder+bf16gx,bm:2:2+pallas+remainder+f16t', '--dtype',
        'float32', '--rounds', '3', '--max_seconds', '1e-6', '--steps', '2', '--no_peer',
        '--bench_out', str(out_json)])
   rows = json.loads(out_json.read_text())['results']
   assert [(r['size'], r['loops'], r['impl']) for r in rows[:4]] == [
       ('2x16:16x8', 'native', 'fused'), ('2x16:16x8', 'bm:3:2', 'fused'),
       ('2x16:16x8', 'wavefront/bm:4:4+remainder+bf16gx', 'wavefront'),
-      ('2x16:16x8', 'bm:2:2+pallas+remainder', 'fused')]
+      ('2x16:16x8', 'bm:2:2+pallas+remainder+f16t', 'fused')]
   assert [r['unroll_divides'] for r in rows[:4]] == [True, True, False, False]
   assert [r['pallas_cell'] for r in rows[:4]] == [False, False, False, True]
   assert [r['gate_inputs_bfloat16'] for r in rows[:4]] == [False, False, True, False]
+  assert [r['saved_gates_float16'] for r in rows[:4]] == [False, False, False, True]
   # The second size: the baseline and the first size's fastest other candidate.
   assert [(r['size'], r['loops']) for r in rows[4:5]] == [('2x16:2x8', 'native')]
   assert len(rows) == 6 and rows[5]['loops'] in [r['loops'] for r in rows[1:4]]
@@ -64,9 +65,9 @@ def test_lstm_loop_candidates_that_cannot_run_are_refused(text, error):
   with pytest.raises(app.UsageError, match=error):
     bench_lstm_loops.parse_candidate(text)
   assert bench_lstm_loops.parse_candidate('bm:8:8+remainder+pallas') == (
-      'fused', 'bm:8:8', False, True, False)
-  assert bench_lstm_loops.parse_candidate('wavefront/bm:8:8+bf16gx') == (
-      'wavefront', 'bm:8:8', True, False, True)
+      'fused', 'bm:8:8', False, True, False, False)
+  assert bench_lstm_loops.parse_candidate('wavefront/bm:8:8+f16t+bf16gx') == (
+      'wavefront', 'bm:8:8', True, False, True, True)
 
 
 def test_bench_train_times_each_variant(tmp_path):

@@ -1,6 +1,8 @@
 """The Pallas LSTM steps (lstm_pallas), forward and backward: against XLA's steps in interpret
 mode, inside the LSTM's loops with PALLAS_CELL, and lowered for CUDA (their compilation and
 speed need a GPU)."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -78,13 +80,17 @@ def test_supported_shapes():
   assert not lstm_pallas.supported(64, 40)
 
 
-@pytest.mark.parametrize('final_state,dtype', [(True, jnp.float32), (False, jnp.float32),
-                                               (True, jnp.bfloat16)])
-def test_lstm_with_the_pallas_step_matches_xla_loops(final_state, dtype, monkeypatch):
+@pytest.mark.parametrize('final_state,dtype,saved_float16', [
+    (True, jnp.float32, False), (False, jnp.float32, False), (True, jnp.bfloat16, False),
+    (True, jnp.bfloat16, True)])
+def test_lstm_with_the_pallas_step_matches_xla_loops(final_state, dtype, saved_float16,
+                                                     monkeypatch):
   """Forward and jax.grad with respect to all inputs, through the hand-written backward pass;
   with `final_state` the loss reads the final (c, h) too, so that their cotangents are not 0.
-  In bfloat16 the gate inputs and weights are bfloat16, as model.CharRNN passes them."""
+  In bfloat16 the gate inputs and weights are bfloat16, as model.GATE_INPUTS_BFLOAT16 passes
+  them, and with `saved_float16` the loops save the gate activations in float16."""
   small_blocks(monkeypatch)
+  monkeypatch.setattr(lstm_kernel, 'SAVED_GATES_FLOAT16', saved_float16)
   monkeypatch.setattr(lstm_kernel, 'NATIVE_CPU', False)
   monkeypatch.setattr(lstm_kernel, 'CPU_LOOPS', (False, 2, 2))
   monkeypatch.setattr(lstm_kernel, 'GPU_LOOPS', (False, 2, 2))
@@ -108,26 +114,33 @@ def test_lstm_with_the_pallas_step_matches_xla_loops(final_state, dtype, monkeyp
   assert_trees_close(run(True), run(False), **tol)
 
 
-# The operands after w of each kernel, as the model passes them: [B, n x H] of a dtype.
-F32, BF16 = jnp.float32, jnp.bfloat16
+# The operands after w of each kernel, as the model passes them: [B, n x H] of a dtype; T is
+# the saved gate activations' (lstm_kernel.SAVED_GATES_FLOAT16).
+F32, BF16, T = jnp.float32, jnp.bfloat16, 't'
 STATE_WIDTHS = {'cell': ((1, F32), (1, F32), (4, BF16)),
-                'cell_grad': ((4, BF16), (1, F32), (4, F32), (1, F32), (1, F32), (1, F32))}
+                'cell_grad': ((4, BF16), (1, F32), (4, T), (1, F32), (1, F32), (1, F32))}
 
 
+@pytest.mark.parametrize('saved', [jnp.float32, jnp.float16])
 @pytest.mark.parametrize('kernel', ['cell', 'cell_grad'])
 @pytest.mark.parametrize('batch', [512, 64])
-def test_kernels_lower_to_triton_for_cuda(kernel, batch, monkeypatch):
-  """As on the GPU: 512 hidden, bfloat16 weights, Triton instead of interpret mode."""
+def test_kernels_lower_to_triton_for_cuda(kernel, batch, saved, monkeypatch):
+  """As on the GPU: 512 hidden, bfloat16 weights, Triton instead of interpret mode, with the
+  gate activations saved in `saved`."""
   monkeypatch.setattr(lstm_pallas, '_interpret', lambda: False)
   hidden = 512
   assert lstm_pallas.supported(batch, hidden)
   args = [jax.ShapeDtypeStruct((hidden, 4 * hidden), jnp.bfloat16)] + [
-      jax.ShapeDtypeStruct((batch, n * hidden), dtype) for n, dtype in STATE_WIDTHS[kernel]]
+      jax.ShapeDtypeStruct((batch, n * hidden), saved if dtype == T else dtype)
+      for n, dtype in STATE_WIDTHS[kernel]]
+  fn = getattr(lstm_pallas, kernel)
+  if kernel == 'cell':
+    fn = functools.partial(fn, t_dtype=saved)
   # jax 0.11 lowers Triton kernels for a GPU it knows, here an abstract H200 (sm_90).
   device = jax.sharding.AbstractDevice(device_kind='NVIDIA H200', num_cores=132, platform='gpu')
   with jax.sharding.use_abstract_mesh(
       jax.sharding.AbstractMesh((1,), ('x',), abstract_device=device)):
-    lowered = jax.jit(getattr(lstm_pallas, kernel)).trace(*args).lower(
+    lowered = jax.jit(fn).trace(*args).lower(
         lowering_platforms=('cuda',))
   text = lowered.as_text()
   assert 'stablehlo.custom_call @__gpu$xla.gpu.triton(' in text, text[:2000]

@@ -304,11 +304,18 @@ def test_bfloat16_gate_inputs_give_float32_results_rounded(loops, monkeypatch):
                              grads32[0].astype(jnp.bfloat16).astype(jnp.float32), rtol=2 ** -7)
 
 
+# The GPU candidates that narrow what the loops exchange and save, with bfloat16 matmuls.
+NARROWING = {'gate inputs': (model_lib, 'GATE_INPUTS_BFLOAT16'),
+             'saved gates': (lstm_kernel, 'SAVED_GATES_FLOAT16')}
+
+
+@pytest.mark.parametrize('option', list(NARROWING))
 @pytest.mark.parametrize('impl', ['fused', 'wavefront'])
-def test_bfloat16_gate_inputs_save_memory_and_train_alike(impl, monkeypatch):
-  """model.GATE_INPUTS_BFLOAT16: with bfloat16 matmuls, the loops' gate inputs and their
-  gradients in bfloat16. The compiled gradient needs less scratch memory than with float32
-  ones, and gives the same loss and gradients within bfloat16 rounding."""
+def test_bfloat16_narrowing_saves_memory_and_trains_alike(impl, option, monkeypatch):
+  """model.GATE_INPUTS_BFLOAT16 (the loops' gate inputs and their gradients in bfloat16) and
+  lstm_kernel.SAVED_GATES_FLOAT16 (the saved gate activations in float16): each makes the
+  compiled gradient need less scratch memory, and gives the same loss and gradients within
+  bfloat16 rounding."""
   monkeypatch.setattr(lstm_kernel, 'NATIVE_CPU', False)
   monkeypatch.setattr(lstm_kernel, 'CPU_LOOPS', lstm_kernel.GPU_LOOPS)
   model = model_lib.CharRNN(VOCAB, 'lstm', num_layers=3, hidden=32, dropout=0.3, impl=impl,
@@ -320,16 +327,16 @@ def test_bfloat16_gate_inputs_save_memory_and_train_alike(impl, monkeypatch):
                                       rngs={'dropout': jax.random.PRNGKey(19)})
   scratch, results = {}, {}
   for narrow in (False, True):
-    monkeypatch.setattr(model_lib, 'GATE_INPUTS_BFLOAT16', narrow)
+    monkeypatch.setattr(*NARROWING[option], narrow)
     grad = jax.value_and_grad(loss_with_carry(apply, tokens, targets), argnums=(0, 1))
     compiled = jax.jit(grad).lower(params, carry).compile()
     scratch[narrow] = compiled.memory_analysis().temp_size_in_bytes
     results[narrow] = compiled(params, carry)
   assert scratch[True] < 0.95 * scratch[False], scratch
   # Sums in bfloat16 differ in their last bits: compare each array as a whole.
-  for bf16, f32 in zip(jax.tree.leaves(results[True]), jax.tree.leaves(results[False]),
-                        strict=True):
-    assert float(jnp.linalg.norm(bf16 - f32)) <= 1e-2 * float(jnp.linalg.norm(f32))
+  for narrow, wide in zip(jax.tree.leaves(results[True]), jax.tree.leaves(results[False]),
+                          strict=True):
+    assert float(jnp.linalg.norm(narrow - wide)) <= 1e-2 * float(jnp.linalg.norm(wide))
 
 
 def test_from_config_and_count_params(caplog):
