@@ -47,26 +47,20 @@ _DEADLINE = flags.DEFINE_float('deadline', 240, 'Start no compile past this many
 _BENCH_OUT = flags.DEFINE_string('bench_out', '', 'JSON results (empty: none).')
 
 
-SUFFIXES = ('remainder', 'pallas', 'bf16gx', 'f16t')
-
-
 class Candidate(NamedTuple):
   impl: str  # model.impl
   loops: str
-  unroll_divides: bool  # lstm_kernel.UNROLL_DIVIDES
-  pallas_cell: bool  # lstm_kernel.PALLAS_CELL
-  gate_inputs_bfloat16: bool  # model.GATE_INPUTS_BFLOAT16
-  saved_gates_float16: bool  # lstm_kernel.SAVED_GATES_FLOAT16
+  options: frozenset  # Names of bench_train.OPTIONS.
 
 
 def parse_candidate(text: str) -> Candidate:
-  """'[impl/]loops[+remainder][+pallas][+bf16gx][+f16t]', checked."""
+  """'[impl/]loops[+option...]' (bench_train.OPTIONS), checked."""
   impl, _, rest = text.rpartition('/')
-  loops, *suffixes = rest.split('+')
+  loops, *options = rest.split('+')
   impl = impl or 'fused'
-  if (impl not in ('fused', 'wavefront') or not set(suffixes) <= set(SUFFIXES)
-      or len(set(suffixes)) < len(suffixes)):
-    raise app.UsageError(f'{text}: use [wavefront/]LOOPS[+{"][+".join(SUFFIXES)}]')
+  if impl not in ('fused', 'wavefront'):
+    raise app.UsageError(f'{text}: use [wavefront/]LOOPS[+OPTION...]')
+  options = bench_train.parse_options(text, options)
   feature_major = None
   if loops != 'native':
     try:
@@ -75,11 +69,9 @@ def parse_candidate(text: str) -> Candidate:
       raise app.UsageError(f'{text}: LOOPS is native or fm|bm:FORWARD:BACKWARD') from None
     if impl == 'wavefront' and feature_major:
       raise app.UsageError(f'{text}: the wavefront loop is batch-major only (bm)')
-  pallas = 'pallas' in suffixes
-  if pallas and (impl != 'fused' or feature_major is not False):
+  if 'pallas' in options and (impl != 'fused' or feature_major is not False):
     raise app.UsageError(f'{text}: +pallas is for the batch-major loops (bm) of fused only')
-  return Candidate(impl, loops, 'remainder' not in suffixes, pallas, 'bf16gx' in suffixes,
-                   'f16t' in suffixes)
+  return Candidate(impl, loops, options)
 
 
 def parse_loops(text: str) -> tuple:
@@ -95,12 +87,9 @@ def loops_setting() -> str:
 
 def set_loops(text: str) -> None:
   """Makes the LSTM run the loops `text` names (a candidate of --loops)."""
-  from charlm import lstm_kernel, model
+  from charlm import lstm_kernel
   candidate = parse_candidate(text)
-  lstm_kernel.UNROLL_DIVIDES = candidate.unroll_divides
-  lstm_kernel.PALLAS_CELL = candidate.pallas_cell
-  model.GATE_INPUTS_BFLOAT16 = candidate.gate_inputs_bfloat16
-  lstm_kernel.SAVED_GATES_FLOAT16 = candidate.saved_gates_float16
+  bench_train.set_options(candidate.options)
   lstm_kernel.NATIVE_CPU = candidate.loops == 'native'
   if candidate.loops != 'native':
     setattr(lstm_kernel, loops_setting(), parse_loops(candidate.loops))
@@ -169,7 +158,7 @@ def main(argv):
   for (name, loops), got in rates.items():
     rate = statistics.median(got)
     base = statistics.median(rates.get((name, _LOOPS.value[0]), got))
-    row = {**parse_candidate(loops)._asdict(), 'size': name, 'loops': loops,
+    row = {'size': name, 'loops': loops, 'options': sorted(parse_candidate(loops).options),
            'impl': runners[name, loops].impl, 'dtype': _DTYPE.value, 'chars_per_s': rate,
            'rounds': got, 'vs_first': rate / base, 'peer_chars_per_s': peer.get(name),
            'compile_s': runners[name, loops].compile_s,

@@ -3,6 +3,7 @@
     python experiments/bench_train.py              # the CPU sizes, 5 rounds (about 10 minutes)
     python experiments/bench_train.py --sizes 2x256:32x64 --rounds 2 --out ''   # a quick look
     python experiments/bench_train.py --variants fused:float32,fused:bfloat16,cudnn:float32  # GPU
+    python experiments/bench_train.py --variants fused:bfloat16,fused:bfloat16+bf16gx+f16t  # GPU
 
 A size LxH:BxT is L LSTM layers of H units, batch B, sequence T; vocabulary 65, embedding H,
 Adam 2e-3, global-norm clipping 5, hidden state carried from step to step, random characters
@@ -23,6 +24,9 @@ of the peak can pass 100%: at 2x512 a quarter of the counted FLOPs are that proj
 jit compile time and memory. On a CPU the process has two CPU devices and each size's mesh
 takes as many as `charlm.train` would use (`host.cpu_devices`: 1 with the native LSTM loops,
 else 2 for hidden <= 256); the table says how many.
+A variant may add options, +NAME each, that set charlm's GPU candidates (off by default) for
+its own compile: +remainder (lstm_kernel.UNROLL_DIVIDES off), +pallas (lstm_kernel.PALLAS_CELL,
+fused only), +bf16gx (model.GATE_INPUTS_BFLOAT16), +f16t (lstm_kernel.SAVED_GATES_FLOAT16).
 Results: a markdown table on stdout and JSON under experiments/results/.
 """
 import json
@@ -49,8 +53,8 @@ _MAX_SECONDS = flags.DEFINE_float('max_seconds', 0, 'Start no round that would e
                                   'many seconds of rounds (compiling not counted; 0: no limit); '
                                   'at least one round runs.')
 _VARIANTS = flags.DEFINE_list('variants', ['fused:float32'], "charlm's model.impl:model.dtype "
-                              "pairs, each timed against the same peer runs (e.g. "
-                              "fused:float32,fused:bfloat16,cudnn:float32).")
+                              "pairs, each with options +NAME or not, each timed against the "
+                              "same peer runs (e.g. fused:float32,fused:bfloat16+bf16gx).")
 _PEER_PYTHON = flags.DEFINE_string('peer_python', '', "The peer's python ('': from setup.sh).")
 _PEER_DIR = flags.DEFINE_string('peer_dir', peer_lib.PEER_DIR,
                                 'Folder holding torch_charrnn.py and setup.sh.')
@@ -59,12 +63,40 @@ _OUT = flags.DEFINE_string('out', None, "JSON results (default experiments/resul
                            "bench_train_<platform>.json; '': none).")
 
 
+# A variant's options: name -> (charlm module, setting, the value the option sets; the default
+# is the other one).
+OPTIONS = {'remainder': ('lstm_kernel', 'UNROLL_DIVIDES', False),
+           'pallas': ('lstm_kernel', 'PALLAS_CELL', True),
+           'bf16gx': ('model', 'GATE_INPUTS_BFLOAT16', True),
+           'f16t': ('lstm_kernel', 'SAVED_GATES_FLOAT16', True)}
+
+
+def parse_options(text: str, options: list) -> frozenset:
+  """The options of `text` (a variant or candidate), checked: known and not repeated."""
+  if not set(options) <= set(OPTIONS) or len(set(options)) < len(options):
+    raise app.UsageError(f'{text}: options are +{", +".join(OPTIONS)}, each at most once')
+  return frozenset(options)
+
+
+def set_options(options) -> None:
+  """Sets the charlm settings of `options` (OPTIONS' names), and the others' to their
+  defaults, for the steps compiled next."""
+  import importlib
+  for name, (module, setting, value) in OPTIONS.items():
+    setattr(importlib.import_module(f'charlm.{module}'), setting,
+            value if name in options else not value)
+
+
 def parse_variant(variant: str) -> tuple:
-  """'impl:dtype' -> (impl, dtype)."""
-  impl, _, dtype = variant.partition(':')
+  """'impl:dtype[+option...]' -> (impl, dtype, options)."""
+  impl, _, rest = variant.partition(':')
+  dtype, *options = rest.split('+')
   if not impl or not dtype:
-    raise app.UsageError(f'{variant}: use IMPL:DTYPE, e.g. fused:bfloat16')
-  return impl, dtype
+    raise app.UsageError(f'{variant}: use IMPL:DTYPE[+OPTION...], e.g. fused:bfloat16+bf16gx')
+  options = parse_options(variant, options)
+  if 'pallas' in options and impl != 'fused':
+    raise app.UsageError(f'{variant}: +pallas runs with model.impl=fused only')
+  return impl, dtype, options
 
 
 def parse_size(size: str) -> dict:
@@ -201,7 +233,7 @@ def main(argv):
   # The matmul "peak" each variant is held to: float32 on a CPU (2048^3); on a GPU 8192^3 in
   # the variant's matmul dtype (JAX's default float32 precision there is TF32, as cuDNN's).
   matmul_n = 8192 if gpu else 2048
-  peak_dtypes = sorted({dtype for _, dtype in variants.values()} | {'float32'})
+  peak_dtypes = sorted({dtype for _, dtype, _ in variants.values()} | {'float32'})
   python = None if _NO_PEER.value else peer_lib.peer_python(_PEER_PYTHON.value, _PEER_DIR.value)
   info = machine()
   info['load_before'] = os.getloadavg()
@@ -210,7 +242,8 @@ def main(argv):
 
   runners = {}
   for size in sizes:
-    for variant, (impl, dtype) in variants.items():
+    for variant, (impl, dtype, options) in variants.items():
+      set_options(options)
       runner = Charlm(size, impl, dtype)
       runners[size['name'], variant] = runner
       print(f'compiled {size["name"]} {variant} in {runner.compile_s:.1f}s', flush=True)
@@ -251,9 +284,10 @@ def main(argv):
   for size in sizes:
     name = size['name']
     flops = flops_per_char(size)
-    for variant, (impl, dtype) in variants.items():
+    for variant, (impl, dtype, options) in variants.items():
       runner, got = runners[name, variant], rates[name, variant]
       row = {**size, 'variant': variant, 'impl': impl, 'model_impl': runner.impl, 'dtype': dtype,
+             'options': sorted(options),
              'train_flops_per_char': flops,
              'charlm_chars_per_s': statistics.median(got), 'charlm_rounds': got,
              'compile_s': runner.compile_s, 'charlm_step_buffers_mb': runner.step_mb,

@@ -2,13 +2,14 @@
 # One prepared GPU run (the device tool lends a GPU machine for minutes):
 # experiments/bench_train.py against torch.nn.LSTM (cuDNN) for 3x512 at batch 512 and 64, in
 # bfloat16 and float32, layer by layer (model.impl='fused') and as one wavefront loop
-# ('wavefront'; float32 is what model.impl='auto' has not measured yet); the Pallas steps, forward
-# and backward (lstm_pallas, +pallas), against XLA's; the loops' unrolls (rounded to a divisor of
-# the length, as lstm_kernel now does, against the remainder loop of before, and larger) and
-# bfloat16 gate inputs and float16 saved gate activations against float32 (+bf16gx, +f16t);
-# charlm's fast-LSTM tests on the GPU (the Pallas kernel's included); a profile of the batch-512
-# step; then, if time is left, two training runs on tiny-shakespeare ('auto' in bfloat16 and
-# fused float32: loss curves compared), sampling speed and a sample. Results land in $OUT.
+# ('wavefront'; float32 is what model.impl='auto' has not measured yet), and fused bfloat16
+# with bfloat16 gate inputs and float16 saved gate activations (+bf16gx+f16t); the Pallas
+# steps, forward and backward (lstm_pallas, +pallas), against XLA's; the loops' unrolls
+# (rounded to a divisor of the length, as lstm_kernel now does, against the remainder loop of
+# before, and larger) and the two narrowing options one by one; charlm's fast-LSTM tests on the
+# GPU (the Pallas kernel's included); a profile of the batch-512 step; then, if time is left,
+# two training runs on tiny-shakespeare ('auto' in bfloat16 and fused float32: loss curves
+# compared), sampling speed and a sample. Results land in $OUT.
 #
 # The GPU image has jax (CUDA), flax, optax, orbax and torch but no network: carry the rest.
 # From the repository root, once:
@@ -64,13 +65,16 @@ print("jax", jax.__version__, jax.devices(), "flax", flax.__version__, "optax", 
       "torch", torch.__version__, "cudnn", torch.backends.cudnn.version())'
 
 stage "bench_train: charlm against torch.nn.LSTM (cuDNN)"
-t=$(budget 200)
-# Compiling comes first (8 steps, 5-10 s each on an H200); the rounds get the rest less 125 s.
+t=$(budget 220)
+# Compiling comes first (10 steps, 5-10 s each on an H200); the rounds get the rest less 145 s.
+# fused:bfloat16+bf16gx+f16t: the two GPU candidates that narrow the loops' sequences.
+variants=fused:bfloat16,fused:bfloat16+bf16gx+f16t,wavefront:bfloat16
+variants=$variants,fused:float32,wavefront:float32
 timeout "$t" python3 experiments/bench_train.py --peer_python "$PEER_PY" \
   --peer_dir .carry --sizes "${SIZES:-3x512:512x100,3x512:64x100}" \
-  --variants "${VARIANTS:-fused:bfloat16,wavefront:bfloat16,fused:float32,wavefront:float32}" \
+  --variants "${VARIANTS:-$variants}" \
   --rounds "${ROUNDS:-5}" --steps 10 \
-  --max_seconds $((t > 150 ? t - 125 : 30)) --out "$OUT/bench_train_gpu.json" 2>&1 | quiet \
+  --max_seconds $((t > 175 ? t - 145 : 30)) --out "$OUT/bench_train_gpu.json" 2>&1 | quiet \
   | tee "$RUNS/bench.txt" | grep -v '^|'
 
 # loops_stage SECONDS TITLE SIZES LOOPS JSON: bench_lstm_loops, bfloat16, against the peer;
@@ -92,9 +96,9 @@ loops_stage 110 "the Pallas steps" "${PALLAS_SIZES:-3x512:512x100,3x512:64x100}"
 # complete unroll (bm:100:100) did not finish compiling in 5 minutes on a 2-core CPU (3x64).
 # +bf16gx: bfloat16 gate inputs and gradients between the loops and the products; +f16t: the
 # gate activations saved in float16 (both float32 by default; on a 2-core CPU, 0.88x and 1.00x).
-loops_stage 170 "unrolls, bfloat16 gate inputs, float16 saved gates" \
+loops_stage 150 "unrolls, bfloat16 gate inputs, float16 saved gates" \
   "${LOOP_SIZES:-3x512:512x100}" \
-  "${LOOPS:-bm:8:8,bm:8:8+bf16gx,bm:8:8+f16t,bm:8:8+bf16gx+f16t,bm:8:8+remainder,bm:25:25}" \
+  "${LOOPS:-bm:8:8,bm:8:8+bf16gx,bm:8:8+f16t,bm:8:8+remainder,bm:25:25}" \
   bench_lstm_loops_gpu.json
 
 t=$(budget 75)

@@ -45,10 +45,8 @@ def test_lstm_loop_candidates_are_timed_against_the_first(tmp_path):
       ('2x16:16x8', 'native', 'fused'), ('2x16:16x8', 'bm:3:2', 'fused'),
       ('2x16:16x8', 'wavefront/bm:4:4+remainder+bf16gx', 'wavefront'),
       ('2x16:16x8', 'bm:2:2+pallas+remainder+f16t', 'fused')]
-  assert [r['unroll_divides'] for r in rows[:4]] == [True, True, False, False]
-  assert [r['pallas_cell'] for r in rows[:4]] == [False, False, False, True]
-  assert [r['gate_inputs_bfloat16'] for r in rows[:4]] == [False, False, True, False]
-  assert [r['saved_gates_float16'] for r in rows[:4]] == [False, False, False, True]
+  assert [r['options'] for r in rows[:4]] == [
+      [], [], ['bf16gx', 'remainder'], ['f16t', 'pallas', 'remainder']]
   # The second size: the baseline and the first size's fastest other candidate.
   assert [(r['size'], r['loops']) for r in rows[4:5]] == [('2x16:2x8', 'native')]
   assert len(rows) == 6 and rows[5]['loops'] in [r['loops'] for r in rows[1:4]]
@@ -58,31 +56,43 @@ def test_lstm_loop_candidates_are_timed_against_the_first(tmp_path):
 
 @pytest.mark.parametrize('text,error', [
     ('fm:2:1+pallas', 'bm'), ('wavefront/bm:8:8+pallas', 'fused only'),
-    ('native+pallas', 'bm'), ('bm:8:8+pallas+pallas', 'use '), ('bm:8:8+fast', 'use ')])
+    ('native+pallas', 'bm'), ('bm:8:8+pallas+pallas', 'at most once'),
+    ('bm:8:8+fast', 'options are'), ('scan/bm:8:8', 'use ')])
 def test_lstm_loop_candidates_that_cannot_run_are_refused(text, error):
   import bench_lstm_loops
   from absl import app
   with pytest.raises(app.UsageError, match=error):
     bench_lstm_loops.parse_candidate(text)
   assert bench_lstm_loops.parse_candidate('bm:8:8+remainder+pallas') == (
-      'fused', 'bm:8:8', False, True, False, False)
+      'fused', 'bm:8:8', {'remainder', 'pallas'})
   assert bench_lstm_loops.parse_candidate('wavefront/bm:8:8+f16t+bf16gx') == (
-      'wavefront', 'bm:8:8', True, False, True, True)
+      'wavefront', 'bm:8:8', {'f16t', 'bf16gx'})
 
 
 def test_bench_train_times_each_variant(tmp_path):
   out_json = tmp_path / 'train.json'
   out = run(['experiments/bench_train.py', '--sizes', '2x16:4x8', '--variants',
-             'fused:float32,wavefront:float32,auto:float32', '--rounds', '1', '--steps', '2',
-             '--no_peer', '--out', str(out_json)])
+             'fused:float32,wavefront:float32,auto:float32,fused:bfloat16,'
+             'fused:bfloat16+bf16gx+f16t', '--rounds', '1', '--steps', '2', '--no_peer', '--out',
+             str(out_json)])
   rows = json.loads(out_json.read_text())['results']
   assert [(r['variant'], r['impl'], r['dtype']) for r in rows] == [
       ('fused:float32', 'fused', 'float32'), ('wavefront:float32', 'wavefront', 'float32'),
-      ('auto:float32', 'auto', 'float32')]
-  assert [r['model_impl'] for r in rows] == ['fused', 'wavefront', 'fused']  # 'auto': float32.
+      ('auto:float32', 'auto', 'float32'), ('fused:bfloat16', 'fused', 'bfloat16'),
+      ('fused:bfloat16+bf16gx+f16t', 'fused', 'bfloat16')]
+  assert [r['model_impl'] for r in rows][:3] == ['fused', 'wavefront', 'fused']  # 'auto': f32.
+  assert [r['options'] for r in rows][3:] == [[], ['bf16gx', 'f16t']]
+  # The options took effect: narrower sequences, a smaller step.
+  assert rows[4]['charlm_step_buffers_mb'] < rows[3]['charlm_step_buffers_mb']
   assert all(r['charlm_chars_per_s'] > 0 for r in rows)
   assert '| 2x16 | 4x8 | wavefront:float32 |' in out
   bad = subprocess.run([sys.executable, 'experiments/bench_train.py', '--variants',
                         'fused', '--no_peer', '--out', ''], cwd=ROOT,
                        capture_output=True, text=True)
   assert bad.returncode != 0 and 'fused: use IMPL:DTYPE' in bad.stderr
+  import bench_train
+  from absl import app
+  with pytest.raises(app.UsageError, match='fused only'):
+    bench_train.parse_variant('wavefront:bfloat16+pallas')
+  with pytest.raises(app.UsageError, match='options are'):
+    bench_train.parse_variant('fused:float32+fast')
