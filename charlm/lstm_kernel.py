@@ -173,9 +173,9 @@ def _native(gx, w_h) -> bool:
   return gx.dtype == jnp.float32 and native_loops(w_h.dtype)
 
 
-def _scale(hidden: int, dtype, feature_major: bool):
-  """Per gate row: 1/2 for the sigmoid gates i, f, o and 1 for the tanh gate g."""
-  s = jnp.repeat(jnp.asarray([0.5, 0.5, 1.0, 0.5], dtype), hidden)
+def _scale(hidden: int, feature_major: bool):
+  """Per gate row: 1/2 for the sigmoid gates i, f, o and 1 for the tanh gate g (float32)."""
+  s = jnp.repeat(jnp.asarray([0.5, 0.5, 1.0, 0.5], jnp.float32), hidden)
   return s[:, None] if feature_major else s
 
 
@@ -214,7 +214,7 @@ def _forward(gx, w_h, c0, h0, save):
   """The forward loop: (hs, or with `save` (hs, gate activations, previous cell states)), cT, hT
   and cT in the loop's layout."""
   feature_major, unroll, _ = _loops()
-  s = _scale(h0.shape[-1], jnp.float32, feature_major)
+  s = _scale(h0.shape[-1], feature_major)
   w, layout = (w_h.T, jnp.transpose) if feature_major else (w_h, lambda x: x)
   cell = lambda c, h, gx_t: _cell(w, s, c, h, gx_t, feature_major)
   t_dtype = saved_gates_dtype(w_h.dtype)
@@ -267,7 +267,7 @@ def _lstm_bwd(residuals, cotangents):
     dzs, dc0, dh0 = _pallas_backward(pallas, dhs, ts, c_prevs, c_last, dc_last, dh_last, w_h,
                                      unroll, gx_like.dtype)
     return dzs, _weight_grad(h_prev, dzs, w_h.dtype), dc0, dh0
-  s = _scale(hs.shape[-1], jnp.float32, feature_major)
+  s = _scale(hs.shape[-1], feature_major)
   axis = 0 if feature_major else -1
   layout = jnp.transpose if feature_major else lambda x: x
 

@@ -45,7 +45,7 @@ def _skewed_keep(keep, layers):
 def _forward(gx0, w_x, b_x, w_h, c0, h0, keep, save):
   steps, layers, hidden = gx0.shape[0], w_h.shape[0], w_h.shape[1]
   _, unroll, _ = lstm_kernel._loops()
-  s = lstm_kernel._scale(hidden, jnp.float32, feature_major=False)
+  s = lstm_kernel._scale(hidden, feature_major=False)
   w_up = jnp.concatenate([w_x, w_h[1:]], axis=1)  # [L - 1, 2H, 4H]
   dtype, t_dtype = w_h.dtype, lstm_kernel.saved_gates_dtype(w_h.dtype)
 
@@ -74,10 +74,10 @@ def stack(gx0, w_x, b_x, w_h, c0, h0, keep):
   of every layer [L, B, H].
 
   gx0 [T, B, 4H] is layer 0's input projection, float32 or the matmul dtype (its gradient comes
-  back in its dtype); w_x [L - 1, H, 4H] and b_x [L - 1, 4H]
-  (float32) are the upper layers' input kernels and biases; w_h [L, H, 4H] the recurrent
-  kernels (w_x and w_h in the matmul dtype); c0 and h0 [L, B, H] float32; keep [L - 1, T, B, H]
-  multiplies each upper layer's input (dropout: the mask over the keep probability), or None.
+  back in its dtype); w_x [L - 1, H, 4H] and b_x [L - 1, 4H] (float32) are the upper layers'
+  input kernels and biases; w_h [L, H, 4H] the recurrent kernels (w_x and w_h in the matmul
+  dtype); c0 and h0 [L, B, H] float32; keep [L - 1, T, B, H] multiplies each upper layer's
+  input (dropout: the mask over the keep probability), or None.
   """
   hs, c, h = _forward(gx0, w_x, b_x, w_h, c0, h0, keep, save=False)
   return _unskew(hs, w_h.shape[0] - 1, gx0.shape[0]), c, h
@@ -97,7 +97,7 @@ def _stack_bwd(residuals, cotangents):
   layers, hidden, dtype = w_h.shape[0], w_h.shape[1], w_h.dtype
   steps = dhs.shape[0]
   _, _, unroll = lstm_kernel._loops()
-  s = lstm_kernel._scale(hidden, jnp.float32, feature_major=False)
+  s = lstm_kernel._scale(hidden, feature_major=False)
   w_up = jnp.concatenate([w_x, w_h[1:]], axis=1)
 
   def step(carry, xs):

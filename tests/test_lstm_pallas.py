@@ -33,7 +33,7 @@ def test_cell_matches_the_xla_step(batch, hidden, small, dtype, monkeypatch):
     small_blocks(monkeypatch)
   assert lstm_pallas.supported(batch, hidden)
   w, c, h, gx = random_args(batch, hidden, dtype)
-  want = lstm_kernel._cell(w, lstm_kernel._scale(hidden, jnp.float32, False), c, h, gx, False)
+  want = lstm_kernel._cell(w, lstm_kernel._scale(hidden, False), c, h, gx, False)
   got = jax.jit(lstm_pallas.cell)(w, c, h, gx)
   assert [x.shape for x in got] == [x.shape for x in want]
   assert all(x.dtype == jnp.float32 for x in got)
@@ -56,7 +56,7 @@ def test_cell_grad_matches_the_xla_step(batch, hidden, small, dtype, monkeypatch
     small_blocks(monkeypatch)
   w, dz_next, dh_out, t, c, c_prev, dc = random_grad_args(batch, hidden, dtype)
   dh = dh_out + jnp.dot(dz_next.astype(dtype), w.T, preferred_element_type=jnp.float32)
-  s = lstm_kernel._scale(hidden, jnp.float32, False)
+  s = lstm_kernel._scale(hidden, False)
   want = lstm_kernel._gates_grad(t, s, c, c_prev, dh, dc, axis=-1)
   got = jax.jit(lstm_pallas.cell_grad)(w, dz_next, dh_out, t, c, c_prev, dc)
   assert [x.shape for x in got] == [(batch, 4 * hidden), (batch, hidden)]
