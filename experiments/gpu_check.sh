@@ -23,17 +23,19 @@
 # `.whl` and `.carry` carried, under a command timeout half a minute above DEADLINE.
 #
 # Every stage gets at most what is left of DEADLINE seconds (default 520), in this order: the
-# benchmark (its rounds stop at the budget), the Pallas step, the loops' unrolls
-# (experiments/bench_lstm_loops.py), the tests, a profile of the batch-512 step, the training
-# runs, sampling speed, the sample. On an H200 (2026-11-26) a 3x512 step compiled in 4-13 s
-# (the larger unrolls slower); the run of that day gave 240 s to the benchmark (2 sizes x 3
-# variants, 5 rounds), and 120 s to the loops, which compiled 8 steps and was stopped before
-# its table: they now get one size and stop their rounds at a budget. The same machine found
-# XLA's default flags fastest: --xla_gpu_autotune_level=0 compiled in 3 s but trained at 0.38x,
-# --xla_gpu_enable_triton_gemm=false at 0.89x (3x512, 64 x 100, float32), and XLA's while loops
-# as CUDA graphs lost (experiments/results/bench_lstm_loops_graphs_gpu.json). SIZES, VARIANTS,
-# ROUNDS, STEPS, PALLAS_SIZES, LOOP_SIZES, LOOPS, TESTS (pytest -k), PROFILE_SIZE,
-# PROFILE_IMPL, SAMPLE_ARGS, TRAIN_VARIANTS, TRAIN_ARGS (extra flags) and PEER_PY change the run.
+# benchmark (220 s; its rounds stop at the budget), the Pallas step (120 s), the loops' unrolls
+# and narrowing options (150 s; experiments/bench_lstm_loops.py), the tests (75 s), a profile of
+# the batch-512 step, the training runs, sampling speed, the sample: at DEADLINE=550 the last
+# four run only in what the first four leave unused. On an H200 (2026-11-26) a 3x512 step
+# compiled in 4-13 s (the larger unrolls slower); the run of that day gave 240 s to the
+# benchmark (2 sizes x 3 variants, 5 rounds), and 120 s to the loops, which compiled 8 steps and
+# was stopped before its table: they now get one size and stop their rounds at a budget. The
+# same machine found XLA's default flags fastest: --xla_gpu_autotune_level=0 compiled in 3 s but
+# trained at 0.38x, --xla_gpu_enable_triton_gemm=false at 0.89x (3x512, 64 x 100, float32), and
+# XLA's while loops as CUDA graphs lost (experiments/results/bench_lstm_loops_graphs_gpu.json).
+# SIZES, VARIANTS, ROUNDS, STEPS, PALLAS_SIZES, LOOP_SIZES, LOOPS, TESTS (pytest -k),
+# PROFILE_SIZE, PROFILE_IMPL, SAMPLE_ARGS, TRAIN_VARIANTS, TRAIN_ARGS (extra flags) and PEER_PY
+# change the run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/charlm-gpu-check}
@@ -90,20 +92,20 @@ loops_stage() {
 }
 
 # In a stage of its own: Triton compiles lstm_pallas's kernels here for the first time.
-loops_stage 110 "the Pallas steps" "${PALLAS_SIZES:-3x512:512x100,3x512:64x100}" \
-  bm:8:8,bm:8:8+pallas bench_lstm_loops_pallas_gpu.json
+loops_stage 120 "the Pallas steps" "${PALLAS_SIZES:-3x512:512x100,3x512:64x100}" \
+  bm:8:8,bm:8:8+pallas,bm:8:8+pallas+bf16gx+f16t bench_lstm_loops_pallas_gpu.json
 # bm:8:8 runs 100 steps as 10 x 10 now; +remainder as 12 x 8 + 4, as before 2026-11-26. A
 # complete unroll (bm:100:100) did not finish compiling in 5 minutes on a 2-core CPU (3x64).
 # +bf16gx: bfloat16 gate inputs and gradients between the loops and the products; +f16t: the
 # gate activations saved in float16 (both float32 by default; on a 2-core CPU, 0.88x and 1.00x).
 loops_stage 150 "unrolls, bfloat16 gate inputs, float16 saved gates" \
   "${LOOP_SIZES:-3x512:512x100}" \
-  "${LOOPS:-bm:8:8,bm:8:8+bf16gx,bm:8:8+f16t,bm:8:8+remainder,bm:25:25}" \
+  "${LOOPS:-bm:8:8,bm:8:8+bf16gx,bm:8:8+f16t,bm:8:8+remainder,bm:25:25,bm:50:50}" \
   bench_lstm_loops_gpu.json
 
 t=$(budget 75)
 if [ "$t" -gt 0 ]; then
-  tests=${TESTS:-pallas or wavefront or fused_lstm or remainder or auto or bfloat16}
+  tests=${TESTS:-pallas or narrowing or float16 or gate_inputs or remainder or fused_lstm}
   stage "tests on the GPU: -k '$tests' (${t} s at most)"
   # SIGINT: pytest stops and still prints its summary of the tests run so far.
   timeout -s INT -k 10 "$t" python3 -m pytest -q -p no:cacheprovider -rfE \
