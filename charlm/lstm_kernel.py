@@ -257,17 +257,24 @@ def _lstm_fwd(gx, w_h, c0, h0):
 def _lstm_bwd(residuals, cotangents):
   hs, ts, c_prevs, c_last, w_h, h0, gx_like = residuals
   dhs, dc_last, dh_last = cotangents
-  h_prev = jnp.concatenate([h0[None], hs[:-1]])
+  loop_args = (dhs, ts, c_prevs, c_last, dc_last, dh_last, w_h)
   if _native(gx_like, w_h):
-    dzs, dc0, dh0 = lstm_cpu.backward(dhs, ts, c_prevs, c_last, dc_last, dh_last, w_h)
-    return dzs, _weight_grad(h_prev, dzs, w_h.dtype), dc0, dh0
-  feature_major, _, unroll = _loops()
-  pallas = _pallas_for(feature_major, h0.shape)
-  if pallas:
-    dzs, dc0, dh0 = _pallas_backward(pallas, dhs, ts, c_prevs, c_last, dc_last, dh_last, w_h,
-                                     unroll, gx_like.dtype)
-    return dzs, _weight_grad(h_prev, dzs, w_h.dtype), dc0, dh0
-  s = _scale(hs.shape[-1], feature_major)
+    dzs, dc0, dh0 = lstm_cpu.backward(*loop_args)
+  else:
+    feature_major, _, unroll = _loops()
+    pallas = _pallas_for(feature_major, h0.shape)
+    if pallas:
+      dzs, dc0, dh0 = _pallas_backward(pallas, *loop_args, unroll, gx_like.dtype)
+    else:
+      dzs, dc0, dh0 = _xla_backward(*loop_args, feature_major, unroll, gx_like.dtype)
+  h_prev = jnp.concatenate([h0[None], hs[:-1]])
+  return dzs, _weight_grad(h_prev, dzs, w_h.dtype), dc0, dh0
+
+
+def _xla_backward(dhs, ts, c_prevs, c_last, dc_last, dh_last, w_h, feature_major, unroll,
+                  dz_dtype):
+  """The backward loop of XLA's steps: (dzs in `dz_dtype`, dc0, dh0)."""
+  s = _scale(w_h.shape[0], feature_major)
   axis = 0 if feature_major else -1
   layout = jnp.transpose if feature_major else lambda x: x
 
@@ -279,16 +286,17 @@ def _lstm_bwd(residuals, cotangents):
       dh = jnp.dot(w_h, dz.astype(w_h.dtype), preferred_element_type=jnp.float32)
     else:
       dh = jnp.dot(dz.astype(w_h.dtype), w_h.T, preferred_element_type=jnp.float32)
-    return (dh, dc, c_prev), layout(dz).astype(gx_like.dtype)
+    return (dh, dc, c_prev), layout(dz).astype(dz_dtype)
 
   (dh0, dc0, _), dzs = jax.lax.scan(step, (layout(dh_last), layout(dc_last), c_last),
                                      (dhs, ts, c_prevs), reverse=True,
                                      unroll=unroll_for(len(dhs), unroll))
-  return dzs, _weight_grad(h_prev, dzs, w_h.dtype), layout(dc0), layout(dh0)
+  return dzs, layout(dc0), layout(dh0)
 
 
 def _pallas_backward(pallas, dhs, ts, c_prevs, c_last, dc_last, dh_last, w_h, unroll, dz_dtype):
-  """The batch-major backward loop with `pallas.cell_grad` (lstm_pallas): (dzs, dc0, dh0).
+  """The batch-major backward loop with `pallas.cell_grad` (lstm_pallas): (dzs in `dz_dtype`,
+  dc0, dh0).
 
   Each step starts with the product that XLA's loop ends with, so that one kernel runs it and
   the gate arithmetic: the carry is the next step's dz (in `dz_dtype`), zeros at first, and the
