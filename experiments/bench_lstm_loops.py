@@ -134,18 +134,12 @@ def main(argv):
       print(f'compiled {size["name"]} {loops} in {runner.compile_s:.1f}s', flush=True)
   rates = {key: [] for key in runners}
   peer = {}
-  rounds_start, round_s, max_s = time.perf_counter(), 0.0, bench_train._MAX_SECONDS.value
-  for r in range(bench_train._ROUNDS.value):
-    if r and max_s and time.perf_counter() - rounds_start + round_s > max_s:
-      print(f'--max_seconds {max_s:g}: stopping after {r} rounds', flush=True)
-      break
-    round_start = time.perf_counter()
+  for r in bench_train.timed_rounds():
     for key, runner in runners.items():
       chars = runner.size['batch'] * runner.size['seq']
       rates[key].append(chars / statistics.median(runner.run(bench_train._STEPS.value)))
     print(f'round {r + 1}: ' + ', '.join(f'{k[0]} {k[1]} {v[-1]:,.0f}' for k, v in rates.items()),
           flush=True)
-    round_s = time.perf_counter() - round_start
   if python:
     for size in sizes:
       got = bench_train.peer_run(python, size, bench_train._STEPS.value)

@@ -99,6 +99,19 @@ def parse_variant(variant: str) -> tuple:
   return impl, dtype, options
 
 
+def timed_rounds():
+  """Round numbers 0 .. --rounds - 1, stopping before a round that would end past --max_seconds
+  of rounds (as long as the last one took); at least one."""
+  start, last = time.perf_counter(), 0.0
+  for r in range(_ROUNDS.value):
+    if r and _MAX_SECONDS.value and time.perf_counter() - start + last > _MAX_SECONDS.value:
+      print(f'--max_seconds {_MAX_SECONDS.value:g}: stopping after {r} rounds', flush=True)
+      return
+    round_start = time.perf_counter()
+    yield r
+    last = time.perf_counter() - round_start
+
+
 def parse_size(size: str) -> dict:
   layers_hidden, batch_seq = size.split(':')
   layers, hidden = (int(x) for x in layers_hidden.split('x'))
@@ -127,7 +140,7 @@ class Charlm:
                         impl=impl, dtype=dtype)
     config.train.update(batch_size=size['batch'], seq_len=size['seq'])
     config.optim.update(name='adam', lr=2e-3, clip=5.0, schedule='constant')
-    self.size, self.impl, self.jax = size, impl, jax
+    self.size, self.jax = size, jax
     devices = jax.devices()  # On a CPU, as many as charlm.train would use for this size.
     if devices[0].platform == 'cpu':
       devices = devices[:host.cpu_devices(config)]
@@ -252,13 +265,7 @@ def main(argv):
   peer_rates = {s['name']: [] for s in sizes}
   peer_runs = {s['name']: [] for s in sizes}
   peaks = {dtype: [] for dtype in peak_dtypes}
-  rounds_start, round_s = time.perf_counter(), 0.0
-  for r in range(_ROUNDS.value):
-    if r and _MAX_SECONDS.value and (time.perf_counter() - rounds_start + round_s
-                                     > _MAX_SECONDS.value):
-      print(f'--max_seconds {_MAX_SECONDS.value:g}: stopping after {r} rounds', flush=True)
-      break
-    round_start = time.perf_counter()
+  for r in timed_rounds():
     for dtype in peak_dtypes:
       peaks[dtype].append(peer_lib.matmul_rate(matmul_n, dtype))
     for size in sizes:
@@ -275,7 +282,6 @@ def main(argv):
         line += f' peer {peer_rates[name][-1]:,.0f}'
       print(line + f' (matmul {peaks["float32"][-1]:,.0f} GFLOP/s, load '
             f'{os.getloadavg()[0]:.1f})', flush=True)
-    round_s = time.perf_counter() - round_start
   rounds = len(peaks['float32'])
   info['load_after'] = os.getloadavg()
 
