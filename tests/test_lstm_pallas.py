@@ -6,7 +6,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import pytest
-from conftest import assert_trees_close
+from conftest import assert_trees_close, use_xla_loops
 
 from charlm import lstm_kernel, lstm_pallas
 
@@ -91,9 +91,7 @@ def test_lstm_with_the_pallas_step_matches_xla_loops(final_state, dtype, saved_f
   them, and with `saved_float16` the loops save the gate activations in float16."""
   small_blocks(monkeypatch)
   monkeypatch.setattr(lstm_kernel, 'SAVED_GATES_FLOAT16', saved_float16)
-  monkeypatch.setattr(lstm_kernel, 'NATIVE_CPU', False)
-  monkeypatch.setattr(lstm_kernel, 'CPU_LOOPS', (False, 2, 2))
-  monkeypatch.setattr(lstm_kernel, 'GPU_LOOPS', (False, 2, 2))
+  use_xla_loops(monkeypatch, (False, 2, 2))
   gx, w_h, c0, h0 = random_args(32, 32, dtype, steps=5, seed=1)
   args = (gx.astype(dtype), w_h, c0, h0)
   weights = jax.random.normal(jax.random.key(2), (5, 32, 32))

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import assert_trees_close, smoke_config
+from conftest import assert_trees_close, smoke_config, use_xla_loops
 from jax.experimental import rnn
 
 from charlm import cudnn_lstm, lstm_cpu, lstm_kernel, trainer
@@ -75,6 +75,14 @@ def reference_apply(cell, params, tokens, carry):
   return jnp.swapaxes(x @ out['kernel'] + out['bias'], 0, 1), tuple(new_carry)
 
 
+def lstm_loss(weights, lstm=lstm_kernel.lstm):
+  """A loss of an LSTM's (hs, final c, final h) that reaches all three; `weights` like hs."""
+  def loss(*args):
+    hs, c, h = lstm(*args)
+    return jnp.sum(hs * weights) + jnp.sum(jnp.cos(c)) + jnp.sum(h ** 2)
+  return loss
+
+
 def loss_with_carry(apply, tokens, targets):
   """A loss that reaches every output: the logits and the final carry."""
   def loss(params, carry):
@@ -126,9 +134,7 @@ def test_fused_lstm_matches_autodiff_of_plain_lstm(loops, t, b, h, monkeypatch):
       pytest.skip('the native loops run on CPUs only')
     assert lstm_cpu.available()
   else:
-    monkeypatch.setattr(lstm_kernel, 'NATIVE_CPU', False)
-    monkeypatch.setattr(lstm_kernel, 'CPU_LOOPS', loops)
-    monkeypatch.setattr(lstm_kernel, 'GPU_LOOPS', loops)
+    use_xla_loops(monkeypatch, loops)
   gx, w_h, c0, h0, weights = random_like(
       [jnp.zeros((t, b, 4 * h)), jnp.zeros((h, 4 * h)), jnp.zeros((b, h)), jnp.zeros((b, h)),
        jnp.zeros((t, b, h))], scale=1.0, seed=3)
@@ -138,18 +144,12 @@ def test_fused_lstm_matches_autodiff_of_plain_lstm(loops, t, b, h, monkeypatch):
     (c, hh), (_, hs) = jax.lax.scan(step, (c0, h0), gx)
     return hs, c, hh
 
-  def loss(fn):
-    def f(*args):
-      hs, c, hh = fn(*args)
-      return jnp.sum(hs * weights) + jnp.sum(jnp.cos(c)) + jnp.sum(hh ** 2)
-    return f
-
   args = (gx, w_h, c0, h0)
   # Sums over more rows and steps round more: at 16 x 32 both sides' gradients are up to 2e-5
   # off float64 autodiff (gradients up to 18).
   atol = 2e-6 if b * h < 100 else 2e-5
   assert_trees_close(jax.jit(lstm_kernel.lstm)(*args), jax.jit(plain)(*args), atol=atol)
-  grad = lambda fn: jax.jit(jax.grad(loss(fn), argnums=(0, 1, 2, 3)))
+  grad = lambda fn: jax.jit(jax.grad(lstm_loss(weights, fn), argnums=(0, 1, 2, 3)))
   assert_trees_close(grad(lstm_kernel.lstm)(*args), grad(plain)(*args), atol=atol)
 
 
@@ -163,8 +163,7 @@ def test_unroll_rounds_to_a_nearby_divisor(length, unroll, expected):
 def test_gpu_loops_split_no_sequence_for_a_remainder(monkeypatch):
   """With the GPU's unroll of 8, 100 steps run as 10 x 10: lax.scan splits off no [96, ...]
   part of the inputs and joins no outputs (which costs full copies), as it does with 8."""
-  monkeypatch.setattr(lstm_kernel, 'NATIVE_CPU', False)
-  monkeypatch.setattr(lstm_kernel, 'CPU_LOOPS', lstm_kernel.GPU_LOOPS)
+  use_xla_loops(monkeypatch, lstm_kernel.GPU_LOOPS)
   args = (jnp.zeros((100, 2, 12)), jnp.zeros((3, 12)), jnp.zeros((2, 3)), jnp.zeros((2, 3)))
   lowered = {}
   for divides in (True, False):
@@ -283,18 +282,12 @@ def test_bfloat16_gate_inputs_give_float32_results_rounded(loops, monkeypatch):
   """lstm_kernel.lstm with bfloat16 gate inputs and weights, against float32 inputs of the same
   values: the same outputs and gradients of w_h, c0 and h0, and the gate inputs' gradient
   rounded to bfloat16 (the loops compute in float32 and round dz before each product anyway)."""
-  monkeypatch.setattr(lstm_kernel, 'NATIVE_CPU', False)
-  monkeypatch.setattr(lstm_kernel, 'CPU_LOOPS', loops)
-  monkeypatch.setattr(lstm_kernel, 'GPU_LOOPS', loops)
+  use_xla_loops(monkeypatch, loops)
   t, b, h = 9, 4, 8
   gx, w_h, c0, h0, weights = random_like(
       [jnp.zeros((t, b, 4 * h), jnp.bfloat16), jnp.zeros((h, 4 * h), jnp.bfloat16),
        jnp.zeros((b, h)), jnp.zeros((b, h)), jnp.zeros((t, b, h))], scale=1.0, seed=4)
-
-  def loss(*args):
-    hs, c, hh = lstm_kernel.lstm(*args)
-    return jnp.sum(hs * weights) + jnp.sum(jnp.cos(c)) + jnp.sum(hh ** 2)
-
+  loss = lstm_loss(weights)
   grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
   loss16, grads16 = grad(gx, w_h, c0, h0)
   loss32, grads32 = grad(gx.astype(jnp.float32), w_h, c0, h0)
@@ -309,18 +302,12 @@ def test_bfloat16_gate_inputs_give_float32_results_rounded(loops, monkeypatch):
 def test_float16_saved_gates_move_gradients_by_float16_rounding(loops, monkeypatch):
   """lstm_kernel.SAVED_GATES_FLOAT16 with bfloat16 weights: the float32 gradients (of gx, c0
   and h0) move by float16's rounding (2^-11), not bfloat16's (2^-8; 0.4-0.7% here)."""
-  monkeypatch.setattr(lstm_kernel, 'NATIVE_CPU', False)
-  monkeypatch.setattr(lstm_kernel, 'CPU_LOOPS', loops)
-  monkeypatch.setattr(lstm_kernel, 'GPU_LOOPS', loops)
+  use_xla_loops(monkeypatch, loops)
   t, b, h = 9, 4, 8
   gx, w_h, c0, h0, weights = random_like(
       [jnp.zeros((t, b, 4 * h)), jnp.zeros((h, 4 * h), jnp.bfloat16), jnp.zeros((b, h)),
        jnp.zeros((b, h)), jnp.zeros((t, b, h))], scale=1.5, seed=5)
-
-  def loss(*args):
-    hs, c, hh = lstm_kernel.lstm(*args)
-    return jnp.sum(hs * weights) + jnp.sum(jnp.cos(c)) + jnp.sum(hh ** 2)
-
+  loss = lstm_loss(weights)
   grads = {}
   for narrow in (False, True):
     monkeypatch.setattr(lstm_kernel, 'SAVED_GATES_FLOAT16', narrow)
@@ -341,8 +328,7 @@ def test_bfloat16_narrowing_saves_memory_and_trains_alike(impl, option, monkeypa
   lstm_kernel.SAVED_GATES_FLOAT16 (the saved gate activations in float16): each makes the
   compiled gradient need less scratch memory, and gives the same loss and gradients within
   bfloat16 rounding."""
-  monkeypatch.setattr(lstm_kernel, 'NATIVE_CPU', False)
-  monkeypatch.setattr(lstm_kernel, 'CPU_LOOPS', (False, 2, 2))  # As on GPUs, batch-major.
+  use_xla_loops(monkeypatch, (False, 2, 2))  # As on GPUs, batch-major.
   model = model_lib.CharRNN(VOCAB, 'lstm', num_layers=2, hidden=32, dropout=0.3, impl=impl,
                             dtype='bfloat16')
   tokens = random_tokens((8, 12), VOCAB, seed=16)
