@@ -1,8 +1,11 @@
 """Shared test helpers: small texts and shrunken configs; nothing here reads ../shared."""
+import atexit
 import os
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import jax
 import numpy as np
@@ -15,6 +18,17 @@ if ROOT not in sys.path:
 # Exact float32 matmuls on GPUs too (JAX's default there is TF32), so that the tolerances of
 # the equivalence tests mean the same on every machine; a no-op on CPUs.
 jax.config.update('jax_default_matmul_precision', 'float32')
+
+# Many tests (and the CLIs they start) compile the same small programs; one XLA compilation
+# cache for the whole session, removed at exit, compiles each once. The variables reach the
+# subprocesses; jax reads them at import.
+_XLA_CACHE = tempfile.mkdtemp(prefix='charlm-tests-xla-cache-')
+atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+for _name, _value in [('jax_compilation_cache_dir', _XLA_CACHE),
+                      ('jax_persistent_cache_min_compile_time_secs', 0),
+                      ('jax_persistent_cache_min_entry_size_bytes', -1)]:
+  os.environ[_name.upper()] = str(_value)
+  jax.config.update(_name, _value)
 
 WORDS = ('the of and to a in that is was he for it with as his on be at by I ROMEO JULIET '
          'thou thee art what shall love night day sweet').split()
