@@ -118,18 +118,25 @@ UNROLL_DIVIDES = True  # Round each unroll to a divisor of the loop's length (`u
 # `lstm_pallas.cell_grad`) where it applies: a GPU candidate, off until timed.
 PALLAS_CELL = False
 # With bfloat16 weights, save the gate activations t = tanh(s z) [T, B, 4H] for the backward
-# loop in float16 instead of float32: a GPU candidate, off until timed. They lie in [-1, 1],
-# where float16 keeps 11 significant bits (bfloat16 8, too few for the 1 - t^2 of saturated
-# gates), and they are the loops' largest saved sequence; the gradients stay within bfloat16
-# rounding of those with float32 ones (tests/test_model.py). On a 2-core CPU: 2x256 (32 x 64)
+# loop in float16 instead of float32: True, False, or None (the default): on GPUs only. They lie
+# in [-1, 1], where float16 keeps 11 significant bits (bfloat16 8, too few for the 1 - t^2 of
+# saturated gates), and they are the loops' largest saved sequence; the gradients stay within
+# bfloat16 rounding of those with float32 ones (tests/test_model.py). On an H200, 3x512 at batch
+# 512 x 100 with bfloat16 gate inputs: train step 1.02x (9 of 9 rounds faster), 2696 -> 2096 MB
+# (experiments/results/bench_train_gpu_512.json); alone 1.04x. On a 2-core CPU: 2x256 (32 x 64)
 # 1.00x, 45 -> 41 MB a step (experiments/bench_lstm_loops.py +f16t); validation loss after 500
 # steps of configs/tinyshakespeare.py:small 1.7211 nats, as without (float32: 1.7218).
-SAVED_GATES_FLOAT16 = False
+SAVED_GATES_FLOAT16 = None
+
+
+def on_gpu(setting) -> bool:
+  """The value of a setting that is True, False, or None for 'on GPUs only'."""
+  return jax.default_backend() == 'gpu' if setting is None else bool(setting)
 
 
 def saved_gates_dtype(w_dtype):
   """The dtype in which the forward loop saves the gate activations, for weights of `w_dtype`."""
-  narrow = SAVED_GATES_FLOAT16 and jnp.dtype(w_dtype) == jnp.bfloat16
+  narrow = on_gpu(SAVED_GATES_FLOAT16) and jnp.dtype(w_dtype) == jnp.bfloat16
   return jnp.dtype(jnp.float16 if narrow else jnp.float32)
 
 

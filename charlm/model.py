@@ -30,19 +30,21 @@ IMPLS = ('auto', 'fused', 'scan', 'cudnn', 'wavefront')
 WAVEFRONT_MAX_BATCH_HIDDEN = 64 * 1024
 DTYPES = ('float32', 'bfloat16')
 # Whether, with bfloat16 matmuls, the LSTM loops take their gate inputs gx [T, B, 4H] in
-# bfloat16 and give their gradients back in it. Either way gx holds bfloat16 values (the input
-# projection's output), the loops compute in float32, and the gradients are rounded to bfloat16
-# before every product they feed, so bfloat16 only halves the memory of the step's largest
-# sequences. On a 2-core CPU it lost: 2x256, batch 32 x 64, bfloat16 train step 0.88x in the
-# feature-major loops and 0.89x batch-major, 45 -> 41 MB a step (experiments/bench_lstm_loops.py
-# +bf16gx). Validation losses after 500 steps of configs/tinyshakespeare.py:small there: 1.7214
-# nats with it, 1.7211 without, 1.7218 in float32. A GPU candidate, off until timed there.
-GATE_INPUTS_BFLOAT16 = False
+# bfloat16 and give their gradients back in it: True, False, or None (the default): on GPUs
+# only. Either way gx holds bfloat16 values (the input projection's output), the loops compute
+# in float32, and the gradients are rounded to bfloat16 before every product they feed, so
+# bfloat16 only halves the memory traffic of the step's largest sequences. On an H200, 3x512,
+# fused bfloat16 train step: 1.14x at batch 512 x 100 (experiments/bench_lstm_loops.py +bf16gx),
+# 1.13x in another run (bench_train.py; 3751 -> 2696 MB a step). On a 2-core CPU it lost: 2x256,
+# batch 32 x 64, 0.88x feature-major and 0.89x batch-major (45 -> 41 MB a step). Validation
+# losses after 500 steps of configs/tinyshakespeare.py:small there: 1.7214 nats with it, 1.7211
+# without, 1.7218 in float32.
+GATE_INPUTS_BFLOAT16 = None
 
 
 def loop_dtype(dtype: str):
   """The dtype of the gate inputs that the LSTM loops take, for matmuls in `dtype`."""
-  return jnp.dtype(dtype) if GATE_INPUTS_BFLOAT16 else jnp.float32
+  return jnp.dtype(dtype) if lstm_kernel.on_gpu(GATE_INPUTS_BFLOAT16) else jnp.float32
 
 
 def lstm_step(w_h, carry, gx):
@@ -226,19 +228,19 @@ class CharRNN(nn.Module):
 
 
 def auto_impl(model_config, batch_per_device: int | None, backend: str | None = None) -> str:
-  """What model.impl='auto' runs: 'wavefront' on a GPU for an LSTM of 2+ layers with bfloat16
-  matmuls and batch per device x hidden up to WAVEFRONT_MAX_BATCH_HIDDEN, else 'fused'.
+  """What model.impl='auto' runs: 'wavefront' on a GPU for an LSTM of 2+ layers with batch per
+  device x hidden up to WAVEFRONT_MAX_BATCH_HIDDEN, else 'fused'.
 
   That is where the wavefront measured faster. Train step on an H200, bfloat16, sequence 100,
   wavefront against fused in one process (`experiments/bench_lstm_loops.py`): 3x512 at batch
   128 1.13x, 256 0.97x; 2x256 at 64 1.07x; 3x1024 at 64 1.00x. Against cuDNN in one run
-  (`experiments/bench_train.py`), 3x512 at batch 64: 3.06x for the wavefront, 2.43x for fused;
-  at 512 1.36x and 1.48x. In float32 the two are not yet compared on a GPU, and on a CPU fused
-  wins (its native loops).
+  (`experiments/bench_train.py`, 2026-11-27), 3x512 at batch 64: bfloat16 3.10x for the
+  wavefront, 2.68x for fused; float32 2.69x and 2.28x; at batch 512 the wavefront lost (bfloat16
+  0.85x of fused, float32 0.84x). On a CPU fused wins (its native loops).
   """
   backend = backend or jax.default_backend()
   if (backend == 'gpu' and model_config.cell == 'lstm' and model_config.num_layers > 1
-      and model_config.get('dtype', 'float32') == 'bfloat16' and batch_per_device
+      and batch_per_device
       and batch_per_device * model_config.hidden <= WAVEFRONT_MAX_BATCH_HIDDEN):
     return 'wavefront'
   return 'fused'

@@ -24,9 +24,10 @@ of the peak can pass 100%: at 2x512 a quarter of the counted FLOPs are that proj
 jit compile time and memory. On a CPU the process has two CPU devices and each size's mesh
 takes as many as `charlm.train` would use (`host.cpu_devices`: 1 with the native LSTM loops,
 else 2 for hidden <= 256); the table says how many.
-A variant may add options, +NAME each, that set charlm's GPU candidates (off by default) for
-its own compile: +remainder (lstm_kernel.UNROLL_DIVIDES off), +pallas (lstm_kernel.PALLAS_CELL,
-fused only), +bf16gx (model.GATE_INPUTS_BFLOAT16), +f16t (lstm_kernel.SAVED_GATES_FLOAT16).
+A variant may add options, +NAME each, that set charlm's speed settings for its own compile:
++remainder (lstm_kernel.UNROLL_DIVIDES off), +pallas (lstm_kernel.PALLAS_CELL, fused only),
++bf16gx or +f32gx (model.GATE_INPUTS_BFLOAT16 on or off; by default on GPUs only), +f16t or
++f32t (lstm_kernel.SAVED_GATES_FLOAT16 on or off; likewise).
 Results: a markdown table on stdout and JSON under experiments/results/.
 """
 import json
@@ -63,28 +64,38 @@ _OUT = flags.DEFINE_string('out', None, "JSON results (default experiments/resul
                            "bench_train_<platform>.json; '': none).")
 
 
-# A variant's options: name -> (charlm module, setting, the value the option sets; the default
-# is the other one).
+# A variant's options: name -> (charlm module, setting, the value the option sets); a setting
+# that no option of a variant names keeps its default (SETTINGS; None: on GPUs only).
 OPTIONS = {'remainder': ('lstm_kernel', 'UNROLL_DIVIDES', False),
            'pallas': ('lstm_kernel', 'PALLAS_CELL', True),
            'bf16gx': ('model', 'GATE_INPUTS_BFLOAT16', True),
-           'f16t': ('lstm_kernel', 'SAVED_GATES_FLOAT16', True)}
+           'f32gx': ('model', 'GATE_INPUTS_BFLOAT16', False),
+           'f16t': ('lstm_kernel', 'SAVED_GATES_FLOAT16', True),
+           'f32t': ('lstm_kernel', 'SAVED_GATES_FLOAT16', False)}
+SETTINGS = {('lstm_kernel', 'UNROLL_DIVIDES'): True, ('lstm_kernel', 'PALLAS_CELL'): False,
+            ('model', 'GATE_INPUTS_BFLOAT16'): None, ('lstm_kernel', 'SAVED_GATES_FLOAT16'): None}
 
 
 def parse_options(text: str, options: list) -> frozenset:
-  """The options of `text` (a variant or candidate), checked: known and not repeated."""
-  if not set(options) <= set(OPTIONS) or len(set(options)) < len(options):
-    raise app.UsageError(f'{text}: options are +{", +".join(OPTIONS)}, each at most once')
+  """The options of `text` (a variant or candidate), checked: known, and each setting named
+  at most once."""
+  settings = [OPTIONS[name][:2] for name in options if name in OPTIONS]
+  if len(settings) < len(options) or len(set(settings)) < len(settings):
+    raise app.UsageError(f'{text}: options are +{", +".join(OPTIONS)}, each setting at most '
+                         'once')
   return frozenset(options)
 
 
 def set_options(options) -> None:
-  """Sets the charlm settings of `options` (OPTIONS' names), and the others' to their
-  defaults, for the steps compiled next."""
+  """Sets the charlm settings of `options` (OPTIONS' names), and the others to their defaults,
+  for the steps compiled next."""
   import importlib
-  for name, (module, setting, value) in OPTIONS.items():
-    setattr(importlib.import_module(f'charlm.{module}'), setting,
-            value if name in options else not value)
+  values = dict(SETTINGS)
+  for name in options:
+    module, setting, value = OPTIONS[name]
+    values[module, setting] = value
+  for (module, setting), value in values.items():
+    setattr(importlib.import_module(f'charlm.{module}'), setting, value)
 
 
 def parse_variant(variant: str) -> tuple:

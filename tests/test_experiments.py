@@ -57,6 +57,7 @@ def test_lstm_loop_candidates_are_timed_against_the_first(tmp_path):
 @pytest.mark.parametrize('text,error', [
     ('fm:2:1+pallas', 'bm'), ('wavefront/bm:8:8+pallas', 'fused only'),
     ('native+pallas', 'bm'), ('bm:8:8+pallas+pallas', 'at most once'),
+    ('bm:8:8+bf16gx+f32gx', 'at most once'),
     ('bm:8:8+fast', 'options are'), ('scan/bm:8:8', 'use ')])
 def test_lstm_loop_candidates_that_cannot_run_are_refused(text, error):
   import bench_lstm_loops
@@ -67,6 +68,22 @@ def test_lstm_loop_candidates_that_cannot_run_are_refused(text, error):
       'fused', 'bm:8:8', {'remainder', 'pallas'})
   assert bench_lstm_loops.parse_candidate('wavefront/bm:8:8+f16t+bf16gx') == (
       'wavefront', 'bm:8:8', {'f16t', 'bf16gx'})
+
+
+def test_bench_options_set_their_settings_and_leave_the_rest_at_defaults(monkeypatch):
+  import bench_train
+
+  from charlm import lstm_kernel
+  from charlm import model as model_lib
+  for module, setting in bench_train.SETTINGS:  # Restored after the test.
+    target = model_lib if module == 'model' else lstm_kernel
+    monkeypatch.setattr(target, setting, getattr(target, setting))
+  bench_train.set_options({'f32gx', 'remainder'})
+  assert model_lib.GATE_INPUTS_BFLOAT16 is False and lstm_kernel.UNROLL_DIVIDES is False
+  assert lstm_kernel.SAVED_GATES_FLOAT16 is None  # On GPUs only.
+  bench_train.set_options({'f16t'})
+  assert lstm_kernel.SAVED_GATES_FLOAT16 is True and lstm_kernel.UNROLL_DIVIDES is True
+  assert model_lib.GATE_INPUTS_BFLOAT16 is None
 
 
 def test_bench_train_times_each_variant(tmp_path):

@@ -316,7 +316,23 @@ def test_float16_saved_gates_move_gradients_by_float16_rounding(loops, monkeypat
     assert 0 < float(jnp.linalg.norm(narrow - wide)) <= 2e-3 * float(jnp.linalg.norm(wide))
 
 
-# The GPU candidates that narrow what the loops exchange and save, with bfloat16 matmuls.
+def test_narrowing_is_on_by_default_on_gpus_only(monkeypatch):
+  """With bfloat16 matmuls, GPUs get bfloat16 gate inputs and float16 saved gates (faster
+  there), CPUs float32 for both (bfloat16 gate inputs lost there), unless a setting says."""
+  for backend, narrow in (('gpu', True), ('cpu', False)):
+    monkeypatch.setattr(jax, 'default_backend', lambda backend=backend: backend)
+    assert model_lib.loop_dtype('bfloat16') == (jnp.bfloat16 if narrow else jnp.float32)
+    assert lstm_kernel.saved_gates_dtype(jnp.bfloat16) == (jnp.float16 if narrow else jnp.float32)
+    assert model_lib.loop_dtype('float32') == jnp.float32
+    assert lstm_kernel.saved_gates_dtype(jnp.float32) == jnp.float32
+  for setting in (True, False):
+    monkeypatch.setattr(model_lib, 'GATE_INPUTS_BFLOAT16', setting)
+    monkeypatch.setattr(lstm_kernel, 'SAVED_GATES_FLOAT16', setting)
+    assert model_lib.loop_dtype('bfloat16') == (jnp.bfloat16 if setting else jnp.float32)
+    assert lstm_kernel.saved_gates_dtype(jnp.bfloat16) == (jnp.float16 if setting else jnp.float32)
+
+
+# The options that narrow what the loops exchange and save, with bfloat16 matmuls.
 NARROWING = {'gate inputs': (model_lib, 'GATE_INPUTS_BFLOAT16'),
              'saved gates': (lstm_kernel, 'SAVED_GATES_FLOAT16')}
 
@@ -384,7 +400,8 @@ def test_auto_impl_picks_the_wavefront_where_it_measured_faster(monkeypatch, tmp
   auto = model_lib.auto_impl
   assert auto(config(), 64, 'gpu') == auto(config(), 128, 'gpu') == 'wavefront'
   assert auto(config(num_layers=2, hidden=256), 64, 'gpu') == 'wavefront'
-  for fused, batch in ((config(), 256), (config(dtype='float32'), 64), (config(cell='gru'), 64),
+  assert auto(config(dtype='float32'), 64, 'gpu') == 'wavefront'
+  for fused, batch in ((config(), 256), (config(dtype='float32'), 512), (config(cell='gru'), 64),
                        (config(num_layers=1), 64), (config(), None)):
     assert auto(fused, batch, 'gpu') == 'fused', (fused, batch)
   assert auto(config(), 64, 'cpu') == 'fused'
