@@ -114,9 +114,6 @@ def _loops():
 
 
 UNROLL_DIVIDES = True  # Round each unroll to a divisor of the loop's length (`unroll_for`).
-# Run each batch-major step, forward and backward, as one Pallas kernel (`lstm_pallas.cell`,
-# `lstm_pallas.cell_grad`) where it applies: a GPU candidate, off until timed.
-PALLAS_CELL = False
 # With bfloat16 weights, save the gate activations t = tanh(s z) [T, B, 4H] for the backward
 # loop in float16 instead of float32: True, False, or None (the default): on GPUs only. They lie
 # in [-1, 1], where float16 keeps 11 significant bits (bfloat16 8, too few for the 1 - t^2 of
@@ -138,15 +135,6 @@ def saved_gates_dtype(w_dtype):
   """The dtype in which the forward loop saves the gate activations, for weights of `w_dtype`."""
   narrow = on_gpu(SAVED_GATES_FLOAT16) and jnp.dtype(w_dtype) == jnp.bfloat16
   return jnp.dtype(jnp.float16 if narrow else jnp.float32)
-
-
-def _pallas_for(feature_major: bool, state_shape):
-  """lstm_pallas where PALLAS_CELL asks for it and its kernels take states of `state_shape`,
-  else None."""
-  if not PALLAS_CELL or feature_major:
-    return None
-  from charlm import lstm_pallas  # Imports Pallas only when asked for.
-  return lstm_pallas if lstm_pallas.supported(*state_shape) else None
 
 
 def unroll_for(length: int, unroll: int) -> int:
@@ -225,9 +213,6 @@ def _forward(gx, w_h, c0, h0, save):
   w, layout = (w_h.T, jnp.transpose) if feature_major else (w_h, lambda x: x)
   cell = lambda c, h, gx_t: _cell(w, s, c, h, gx_t, feature_major)
   t_dtype = saved_gates_dtype(w_h.dtype)
-  pallas = _pallas_for(feature_major, h0.shape)
-  if pallas:
-    cell = lambda c, h, gx_t: pallas.cell(w, c, h, gx_t, t_dtype)
 
   def step(carry, gx_t):
     c_prev, h = carry
@@ -269,11 +254,7 @@ def _lstm_bwd(residuals, cotangents):
     dzs, dc0, dh0 = lstm_cpu.backward(*loop_args)
   else:
     feature_major, _, unroll = _loops()
-    pallas = _pallas_for(feature_major, h0.shape)
-    if pallas:
-      dzs, dc0, dh0 = _pallas_backward(pallas, *loop_args, unroll, gx_like.dtype)
-    else:
-      dzs, dc0, dh0 = _xla_backward(*loop_args, feature_major, unroll, gx_like.dtype)
+    dzs, dc0, dh0 = _xla_backward(*loop_args, feature_major, unroll, gx_like.dtype)
   h_prev = jnp.concatenate([h0[None], hs[:-1]])
   return dzs, _weight_grad(h_prev, dzs, w_h.dtype), dc0, dh0
 
@@ -299,27 +280,6 @@ def _xla_backward(dhs, ts, c_prevs, c_last, dc_last, dh_last, w_h, feature_major
                                      (dhs, ts, c_prevs), reverse=True,
                                      unroll=unroll_for(len(dhs), unroll))
   return dzs, layout(dc0), layout(dh0)
-
-
-def _pallas_backward(pallas, dhs, ts, c_prevs, c_last, dc_last, dh_last, w_h, unroll, dz_dtype):
-  """The batch-major backward loop with `pallas.cell_grad` (lstm_pallas): (dzs in `dz_dtype`,
-  dc0, dh0).
-
-  Each step starts with the product that XLA's loop ends with, so that one kernel runs it and
-  the gate arithmetic: the carry is the next step's dz (in `dz_dtype`), zeros at first, and the
-  cotangent of the final h joins the last step's output gradient instead.
-  """
-  def step(carry, xs):
-    dz_next, dc, c = carry  # c is this step's cell state; the loop reads the previous one.
-    dh_out, t, c_prev = xs
-    dz, dc = pallas.cell_grad(w_h, dz_next, dh_out, t, c, c_prev, dc)
-    return (dz, dc, c_prev), dz
-
-  dz_next = jnp.zeros(ts.shape[1:], dz_dtype)
-  (dz0, dc0, _), dzs = jax.lax.scan(step, (dz_next, dc_last, c_last),
-                                    (dhs.at[-1].add(dh_last), ts, c_prevs), reverse=True,
-                                    unroll=unroll_for(len(dhs), unroll))
-  return dzs, dc0, jnp.dot(dz0.astype(w_h.dtype), w_h.T, preferred_element_type=jnp.float32)
 
 
 lstm.defvjp(_lstm_fwd, _lstm_bwd)

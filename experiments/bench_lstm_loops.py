@@ -3,21 +3,19 @@
     python experiments/bench_lstm_loops.py --sizes 3x512:512x100,3x512:64x100 --dtype bfloat16
     python experiments/bench_lstm_loops.py --loops bm:8:8,wavefront/bm:8:8,wavefront/bm:16:16
     python experiments/bench_lstm_loops.py --loops bm:8:8,bm:8:8+remainder,bm:25:25,bm:50:50
-    python experiments/bench_lstm_loops.py --loops bm:8:8,bm:8:8+pallas,bm:8:8+remainder+pallas
-    python experiments/bench_lstm_loops.py --loops bm:8:8,bm:8:8+bf16gx,bm:8:8+bf16gx+f16t
+    python experiments/bench_lstm_loops.py --loops bm:8:8,bm:8:8+f32gx,bm:8:8+f32gx+f32t
 
-A candidate is [wavefront/]LOOPS[+remainder][+pallas][+bf16gx][+f16t]. LOOPS is a setting of
+A candidate is [wavefront/]LOOPS[+remainder][+bf16gx|+f32gx][+f16t|+f32t]. LOOPS is a setting of
 `lstm_kernel.GPU_LOOPS` (or `CPU_LOOPS` on a CPU): state layout inside the loops, fm
 (feature-major) or bm (batch-major), then forward and backward unroll, which the loops round to
 a nearby divisor of their length (`lstm_kernel.unroll_for`: 8 becomes 10 for 100 steps); on a
 CPU it may also be `native`, the native loops of `lstm_cpu`, which the others turn off.
 `wavefront/` runs model.impl='wavefront' (lstm_wavefront, batch-major only) instead of
 'fused'; `+remainder` keeps the unrolls as they are, with lax.scan's remainder loop
-(`UNROLL_DIVIDES = False`); `+pallas` runs each step, forward and backward, as one Pallas kernel
-(`lstm_kernel.PALLAS_CELL`, where `lstm_pallas.supported`; on a CPU in interpret mode, slow),
-for bm loops of 'fused' only; `+bf16gx` passes the loops bfloat16 gate inputs and takes
-bfloat16 gradients back, with bfloat16 matmuls (`model.GATE_INPUTS_BFLOAT16`); `+f16t` saves
-the gate activations for the backward loop in float16 (`lstm_kernel.SAVED_GATES_FLOAT16`).
+(`UNROLL_DIVIDES = False`); with bfloat16 matmuls, `+bf16gx` passes the loops bfloat16 gate
+inputs and takes bfloat16 gradients back (`model.GATE_INPUTS_BFLOAT16`), `+f16t` saves the gate
+activations for the backward loop in float16 (`lstm_kernel.SAVED_GATES_FLOAT16`); both are on by
+default on GPUs only, and `+f32gx` / `+f32t` turn them off.
 For each size, every candidate compiles charlm's real train step
 (experiments/bench_train.py's), then the compiled steps run in alternating rounds, with the
 peer (torch.nn.LSTM) once per size. Later sizes try only the first candidate and the fastest
@@ -38,10 +36,9 @@ _LOOPS = flags.DEFINE_list('loops', ['fm:2:1', 'bm:2:1', 'bm:8:8', 'bm:4:4'],
                            'Candidates layout:forward unroll:backward unroll, layout fm '
                            '(feature-major) or bm (batch-major), or native (CPUs); a prefix '
                            'wavefront/ runs model.impl=wavefront, a suffix +remainder keeps '
-                           "unrolls that do not divide the loop's length, +pallas (bm, not "
-                           'wavefront) steps with the Pallas kernels, +bf16gx bfloat16 gate '
-                           'inputs, +f16t gate activations saved in float16; the first is '
-                           'the baseline.')
+                           "unrolls that do not divide the loop's length, +bf16gx or +f32gx "
+                           'bfloat16 or float32 gate inputs, +f16t or +f32t gate activations '
+                           'saved in float16 or float32; the first is the baseline.')
 _DTYPE = flags.DEFINE_string('dtype', 'bfloat16', "charlm's model.dtype.")
 _DEADLINE = flags.DEFINE_float('deadline', 240, 'Start no compile past this many seconds.')
 _BENCH_OUT = flags.DEFINE_string('bench_out', '', 'JSON results (empty: none).')
@@ -69,8 +66,6 @@ def parse_candidate(text: str) -> Candidate:
       raise app.UsageError(f'{text}: LOOPS is native or fm|bm:FORWARD:BACKWARD') from None
     if impl == 'wavefront' and feature_major:
       raise app.UsageError(f'{text}: the wavefront loop is batch-major only (bm)')
-  if 'pallas' in options and (impl != 'fused' or feature_major is not False):
-    raise app.UsageError(f'{text}: +pallas is for the batch-major loops (bm) of fused only')
   return Candidate(impl, loops, options)
 
 

@@ -25,9 +25,8 @@ jit compile time and memory. On a CPU the process has two CPU devices and each s
 takes as many as `charlm.train` would use (`host.cpu_devices`: 1 with the native LSTM loops,
 else 2 for hidden <= 256); the table says how many.
 A variant may add options, +NAME each, that set charlm's speed settings for its own compile:
-+remainder (lstm_kernel.UNROLL_DIVIDES off), +pallas (lstm_kernel.PALLAS_CELL, fused only),
-+bf16gx or +f32gx (model.GATE_INPUTS_BFLOAT16 on or off; by default on GPUs only), +f16t or
-+f32t (lstm_kernel.SAVED_GATES_FLOAT16 on or off; likewise).
++remainder (lstm_kernel.UNROLL_DIVIDES off), +bf16gx or +f32gx (model.GATE_INPUTS_BFLOAT16 on
+or off; by default on GPUs only), +f16t or +f32t (lstm_kernel.SAVED_GATES_FLOAT16, likewise).
 Results: a markdown table on stdout and JSON under experiments/results/.
 """
 import json
@@ -67,13 +66,12 @@ _OUT = flags.DEFINE_string('out', None, "JSON results (default experiments/resul
 # A variant's options: name -> (charlm module, setting, the value the option sets); a setting
 # that no option of a variant names keeps its default (SETTINGS; None: on GPUs only).
 OPTIONS = {'remainder': ('lstm_kernel', 'UNROLL_DIVIDES', False),
-           'pallas': ('lstm_kernel', 'PALLAS_CELL', True),
            'bf16gx': ('model', 'GATE_INPUTS_BFLOAT16', True),
            'f32gx': ('model', 'GATE_INPUTS_BFLOAT16', False),
            'f16t': ('lstm_kernel', 'SAVED_GATES_FLOAT16', True),
            'f32t': ('lstm_kernel', 'SAVED_GATES_FLOAT16', False)}
-SETTINGS = {('lstm_kernel', 'UNROLL_DIVIDES'): True, ('lstm_kernel', 'PALLAS_CELL'): False,
-            ('model', 'GATE_INPUTS_BFLOAT16'): None, ('lstm_kernel', 'SAVED_GATES_FLOAT16'): None}
+SETTINGS = {('lstm_kernel', 'UNROLL_DIVIDES'): True, ('model', 'GATE_INPUTS_BFLOAT16'): None,
+            ('lstm_kernel', 'SAVED_GATES_FLOAT16'): None}
 
 
 def parse_options(text: str, options: list) -> frozenset:
@@ -104,10 +102,7 @@ def parse_variant(variant: str) -> tuple:
   dtype, *options = rest.split('+')
   if not impl or not dtype:
     raise app.UsageError(f'{variant}: use IMPL:DTYPE[+OPTION...], e.g. fused:bfloat16+bf16gx')
-  options = parse_options(variant, options)
-  if 'pallas' in options and impl != 'fused':
-    raise app.UsageError(f'{variant}: +pallas runs with model.impl=fused only')
-  return impl, dtype, options
+  return impl, dtype, parse_options(variant, options)
 
 
 def timed_rounds():

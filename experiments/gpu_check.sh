@@ -2,14 +2,13 @@
 # One prepared GPU run (the device tool lends a GPU machine for minutes):
 # experiments/bench_train.py against torch.nn.LSTM (cuDNN) for 3x512 at batch 512 and 64, in
 # bfloat16 and float32, layer by layer (model.impl='fused') and as one wavefront loop
-# ('wavefront'; float32 is what model.impl='auto' has not measured yet), and fused bfloat16
-# with bfloat16 gate inputs and float16 saved gate activations (+bf16gx+f16t); the Pallas
-# steps, forward and backward (lstm_pallas, +pallas), against XLA's; the loops' unrolls
-# (rounded to a divisor of the length, as lstm_kernel now does, against the remainder loop of
-# before, and larger) and the two narrowing options one by one; charlm's fast-LSTM tests on the
-# GPU (the Pallas kernel's included); a profile of the batch-512 step; then, if time is left,
-# two training runs on tiny-shakespeare ('auto' in bfloat16 and fused float32: loss curves
-# compared), sampling speed and a sample. Results land in $OUT.
+# ('wavefront'), bfloat16 as charlm runs it on a GPU (bfloat16 gate inputs, float16 saved gate
+# activations) and without those two (+f32gx+f32t; the wavefront with them is not yet timed on
+# a GPU); the wavefront against fused at batch 128 and 256, where model.impl='auto' switches
+# (experiments/bench_lstm_loops.py); charlm's fast-LSTM tests on the GPU; a profile of the
+# batch-512 step; then, if time is left, three training runs on tiny-shakespeare ('auto' and
+# fused in bfloat16, fused float32: loss curves compared), sampling speed and a sample. Results
+# land in $OUT.
 #
 # The GPU image has jax (CUDA), flax, optax, orbax and torch but no network: carry the rest.
 # From the repository root, once:
@@ -23,17 +22,17 @@
 # `.whl` and `.carry` carried, under a command timeout half a minute above DEADLINE.
 #
 # Every stage gets at most what is left of DEADLINE seconds (default 520), in this order: the
-# benchmark (220 s; its rounds stop at the budget), the Pallas step (120 s), the loops' unrolls
-# and narrowing options (150 s; experiments/bench_lstm_loops.py), the tests (75 s), a profile of
-# the batch-512 step, the training runs, sampling speed, the sample: at DEADLINE=550 the last
-# four run only in what the first four leave unused. On an H200 (2026-11-26) a 3x512 step
+# benchmark (220 s; its rounds stop at the budget), the wavefront against fused (120 s;
+# experiments/bench_lstm_loops.py), the tests (90 s), a profile of the batch-512 step, the
+# training runs, sampling speed, the sample: at DEADLINE=550 the last four run only in what the
+# first three leave unused. On 2026-11-27 (an H200, DEADLINE=560) the then stages took 523 s. On an H200 (2026-11-26) a 3x512 step
 # compiled in 4-13 s (the larger unrolls slower); the run of that day gave 240 s to the
 # benchmark (2 sizes x 3 variants, 5 rounds), and 120 s to the loops, which compiled 8 steps and
 # was stopped before its table: they now get one size and stop their rounds at a budget. The
 # same machine found XLA's default flags fastest: --xla_gpu_autotune_level=0 compiled in 3 s but
 # trained at 0.38x, --xla_gpu_enable_triton_gemm=false at 0.89x (3x512, 64 x 100, float32), and
 # XLA's while loops as CUDA graphs lost (experiments/results/bench_lstm_loops_graphs_gpu.json).
-# SIZES, VARIANTS, ROUNDS, STEPS, PALLAS_SIZES, LOOP_SIZES, LOOPS, TESTS (pytest -k),
+# SIZES, VARIANTS, ROUNDS, STEPS, LOOP_SIZES, LOOPS, TESTS (pytest -k),
 # PROFILE_SIZE, PROFILE_IMPL, SAMPLE_ARGS, TRAIN_VARIANTS, TRAIN_ARGS (extra flags) and PEER_PY
 # change the run.
 set -uo pipefail
@@ -68,9 +67,9 @@ print("jax", jax.__version__, jax.devices(), "flax", flax.__version__, "optax", 
 
 stage "bench_train: charlm against torch.nn.LSTM (cuDNN)"
 t=$(budget 220)
-# Compiling comes first (10 steps, 5-10 s each on an H200); the rounds get the rest less 145 s.
-# fused:bfloat16+bf16gx+f16t: the two GPU candidates that narrow the loops' sequences.
-variants=fused:bfloat16,fused:bfloat16+bf16gx+f16t,wavefront:bfloat16
+# Compiling comes first (12 steps, 3-10 s each on an H200); the rounds get the rest less 145 s.
+# +f32gx+f32t: without the bfloat16 gate inputs and float16 saved gates of GPUs.
+variants=fused:bfloat16,fused:bfloat16+f32gx+f32t,wavefront:bfloat16,wavefront:bfloat16+f32gx+f32t
 variants=$variants,fused:float32,wavefront:float32
 timeout "$t" python3 experiments/bench_train.py --peer_python "$PEER_PY" \
   --peer_dir .carry --sizes "${SIZES:-3x512:512x100,3x512:64x100}" \
@@ -91,25 +90,17 @@ loops_stage() {
     | grep -E '^(\||compiled|deadline|failed|round|--max|Traceback|[A-Za-z]*Error)'
 }
 
-# In a stage of its own: Triton compiles lstm_pallas's kernels here for the first time.
-loops_stage 120 "the Pallas steps" "${PALLAS_SIZES:-3x512:512x100,3x512:64x100}" \
-  bm:8:8,bm:8:8+pallas,bm:8:8+pallas+bf16gx+f16t bench_lstm_loops_pallas_gpu.json
-# bm:8:8 runs 100 steps as 10 x 10 now; +remainder as 12 x 8 + 4, as before 2026-11-26. A
-# complete unroll (bm:100:100) did not finish compiling in 5 minutes on a 2-core CPU (3x64).
-# +bf16gx: bfloat16 gate inputs and gradients between the loops and the products; +f16t: the
-# gate activations saved in float16 (both float32 by default; on a 2-core CPU, 0.88x and 1.00x).
-loops_stage 150 "unrolls, bfloat16 gate inputs, float16 saved gates" \
-  "${LOOP_SIZES:-3x512:512x100}" \
-  "${LOOPS:-bm:8:8,bm:8:8+bf16gx,bm:8:8+f16t,bm:8:8+remainder,bm:25:25,bm:50:50}" \
-  bench_lstm_loops_gpu.json
+# The wavefront against fused around model.impl='auto''s switch (batch x hidden 65,536).
+loops_stage 120 "the wavefront against fused" "${LOOP_SIZES:-3x512:128x100,3x512:256x100}" \
+  "${LOOPS:-bm:8:8,wavefront/bm:8:8,wavefront/bm:8:8+f32gx+f32t}" bench_lstm_loops_gpu.json
 
-t=$(budget 75)
+t=$(budget 90)
 if [ "$t" -gt 0 ]; then
-  tests=${TESTS:-pallas or narrowing or float16 or gate_inputs or remainder or fused_lstm}
+  tests=${TESTS:-narrowing or float16 or gate_inputs or remainder or fused_lstm}
   stage "tests on the GPU: -k '$tests' (${t} s at most)"
   # SIGINT: pytest stops and still prints its summary of the tests run so far.
   timeout -s INT -k 10 "$t" python3 -m pytest -q -p no:cacheprovider -rfE \
-    tests/test_lstm_pallas.py tests/test_model.py -k "$tests" 2>&1 | tee "$OUT/tests.txt" \
+    tests/test_model.py -k "$tests" 2>&1 | tee "$OUT/tests.txt" \
     | tail -15
 fi
 
@@ -124,7 +115,8 @@ if [ "$t" -gt 0 ]; then
 fi
 
 # auto:bfloat16 is what a user gets: at batch 100 x 512 hidden, the wavefront.
-TRAIN_VARIANTS=${TRAIN_VARIANTS:-auto:bfloat16 fused:float32}
+# Each run takes 25-30 s on an H200, compiling included.
+TRAIN_VARIANTS=${TRAIN_VARIANTS:-auto:bfloat16 fused:bfloat16 fused:float32}
 for variant in $TRAIN_VARIANTS; do
   t=$(budget 80); [ "$t" = 0 ] && break
   impl=${variant%:*}; dtype=${variant#*:}

@@ -37,16 +37,16 @@ def test_profile_step_names_the_operations_of_a_step(tmp_path):
 def test_lstm_loop_candidates_are_timed_against_the_first(tmp_path):
   out_json = tmp_path / 'loops.json'
   run(['experiments/bench_lstm_loops.py', '--sizes', '2x16:16x8,2x16:2x8', '--loops',
-       'native,bm:3:2,wavefront/bm:4:4+remainder+bf16gx,bm:2:2+pallas+remainder+f16t', '--dtype',
+       'native,bm:3:2,wavefront/bm:4:4+remainder+bf16gx,bm:2:2+remainder+f16t', '--dtype',
        'float32', '--rounds', '3', '--max_seconds', '1e-6', '--steps', '2', '--no_peer',
        '--bench_out', str(out_json)])
   rows = json.loads(out_json.read_text())['results']
   assert [(r['size'], r['loops'], r['impl']) for r in rows[:4]] == [
       ('2x16:16x8', 'native', 'fused'), ('2x16:16x8', 'bm:3:2', 'fused'),
       ('2x16:16x8', 'wavefront/bm:4:4+remainder+bf16gx', 'wavefront'),
-      ('2x16:16x8', 'bm:2:2+pallas+remainder+f16t', 'fused')]
+      ('2x16:16x8', 'bm:2:2+remainder+f16t', 'fused')]
   assert [r['options'] for r in rows[:4]] == [
-      [], [], ['bf16gx', 'remainder'], ['f16t', 'pallas', 'remainder']]
+      [], [], ['bf16gx', 'remainder'], ['f16t', 'remainder']]
   # The second size: the baseline and the first size's fastest other candidate.
   assert [(r['size'], r['loops']) for r in rows[4:5]] == [('2x16:2x8', 'native')]
   assert len(rows) == 6 and rows[5]['loops'] in [r['loops'] for r in rows[1:4]]
@@ -55,17 +55,16 @@ def test_lstm_loop_candidates_are_timed_against_the_first(tmp_path):
 
 
 @pytest.mark.parametrize('text,error', [
-    ('fm:2:1+pallas', 'bm'), ('wavefront/bm:8:8+pallas', 'fused only'),
-    ('native+pallas', 'bm'), ('bm:8:8+pallas+pallas', 'at most once'),
-    ('bm:8:8+bf16gx+f32gx', 'at most once'),
+    ('wavefront/fm:2:1', 'batch-major only'), ('bm:8:8+f16t+f16t', 'at most once'),
+    ('bm:8:8+bf16gx+f32gx', 'at most once'), ('fm:2', 'LOOPS is'),
     ('bm:8:8+fast', 'options are'), ('scan/bm:8:8', 'use ')])
 def test_lstm_loop_candidates_that_cannot_run_are_refused(text, error):
   import bench_lstm_loops
   from absl import app
   with pytest.raises(app.UsageError, match=error):
     bench_lstm_loops.parse_candidate(text)
-  assert bench_lstm_loops.parse_candidate('bm:8:8+remainder+pallas') == (
-      'fused', 'bm:8:8', {'remainder', 'pallas'})
+  assert bench_lstm_loops.parse_candidate('bm:8:8+remainder+f32t') == (
+      'fused', 'bm:8:8', {'remainder', 'f32t'})
   assert bench_lstm_loops.parse_candidate('wavefront/bm:8:8+f16t+bf16gx') == (
       'wavefront', 'bm:8:8', {'f16t', 'bf16gx'})
 
@@ -109,7 +108,7 @@ def test_bench_train_times_each_variant(tmp_path):
   assert bad.returncode != 0 and 'fused: use IMPL:DTYPE' in bad.stderr
   import bench_train
   from absl import app
-  with pytest.raises(app.UsageError, match='fused only'):
-    bench_train.parse_variant('wavefront:bfloat16+pallas')
+  with pytest.raises(app.UsageError, match='at most once'):
+    bench_train.parse_variant('wavefront:bfloat16+f16t+f32t')
   with pytest.raises(app.UsageError, match='options are'):
     bench_train.parse_variant('fused:float32+fast')
