@@ -29,6 +29,8 @@ A variant may add options, +NAME each, that set charlm's speed settings for its 
 or off; by default on GPUs only), +f16t or +f32t (lstm_kernel.SAVED_GATES_FLOAT16, likewise).
 Results: a markdown table on stdout and JSON under experiments/results/.
 """
+import functools
+import importlib
 import json
 import os
 import platform
@@ -64,14 +66,20 @@ _OUT = flags.DEFINE_string('out', None, "JSON results (default experiments/resul
 
 
 # A variant's options: name -> (charlm module, setting, the value the option sets); a setting
-# that no option of a variant names keeps its default (SETTINGS; None: on GPUs only).
+# that no option of a variant names keeps charlm's default (None: on GPUs only).
 OPTIONS = {'remainder': ('lstm_kernel', 'UNROLL_DIVIDES', False),
            'bf16gx': ('model', 'GATE_INPUTS_BFLOAT16', True),
            'f32gx': ('model', 'GATE_INPUTS_BFLOAT16', False),
            'f16t': ('lstm_kernel', 'SAVED_GATES_FLOAT16', True),
            'f32t': ('lstm_kernel', 'SAVED_GATES_FLOAT16', False)}
-SETTINGS = {('lstm_kernel', 'UNROLL_DIVIDES'): True, ('model', 'GATE_INPUTS_BFLOAT16'): None,
-            ('lstm_kernel', 'SAVED_GATES_FLOAT16'): None}
+
+
+@functools.cache
+def charlm_defaults() -> dict:
+  """(module, setting) -> charlm's own value, for each setting of OPTIONS; read once, before
+  set_options first changes them."""
+  return {(module, setting): getattr(importlib.import_module(f'charlm.{module}'), setting)
+          for module, setting, _ in OPTIONS.values()}
 
 
 def parse_options(text: str, options: list) -> frozenset:
@@ -87,8 +95,7 @@ def parse_options(text: str, options: list) -> frozenset:
 def set_options(options) -> None:
   """Sets the charlm settings of `options` (OPTIONS' names), and the others to their defaults,
   for the steps compiled next."""
-  import importlib
-  values = dict(SETTINGS)
+  values = dict(charlm_defaults())
   for name in options:
     module, setting, value = OPTIONS[name]
     values[module, setting] = value

@@ -25,16 +25,16 @@
 # benchmark (220 s; its rounds stop at the budget), the wavefront against fused (120 s;
 # experiments/bench_lstm_loops.py), the tests (90 s), a profile of the batch-512 step, the
 # training runs, sampling speed, the sample: at DEADLINE=550 the last four run only in what the
-# first three leave unused. On 2026-11-27 (an H200, DEADLINE=560) the then stages took 523 s. On an H200 (2026-11-26) a 3x512 step
-# compiled in 4-13 s (the larger unrolls slower); the run of that day gave 240 s to the
-# benchmark (2 sizes x 3 variants, 5 rounds), and 120 s to the loops, which compiled 8 steps and
-# was stopped before its table: they now get one size and stop their rounds at a budget. The
-# same machine found XLA's default flags fastest: --xla_gpu_autotune_level=0 compiled in 3 s but
-# trained at 0.38x, --xla_gpu_enable_triton_gemm=false at 0.89x (3x512, 64 x 100, float32), and
-# XLA's while loops as CUDA graphs lost (experiments/results/bench_lstm_loops_graphs_gpu.json).
-# SIZES, VARIANTS, ROUNDS, STEPS, LOOP_SIZES, LOOPS, TESTS (pytest -k),
-# PROFILE_SIZE, PROFILE_IMPL, SAMPLE_ARGS, TRAIN_VARIANTS, TRAIN_ARGS (extra flags) and PEER_PY
-# change the run.
+# first three leave unused. On 2026-11-27 (an H200, DEADLINE=560) the then stages took 523 s.
+# On an H200 (2026-11-26) a 3x512 step compiled in 4-13 s (the larger unrolls slower); the run
+# of that day gave 240 s to the benchmark (2 sizes x 3 variants, 5 rounds), and 120 s to the
+# loops, which compiled 8 steps and was stopped before its table: they now get one size and stop
+# their rounds at a budget. The same machine found XLA's default flags fastest:
+# --xla_gpu_autotune_level=0 compiled in 3 s but trained at 0.38x,
+# --xla_gpu_enable_triton_gemm=false at 0.89x (3x512, 64 x 100, float32), and XLA's while loops
+# as CUDA graphs lost (experiments/results/bench_lstm_loops_graphs_gpu.json).
+# SIZES, VARIANTS, ROUNDS, STEPS, LOOP_SIZES, LOOPS, TESTS (pytest -k), PROFILE_SIZE,
+# PROFILE_IMPL, SAMPLE_ARGS, TRAIN_VARIANTS, TRAIN_ARGS (extra flags) and PEER_PY change the run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/charlm-gpu-check}

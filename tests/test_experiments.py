@@ -74,9 +74,8 @@ def test_bench_options_set_their_settings_and_leave_the_rest_at_defaults(monkeyp
 
   from charlm import lstm_kernel
   from charlm import model as model_lib
-  for module, setting in bench_train.SETTINGS:  # Restored after the test.
-    target = model_lib if module == 'model' else lstm_kernel
-    monkeypatch.setattr(target, setting, getattr(target, setting))
+  for (module, setting), value in bench_train.charlm_defaults().items():  # Restored after.
+    monkeypatch.setattr(f'charlm.{module}.{setting}', value)
   bench_train.set_options({'f32gx', 'remainder'})
   assert model_lib.GATE_INPUTS_BFLOAT16 is False and lstm_kernel.UNROLL_DIVIDES is False
   assert lstm_kernel.SAVED_GATES_FLOAT16 is None  # On GPUs only.
