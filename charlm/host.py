@@ -41,16 +41,14 @@ def keep_freed_memory() -> bool:
 
   XLA:CPU allocates the temporaries of every step afresh (tens to hundreds of MB). glibc serves
   such requests with mmap, or from per-thread arenas whose heaps it unmaps once empty, and
-  gives them back, so every step faults in fresh zeroed pages: 15,000 page faults and 40 ms of
-  kernel time per step at 2x256, batch 32 x 64, and 31,000 and 80 ms at 2x512, on a 2-core
-  CPU, where this made the train step 15-20% (2x256) and 5% (2x512) faster. The process keeps
-  its peak memory instead of returning it between steps. Call it before JAX starts its threads
-  (before the first computation) for the full effect: threads that have already allocated keep
-  their own arenas. Returns whether it applied.
+  gives them back, so every step faults in fresh zeroed pages. The process keeps its peak
+  memory instead of returning it between steps. Call it before JAX starts its threads (before
+  the first computation) for the full effect: threads that have already allocated keep their
+  own arenas. Returns whether it applied.
 
   Applied only where JAX can run on nothing but the CPU (`accelerator_possible`): one heap for
-  every thread serializes the allocations of XLA's parallel GPU compiler. On an H200 machine (16
-  cores) it made the 3x512 train step compile in 40.5 s instead of 4.8-6.2 s.
+  every thread serializes the allocations of XLA's parallel GPU compiler, which then compiles
+  many times slower. Measurements: docs/speed.md.
   """
   if not sys.platform.startswith('linux') or accelerator_possible():
     return False
@@ -66,13 +64,11 @@ def cpu_devices(config) -> int:
   """How many CPU devices split each batch on a CPU (config.train.cpu_devices; 0: see below).
 
   Each CPU device runs its share of the batch on its own thread. With XLA's loops, that runs
-  the many small per-step operations of two halves side by side instead of one after the other:
-  on a 2-core CPU (batch 32 x 64, `experiments/bench_train.py`) 2x128 53k -> 74k chars/s, 2x256
-  21.3k -> 24.6k; no gain at 2x512 and 7-10% less at 3x512 (50 x 50), as one device's matmuls
-  already keep both cores busy there. The native LSTM loops (`lstm_cpu`) split the batch over
-  the cores themselves, and one device is faster with them: 2x128 84-91k against 81k on two
-  devices, 2x256 28.6-29.0k against 26.0-26.4k. Auto: $JAX_NUM_CPU_DEVICES if set, else 2 for
-  hidden <= 256 with an even batch on 2+ cores where the model runs XLA's loops, else 1.
+  the many small per-step operations of two halves side by side instead of one after the
+  other, which pays for small models; larger ones already keep both cores busy on one device.
+  The native LSTM loops (`lstm_cpu`) split the batch over the cores themselves, and are faster
+  on one device. Auto: $JAX_NUM_CPU_DEVICES if set, else 2 for hidden <= 256 with an even
+  batch on 2+ cores where the model runs XLA's loops, else 1 (measurements: docs/speed.md).
   """
   count = config.train.get('cpu_devices', 0)
   if count < 0:
@@ -89,15 +85,13 @@ def cpu_devices(config) -> int:
 
 
 def _native_lstm_loops(model_config) -> bool:
-  """Whether the model's LSTM layers would run the native CPU loops (see lstm_kernel); not
-  asked (nor built) where JAX may run on an accelerator."""
-  from charlm import lstm_kernel
+  """Whether the model's LSTM layers would run the native CPU loops (`model.resolve` decides);
+  not asked (nor built) where JAX may run on an accelerator."""
   from charlm import model as model_lib
-  impl = model_config.get('impl', 'auto')
-  if impl == 'auto':
-    impl = model_lib.auto_impl(model_config, None, backend='cpu')
-  return (model_config.cell == 'lstm' and impl == 'fused' and not accelerator_possible()
-          and lstm_kernel.native_loops(model_config.get('dtype', 'float32'), backend='cpu'))
+  if model_config.cell != 'lstm' or accelerator_possible():
+    return False
+  resolved = model_lib.resolve(model_config, None, backend='cpu')
+  return resolved.impl == 'fused' and resolved.loops.native
 
 
 def use_cpu_devices(count: int) -> None:

@@ -2,22 +2,26 @@
 
 Layer by layer, L layers over T steps take L x T loop steps, each a small recurrent product and
 a few elementwise kernels. On a GPU each of those is a kernel launch that the batch hardly
-fills, so launches and idle multiprocessors, not FLOPs, set the speed (lstm_kernel's GPU
-numbers). Here the loop takes T + L - 1 steps and each runs every layer at once: layer 0's
-recurrent product, one batched product for the upper layers ([input, state] @ [W_x; W_h]) and
-one set of elementwise kernels over [L, B, 4H]. The upper layers' input projections move into
-the loop, because their inputs are the layer below's outputs of the step before; on a CPU
-that loses (lstm_kernel's docstring), so this is an option for GPUs: model.impl='wavefront'.
+fills, so launches and idle multiprocessors, not FLOPs, set the speed. Here the loop takes
+T + L - 1 steps and each runs every layer at once: layer 0's recurrent product, one batched
+product for the upper layers ([input, state] @ [W_x; W_h]) and one set of elementwise kernels
+over [L, B, 4H]. The upper layers' input projections move into the loop, because their inputs
+are the layer below's outputs of the step before; on a CPU that loses, so this is an option
+for GPUs: model.impl='wavefront' (measurements: docs/speed.md).
 
 The backward loop runs the wavefront in reverse: layer l at time t takes the gradient of its
 output from layer l + 1, which handled time t one step earlier. As in `lstm_kernel.lstm`, the
 forward loop saves the gate activations, and the weight gradients are large products over all
-timesteps after the loops. Outside its T steps a layer's state passes through unchanged.
+timesteps after the loops; the cell's arithmetic is `lstm_cell`'s. Outside its T steps a
+layer's state passes through unchanged.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 
-from charlm import lstm_kernel
+from charlm import lstm_cell
+from charlm.lstm_cell import LoopOptions
 
 
 def _skew(x, layer: int, layers: int):
@@ -42,12 +46,11 @@ def _skewed_keep(keep, layers):
   return jnp.stack([_skew(keep[n - 1], n, layers) for n in range(1, layers)], axis=1)
 
 
-def _forward(gx0, w_x, b_x, w_h, c0, h0, keep, save):
+def _forward(gx0, w_x, b_x, w_h, c0, h0, keep, options: LoopOptions, save: bool):
   steps, layers, hidden = gx0.shape[0], w_h.shape[0], w_h.shape[1]
-  _, unroll, _ = lstm_kernel._loops()
-  s = lstm_kernel._scale(hidden, feature_major=False)
+  s = lstm_cell.gate_scale(hidden, feature_major=False)
   w_up = jnp.concatenate([w_x, w_h[1:]], axis=1)  # [L - 1, 2H, 4H]
-  dtype, t_dtype = w_h.dtype, lstm_kernel.saved_gates_dtype(w_h.dtype)
+  dtype, t_dtype = w_h.dtype, jnp.dtype(options.saved_gates)
 
   def step(carry, xs):
     c, h = carry
@@ -57,19 +60,18 @@ def _forward(gx0, w_x, b_x, w_h, c0, h0, keep, save):
     up = jnp.concatenate([x, h[1:]], axis=-1).astype(dtype)
     z_up = b_x[:, None] + jnp.einsum('lbi,lio->lbo', up, w_up,
                                      preferred_element_type=jnp.float32)
-    c_new, h_new, t = lstm_kernel._gates(jnp.concatenate([z0[None], z_up]), s, c, axis=-1)
+    c_new, h_new, t = lstm_cell.gates(jnp.concatenate([z0[None], z_up]), s, c, axis=-1)
     active = _active(k, layers, steps)
     carry = jnp.where(active, c_new, c), jnp.where(active, h_new, h)
     return carry, (h_new, t.astype(t_dtype), c) if save else h_new
 
   xs = (jnp.arange(steps + layers - 1), _skew(gx0, 0, layers), _skewed_keep(keep, layers))
-  (c, h), out = jax.lax.scan(step, (c0, h0), xs,
-                             unroll=lstm_kernel.unroll_for(steps + layers - 1, unroll))
+  (c, h), out = lstm_cell.loop(step, (c0, h0), xs, steps + layers - 1, options.unroll, options)
   return out, c, h
 
 
-@jax.custom_vjp
-def stack(gx0, w_x, b_x, w_h, c0, h0, keep):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+def stack(gx0, w_x, b_x, w_h, c0, h0, keep, options: LoopOptions):
   """L >= 2 LSTM layers over T steps; returns the top layer's hs [T, B, H] and the final c and h
   of every layer [L, B, H].
 
@@ -77,34 +79,34 @@ def stack(gx0, w_x, b_x, w_h, c0, h0, keep):
   back in its dtype); w_x [L - 1, H, 4H] and b_x [L - 1, 4H] (float32) are the upper layers'
   input kernels and biases; w_h [L, H, 4H] the recurrent kernels (w_x and w_h in the matmul
   dtype); c0 and h0 [L, B, H] float32; keep [L - 1, T, B, H] multiplies each upper layer's
-  input (dropout: the mask over the keep probability), or None.
+  input (dropout: the mask over the keep probability), or None. The loops are batch-major and
+  unrolled as `options` says.
   """
-  hs, c, h = _forward(gx0, w_x, b_x, w_h, c0, h0, keep, save=False)
+  hs, c, h = _forward(gx0, w_x, b_x, w_h, c0, h0, keep, options, save=False)
   return _unskew(hs, w_h.shape[0] - 1, gx0.shape[0]), c, h
 
 
-def _stack_fwd(gx0, w_x, b_x, w_h, c0, h0, keep):
-  (hs, ts, c_prevs), c, h = _forward(gx0, w_x, b_x, w_h, c0, h0, keep, save=True)
+def _stack_fwd(gx0, w_x, b_x, w_h, c0, h0, keep, options):
+  (hs, ts, c_prevs), c, h = _forward(gx0, w_x, b_x, w_h, c0, h0, keep, options, save=True)
   layers, steps = w_h.shape[0], gx0.shape[0]
   gx0_like = jnp.zeros((0,), gx0.dtype)  # Residuals are arrays: an empty one holds the dtype.
   return (_unskew(hs, layers - 1, steps), c, h), (hs, ts, c_prevs, c, w_x, w_h, h0, keep,
                                                   gx0_like)
 
 
-def _stack_bwd(residuals, cotangents):
+def _stack_bwd(options, residuals, cotangents):
   hs, ts, c_prevs, c_last, w_x, w_h, h0, keep, gx0_like = residuals
   dhs, dc_last, dh_last = cotangents
   layers, hidden, dtype = w_h.shape[0], w_h.shape[1], w_h.dtype
   steps = dhs.shape[0]
-  _, _, unroll = lstm_kernel._loops()
-  s = lstm_kernel._scale(hidden, feature_major=False)
+  s = lstm_cell.gate_scale(hidden, feature_major=False)
   w_up = jnp.concatenate([w_x, w_h[1:]], axis=1)
 
   def step(carry, xs):
     dh, dc, c, dx = carry  # dx: the gradient of each lower layer's output at its time now.
     k, dh_top, t, c_prev, keep_k = xs
     dh = dh + jnp.concatenate([dx, dh_top[None]])
-    dz, dc_prev = lstm_kernel._gates_grad(t.astype(jnp.float32), s, c, c_prev, dh, dc, axis=-1)
+    dz, dc_prev = lstm_cell.gates_grad(t.astype(jnp.float32), s, c, c_prev, dh, dc, axis=-1)
     active = _active(k, layers, steps)
     dz = jnp.where(active, dz, 0)
     dzc = dz.astype(dtype)
@@ -120,15 +122,15 @@ def _stack_bwd(residuals, cotangents):
   xs = (jnp.arange(steps + layers - 1), _skew(dhs, layers - 1, layers), ts, c_prevs,
         _skewed_keep(keep, layers))
   dx0 = jnp.zeros((layers - 1,) + dh_last.shape[1:], jnp.float32)
-  (dh0, dc0, _, _), dzs = jax.lax.scan(
-      step, (dh_last, dc_last, c_last, dx0), xs, reverse=True,
-      unroll=lstm_kernel.unroll_for(steps + layers - 1, unroll))
+  (dh0, dc0, _, _), dzs = lstm_cell.loop(step, (dh_last, dc_last, c_last, dx0), xs,
+                                         steps + layers - 1, options.unroll_backward, options,
+                                         reverse=True)
   dz = [_unskew(dzs, n, steps) for n in range(layers)]  # Each layer's [T, B, 4H] and [T, B, H].
   h = [_unskew(hs, n, steps) for n in range(layers)]
   h_prev = [jnp.concatenate([h0[n][None], h[n][:-1]]) for n in range(layers)]
-  dw_h = jnp.stack([lstm_kernel._weight_grad(h_prev[n], dz[n], dtype) for n in range(layers)])
+  dw_h = jnp.stack([lstm_cell.weight_grad(h_prev[n], dz[n], dtype) for n in range(layers)])
   x = [h[n - 1] if keep is None else h[n - 1] * keep[n - 1] for n in range(1, layers)]
-  dw_x = jnp.stack([lstm_kernel._weight_grad(x[n - 1], dz[n], w_x.dtype)
+  dw_x = jnp.stack([lstm_cell.weight_grad(x[n - 1], dz[n], w_x.dtype)
                     for n in range(1, layers)])
   db_x = jnp.stack([dz[n].sum((0, 1), dtype=jnp.float32) for n in range(1, layers)])
   dkeep = None if keep is None else jnp.zeros_like(keep)

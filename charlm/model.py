@@ -5,15 +5,15 @@ computes its input projection for all timesteps as one large matmul before the l
 first layer that is a lookup in a [vocab, gates] table (the embedding times the input kernel,
 computed once per call, when the vocabulary is smaller than the batch's characters). Inside
 the loop only the recurrent matmul (all gates fused into one) and the gate arithmetic remain.
-LSTM layers train through `lstm_kernel.lstm`, whose hand-written backward pass computes the
-weight gradients as large matmuls over all timesteps (impl='fused'); impl='scan' is plain
-autodiff through `lax.scan` (the reference). impl='cudnn' runs each LSTM layer through cuDNN
-on an NVIDIA GPU (`cudnn_lstm`), which projects the inputs itself. impl='wavefront' runs all
-LSTM layers in one loop (`lstm_wavefront`, for GPUs), with the same parameters and dropout
-masks. impl='auto' (the default) picks 'wavefront' or 'fused', whichever measured faster for
-the machine and size (`auto_impl`). The carry (hidden state) comes in and goes out, so it flows
-across batches.
+The carry (hidden state) comes in and goes out, so it flows across batches.
+
+LSTM layers run one of three ways (model.impl), with the same parameters: 'fused', a
+hand-written backward pass (`lstm_kernel`); 'wavefront', all layers in one loop
+(`lstm_wavefront`, for GPUs); 'scan', plain autodiff through `lax.scan`, the reference.
+`resolve` turns config.model (where 'auto' lets the backend choose) into what runs, once;
+`from_config` builds the model with it.
 """
+import dataclasses
 from collections.abc import Callable
 
 import jax
@@ -21,38 +21,27 @@ import jax.numpy as jnp
 from absl import logging
 from flax import linen as nn
 
-from charlm import cudnn_lstm, lstm_kernel, lstm_wavefront
+from charlm import lstm_cell, lstm_cpu, lstm_kernel, lstm_wavefront
 from charlm.errors import UserError
+from charlm.lstm_cell import LoopOptions
 
 CELLS = ('lstm', 'gru', 'rnn')
-IMPLS = ('auto', 'fused', 'scan', 'cudnn', 'wavefront')
+IMPLS = ('auto', 'fused', 'scan', 'wavefront')
+DTYPES = ('float32', 'bfloat16')
+GATE_INPUTS = ('auto', 'float32', 'bfloat16')
+SAVED_GATES = ('auto', 'float32', 'float16')
+LOOP_LAYOUTS = ('auto', 'feature_major', 'batch_major')
 # impl='auto' picks the wavefront up to this per-device batch x hidden (see auto_impl).
 WAVEFRONT_MAX_BATCH_HIDDEN = 64 * 1024
-DTYPES = ('float32', 'bfloat16')
-# Whether, with bfloat16 matmuls, the LSTM loops take their gate inputs gx [T, B, 4H] in
-# bfloat16 and give their gradients back in it: True, False, or None (the default): on GPUs
-# only. Either way gx holds bfloat16 values (the input projection's output), the loops compute
-# in float32, and the gradients are rounded to bfloat16 before every product they feed, so
-# bfloat16 only halves the memory traffic of the step's largest sequences. On an H200, 3x512,
-# fused bfloat16 train step: 1.14x at batch 512 x 100 (experiments/bench_lstm_loops.py +bf16gx),
-# 1.13x in another run (bench_train.py; 3751 -> 2696 MB a step). On a 2-core CPU it lost: 2x256,
-# batch 32 x 64, 0.88x feature-major and 0.89x batch-major (45 -> 41 MB a step). Validation
-# losses after 500 steps of configs/tinyshakespeare.py:small there: 1.7214 nats with it, 1.7211
-# without, 1.7218 in float32.
-GATE_INPUTS_BFLOAT16 = None
-
-
-def loop_dtype(dtype: str):
-  """The dtype of the gate inputs that the LSTM loops take, for matmuls in `dtype`."""
-  return jnp.dtype(dtype) if lstm_kernel.on_gpu(GATE_INPUTS_BFLOAT16) else jnp.float32
-
-
-def lstm_step(w_h, carry, gx):
-  c, h = carry
-  i, f, g, o = jnp.split(gx + h @ w_h, 4, axis=-1)
-  c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-  h = jax.nn.sigmoid(o) * jnp.tanh(c)
-  return (c, h), h
+# What 'auto' (0 for the unrolls) means for the loops on each backend: (layout, forward unroll,
+# backward unroll), the fastest measured there (docs/speed.md); TPUs take the GPUs' untried.
+CPU_LOOPS = ('feature_major', 2, 1)
+OTHER_LOOPS = ('batch_major', 8, 8)
+# The fields of config.model that `resolve` reads, with the value a config without them (one
+# saved by an older charlm) means.
+DEFAULTS = {'impl': 'auto', 'dtype': 'float32', 'gate_inputs': 'auto', 'saved_gates': 'auto',
+            'loop_layout': 'auto', 'unroll': 0, 'unroll_backward': 0, 'unroll_divides': True,
+            'native_cpu': True}
 
 
 def gru_step(w_h, b_h, carry, gx):
@@ -71,9 +60,9 @@ def rnn_step(w_h, carry, gx):
 
 
 def project_dot_general(x, w, dimension_numbers, precision=None):
-  """nn.Dense's product through lstm_kernel.project (same result, faster weight gradient)."""
+  """nn.Dense's product through lstm_cell.project (same result, faster weight gradient)."""
   del dimension_numbers, precision  # nn.Dense contracts x's last axis with w's first, as project.
-  return lstm_kernel.project(x, w)
+  return lstm_cell.project(x, w)
 
 
 class DenseParams(nn.Module):
@@ -111,38 +100,32 @@ class Recurrent(nn.Module):
   """One recurrent layer over a time-major [T, B, features] sequence.
 
   With `tokens` [T, B], `xs` is instead an embedding table [vocab, features]: the layer
-  projects the table and looks each token's row up (impl='cudnn' looks up the rows instead).
+  projects the table and looks each token's row up.
   """
   cell: str
   hidden: int
   impl: str = 'fused'
   dtype: str = 'float32'
+  gate_inputs: str = 'float32'
+  loops: LoopOptions = LoopOptions()
 
   @nn.compact
   def __call__(self, carry, xs, tokens=None):
     gates = {'lstm': 4, 'gru': 3, 'rnn': 1}[self.cell]
     h = self.hidden
-    bias_init = recurrent_bias_init(self.cell, h)
-    if self.cell == 'lstm' and self.impl == 'cudnn':  # float32, whatever self.dtype (cudnn_lstm).
-      if tokens is not None:  # cuDNN projects the inputs itself: look the embeddings up.
-        xs = jnp.take(xs, tokens, axis=0, mode='clip')
-      w_x, b = DenseParams(gates * h, bias_init, name='input')(xs.shape[-1])
-      w_h = self.param('recurrent', nn.initializers.orthogonal(), (h, gates * h))
-      hs, c, h_last = cudnn_lstm.lstm(xs, w_x, b, w_h, *carry)
-      return (c, h_last), hs
-    dot = project_dot_general if self.cell == 'lstm' and self.impl == 'fused' else None
-    gx = nn.Dense(gates * h, bias_init=bias_init, dtype=self.dtype, dot_general=dot,
-                  name='input')(xs)
+    fused = self.cell == 'lstm' and self.impl == 'fused'
+    gx = nn.Dense(gates * h, bias_init=recurrent_bias_init(self.cell, h), dtype=self.dtype,
+                  dot_general=project_dot_general if fused else None, name='input')(xs)
     gx = gx.astype(jnp.float32)  # Then a lookup's gradient adds up rows in float32.
     if tokens is not None:
       gx = jnp.take(gx, tokens, axis=0, mode='clip')  # Ids are in range; 'fill' costs a select.
     w_h = self.param('recurrent', nn.initializers.orthogonal(), (h, gates * h))
-    if self.cell == 'lstm' and self.impl == 'fused':
-      hs, c, h_last = lstm_kernel.lstm(gx.astype(loop_dtype(self.dtype)),
-                                       w_h.astype(self.dtype), *carry)
+    if fused:
+      hs, c, h_last = lstm_kernel.lstm(gx.astype(self.gate_inputs), w_h.astype(self.dtype),
+                                       *carry, self.loops)
       return (c, h_last), hs
     if self.cell == 'lstm':
-      step = lambda c, x: lstm_step(w_h, c, x)
+      step = lambda c, x: lstm_cell.step(w_h, c, x)
     elif self.cell == 'gru':
       b_h = self.param('recurrent_bias', nn.initializers.zeros, (gates * h,))
       step = lambda c, x: gru_step(w_h, b_h, c, x)
@@ -152,7 +135,11 @@ class Recurrent(nn.Module):
 
 
 class CharRNN(nn.Module):
-  """tokens [batch, time] and carry -> logits [batch, time, vocab] and the next carry."""
+  """tokens [batch, time] and carry -> logits [batch, time, vocab] and the next carry.
+
+  impl, dtype, gate_inputs and loops are what `resolve` made of config.model; `from_config`
+  builds the model with them.
+  """
   vocab_size: int
   cell: str = 'lstm'
   num_layers: int = 2
@@ -161,6 +148,8 @@ class CharRNN(nn.Module):
   dropout: float = 0.0
   impl: str = 'fused'
   dtype: str = 'float32'
+  gate_inputs: str = 'float32'  # The dtype of the gate inputs the LSTM loops take.
+  loops: LoopOptions = LoopOptions()
 
   @nn.compact
   def __call__(self, tokens, carry, train: bool = False):
@@ -182,7 +171,8 @@ class CharRNN(nn.Module):
     impl = 'fused' if self.impl == 'wavefront' else self.impl  # One layer: the same loop.
     new_carry = []
     for layer in range(self.num_layers):
-      recurrent = Recurrent(self.cell, self.hidden, impl, self.dtype, name=f'layer{layer}')
+      recurrent = Recurrent(self.cell, self.hidden, impl, self.dtype, self.gate_inputs,
+                            self.loops, name=f'layer{layer}')
       if layer == 0 and self.vocab_size <= tokens.size:
         c, x = recurrent(carry[0], embed.embedding, tokens=tokens)
       elif layer == 0:
@@ -205,11 +195,11 @@ class CharRNN(nn.Module):
     w_h = jnp.stack([p[2] for p in params])
     lookup = self.vocab_size <= tokens.size
     xs = embed.embedding if lookup else embed(tokens)
-    gx0 = (lstm_kernel.project(xs.astype(dtype), w_x0.astype(dtype))
+    gx0 = (lstm_cell.project(xs.astype(dtype), w_x0.astype(dtype))
            + b_x0.astype(dtype)).astype(jnp.float32)  # As nn.Dense(dtype=self.dtype).
     if lookup:
       gx0 = jnp.take(gx0, tokens, axis=0, mode='clip')
-    gx0 = gx0.astype(loop_dtype(self.dtype))
+    gx0 = gx0.astype(self.gate_inputs)
     keep = None
     if train and self.dropout > 0:  # Each upper layer's input mask, as nn.Dropout draws it.
       ones = jnp.ones((steps, batch, self.hidden), jnp.float32)
@@ -217,7 +207,7 @@ class CharRNN(nn.Module):
                         for _ in range(self.num_layers - 1)])
     c0, h0 = (jnp.stack(x) for x in zip(*carry, strict=True))
     hs, c, h = lstm_wavefront.stack(gx0, w_x.astype(dtype), b_x, w_h.astype(dtype), c0, h0,
-                                    keep)
+                                    keep, self.loops)
     return hs, [(c[layer], h[layer]) for layer in range(self.num_layers)]
 
   def initial_carry(self, batch_size: int):
@@ -227,18 +217,45 @@ class CharRNN(nn.Module):
     return tuple(per_layer for _ in range(self.num_layers))
 
 
-def auto_impl(model_config, batch_per_device: int | None, backend: str | None = None) -> str:
-  """What model.impl='auto' runs: 'wavefront' on a GPU for an LSTM of 2+ layers with batch per
-  device x hidden up to WAVEFRONT_MAX_BATCH_HIDDEN, else 'fused'.
+# ---------------------------------------------------------------------------------------------
+# From config.model to what runs, decided once.
 
-  That is where the wavefront measured faster. Train step on an H200, bfloat16, sequence 100,
-  wavefront against fused in one process (`experiments/bench_lstm_loops.py`): 3x512 at batch
-  128 1.13x, 256 0.97x; 2x256 at 64 1.07x; 3x1024 at 64 1.00x. Against cuDNN in one run
-  (`experiments/bench_train.py`, 2026-11-27), 3x512 at batch 64: bfloat16 3.10x for the
-  wavefront, 2.68x for fused; float32 2.69x and 2.28x; at batch 512 the wavefront lost (bfloat16
-  0.85x of fused, float32 0.84x). On a CPU fused wins (its native loops).
-  """
-  backend = backend or jax.default_backend()
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+  """What config.model's speed settings mean on a backend: the values that run."""
+  impl: str
+  dtype: str
+  gate_inputs: str
+  loops: LoopOptions
+
+  def describe(self) -> str:
+    """One line for the user, in config.model's terms."""
+    o = self.loops
+    if self.impl == 'scan':
+      loops = 'autodiff through lax.scan'
+    elif o.native:
+      loops = 'native CPU loops'
+    else:
+      layout = 'feature-major' if o.feature_major else 'batch-major'
+      loops = (f"XLA's loops, {layout}, unroll {o.unroll}/{o.unroll_backward}"
+               + ('' if o.unroll_divides else ' (not rounded to divisors)'))
+    return (f'model.impl={self.impl!r} ({loops}), dtype {self.dtype}, gate inputs '
+            f'{self.gate_inputs}, saved gates {o.saved_gates}')
+
+  def to_json(self) -> dict:
+    """The values as config.model fields would give them, for config.json."""
+    o = self.loops
+    return {'impl': self.impl, 'dtype': self.dtype, 'gate_inputs': self.gate_inputs,
+            'saved_gates': o.saved_gates,
+            'loop_layout': 'feature_major' if o.feature_major else 'batch_major',
+            'unroll': o.unroll, 'unroll_backward': o.unroll_backward,
+            'unroll_divides': o.unroll_divides, 'native_cpu': o.native}
+
+
+def auto_impl(model_config, batch_per_device: int | None, backend: str) -> str:
+  """What model.impl='auto' runs: 'wavefront' on a GPU for an LSTM of 2+ layers with batch per
+  device x hidden up to WAVEFRONT_MAX_BATCH_HIDDEN, else 'fused': where each measured faster
+  (docs/speed.md)."""
   if (backend == 'gpu' and model_config.cell == 'lstm' and model_config.num_layers > 1
       and batch_per_device
       and batch_per_device * model_config.hidden <= WAVEFRONT_MAX_BATCH_HIDDEN):
@@ -246,31 +263,89 @@ def auto_impl(model_config, batch_per_device: int | None, backend: str | None = 
   return 'fused'
 
 
-def from_config(model_config, vocab_size: int, batch_per_device: int | None = None) -> CharRNN:
-  """The model of `model_config`; `batch_per_device` (the training batch on each device)
-  lets model.impl='auto' choose for the size that will run."""
-  if model_config.cell not in CELLS:
-    raise UserError(f'unknown model.cell {model_config.cell!r}; use one of {", ".join(CELLS)}')
-  impl, dtype = model_config.get('impl', 'auto'), model_config.get('dtype', 'float32')
-  if impl not in IMPLS:
-    raise UserError(f'unknown model.impl {impl!r}; use one of {", ".join(IMPLS)}')
+def _choice(model_config, field: str, allowed) -> str:
+  value = model_config.get(field, DEFAULTS[field])
+  if value not in allowed:
+    raise UserError(f'unknown model.{field} {value!r}; use one of {", ".join(allowed)}')
+  return value
+
+
+def _count(model_config, field: str) -> int:
+  value = model_config.get(field, DEFAULTS[field])
+  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    raise UserError(f'model.{field} is {value!r}; use 0 (the backend\'s default) or a positive '
+                    f'number of steps (--config.model.{field}=8)')
+  return value
+
+
+def resolve(model_config, batch_per_device: int | None = None,
+            backend: str | None = None) -> Resolved:
+  """config.model's settings as they run on `backend` (default: JAX's, which this then starts)
+  for `batch_per_device` streams on each device (None: unknown); 'auto' and 0 become the
+  backend's measured defaults. Errors name the field, the value and what is allowed."""
+  cell = model_config.cell
+  if cell not in CELLS:
+    raise UserError(f'unknown model.cell {cell!r}; use one of {", ".join(CELLS)}')
+  if model_config.get('impl', DEFAULTS['impl']) == 'cudnn':
+    raise UserError("model.impl='cudnn' was removed: it trained slower than 'fused' wherever "
+                    "it was measured (docs/speed.md); use model.impl='auto'")
+  impl = _choice(model_config, 'impl', IMPLS)
+  dtype = _choice(model_config, 'dtype', DTYPES)
+  gate_inputs = _choice(model_config, 'gate_inputs', GATE_INPUTS)
+  saved_gates = _choice(model_config, 'saved_gates', SAVED_GATES)
+  layout = _choice(model_config, 'loop_layout', LOOP_LAYOUTS)
+  unroll, unroll_backward = _count(model_config, 'unroll'), _count(model_config, 'unroll_backward')
+  for field in ('unroll_divides', 'native_cpu'):
+    if not isinstance(model_config.get(field, DEFAULTS[field]), bool):
+      raise UserError(f'model.{field} is {model_config[field]!r}; use True or False')
+  for field, value in (('gate_inputs', gate_inputs), ('saved_gates', saved_gates)):
+    if value not in ('auto', 'float32') and dtype != 'bfloat16':
+      raise UserError(f"model.{field}={value!r} goes with bfloat16 matmuls "
+                      f"(model.dtype='bfloat16'); with float32 ones use 'auto' or 'float32'")
+  backend = backend or jax.default_backend()
   if impl == 'auto':
-    impl = auto_impl(model_config, batch_per_device)
+    impl = auto_impl(model_config, batch_per_device, backend)
     logging.info("charlm: model.impl='auto' runs %r", impl)
-  if impl == 'cudnn' and jax.default_backend() != 'gpu':
-    raise UserError(f"model.impl='cudnn' needs an NVIDIA GPU (this run has "
-                    f"{jax.default_backend()}); use model.impl='fused'")
-  if impl == 'wavefront' and model_config.cell != 'lstm':
-    raise UserError(f"model.impl='wavefront' runs LSTM layers only (model.cell is "
-                    f"{model_config.cell!r}); use model.impl='fused'")
-  if impl == 'wavefront' and jax.default_backend() == 'cpu':
+  if impl == 'wavefront' and cell != 'lstm':
+    raise UserError(f"model.impl='wavefront' runs LSTM layers only (model.cell is {cell!r}); "
+                    "use model.impl='fused'")
+  narrow = backend == 'gpu' and dtype == 'bfloat16'  # 'auto': narrower on GPUs, where it won.
+  if gate_inputs == 'auto':
+    gate_inputs = 'bfloat16' if narrow else 'float32'
+  if saved_gates == 'auto':
+    saved_gates = 'float16' if narrow else 'float32'
+  default_layout, default_unroll, default_unroll_backward = (
+      CPU_LOOPS if backend == 'cpu' else OTHER_LOOPS)
+  runs_lstm_kernel = cell == 'lstm' and (
+      impl == 'fused' or impl == 'wavefront' and model_config.num_layers == 1)
+  native = (model_config.get('native_cpu', DEFAULTS['native_cpu']) and backend == 'cpu'
+            and runs_lstm_kernel and dtype == 'float32' and lstm_cpu.available())
+  loops = LoopOptions(
+      native=bool(native),
+      feature_major=(default_layout if layout == 'auto' else layout) == 'feature_major',
+      unroll=unroll or default_unroll, unroll_backward=unroll_backward or default_unroll_backward,
+      unroll_divides=model_config.get('unroll_divides', DEFAULTS['unroll_divides']),
+      saved_gates=saved_gates)
+  return Resolved(impl, dtype, gate_inputs, loops)
+
+
+def from_config(model_config, vocab_size: int, batch_per_device: int | None = None,
+                backend: str | None = None) -> CharRNN:
+  """The model of `model_config` as it runs on `backend` (see `resolve`); `batch_per_device`
+  (the training batch on each device) lets model.impl='auto' choose for the size that will run."""
+  r = resolve(model_config, batch_per_device, backend)
+  if r.impl == 'wavefront' and (backend or jax.default_backend()) == 'cpu':
     logging.warning("charlm: model.impl='wavefront' is made for GPUs; on a CPU "
                     "model.impl='fused' trains faster")
-  if dtype not in DTYPES:
-    raise UserError(f'unknown model.dtype {dtype!r}; use one of {", ".join(DTYPES)}')
   return CharRNN(vocab_size=vocab_size, cell=model_config.cell,
                  num_layers=model_config.num_layers, hidden=model_config.hidden,
-                 embed=model_config.embed, dropout=model_config.dropout, impl=impl, dtype=dtype)
+                 embed=model_config.embed, dropout=model_config.dropout, impl=r.impl,
+                 dtype=r.dtype, gate_inputs=r.gate_inputs, loops=r.loops)
+
+
+def resolved(model: CharRNN) -> Resolved:
+  """What a built model runs."""
+  return Resolved(model.impl, model.dtype, model.gate_inputs, model.loops)
 
 
 def count_params(params) -> int:

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from charlm import lstm_cell
 from charlm import model as model_lib
 from charlm.data import Vocab, show_chars
 from charlm.errors import UserError
@@ -87,7 +88,7 @@ def _step_weights(model, params, table: bool) -> dict:
 
 def _cell_step(cell: str, layer: dict, carry, gx):
   if cell == 'lstm':
-    return model_lib.lstm_step(layer['recurrent'], carry, gx)
+    return lstm_cell.step(layer['recurrent'], carry, gx)
   if cell == 'gru':
     return model_lib.gru_step(layer['recurrent'], layer['recurrent_bias'], carry, gx)
   return model_lib.rnn_step(layer['recurrent'], carry, gx)

@@ -24,16 +24,32 @@ def get_config(arg=None):
   config.model.hidden = 128
   config.model.embed = 0  # Embedding size; 0 means the same as `hidden`.
   config.model.dropout = 0.0  # Between layers and before the output layer, as in char-rnn.
-  # LSTM training: 'fused' (a hand-written backward pass with the weight gradients as large
-  # matmuls; fast), 'scan' (autodiff through lax.scan; the reference), 'cudnn' (NVIDIA GPUs
-  # only, float32; measured slower than 'fused' on an H200), 'wavefront' (all layers in one
-  # loop, for GPUs; slower on CPUs) or 'auto': 'wavefront' where it measured faster (GPUs,
-  # bfloat16, batch per device x hidden <= 65,536), else 'fused'. Same parameters: a run loads
-  # under any of them (a 'cudnn' run as 'fused' where there is no GPU).
+  # How LSTM layers train: 'fused' (a hand-written backward pass with the weight gradients as
+  # large matmuls), 'wavefront' (all layers in one loop, for GPUs), 'scan' (autodiff through
+  # lax.scan; the reference), or 'auto': 'wavefront' on a GPU for 2+ layers with batch per
+  # device x hidden <= 65,536, else 'fused'. Same parameters: a run loads under any of them.
+  # charlm.train prints what runs; docs/speed.md has the measurements behind every 'auto'.
   config.model.impl = 'auto'
   # Matmul inputs: 'float32', or 'bfloat16' for GPUs/TPUs (parameters, state and the gate
   # arithmetic stay float32). Slower on CPUs without bf16 units.
   config.model.dtype = 'float32'
+  # With bfloat16 matmuls, the dtype of the gate inputs the LSTM loops take and of the gradient
+  # they give back: 'float32', 'bfloat16' (half the memory traffic, same values), or 'auto':
+  # bfloat16 on GPUs, float32 elsewhere.
+  config.model.gate_inputs = 'auto'
+  # With bfloat16 matmuls, the dtype in which the forward loop saves the gate activations for
+  # the backward loop: 'float32', 'float16' (11 significant bits for values in [-1, 1]), or
+  # 'auto': float16 on GPUs, float32 elsewhere.
+  config.model.saved_gates = 'auto'
+  # The LSTM state inside XLA's loops: 'feature_major' ([hidden, batch]), 'batch_major', or
+  # 'auto': feature-major on CPUs, batch-major elsewhere.
+  config.model.loop_layout = 'auto'
+  config.model.unroll = 0  # lax.scan unroll of the LSTM's forward loop; 0: 2 on CPUs, 8 elsewhere.
+  config.model.unroll_backward = 0  # Of its backward loop; 0: 1 on CPUs, 8 elsewhere.
+  config.model.unroll_divides = True  # Round each unroll to a divisor of the loop's length.
+  # On a CPU, run float32 LSTM loops as native code (charlm/lstm_cpu.cc, built on first use
+  # with the machine's C++ compiler; XLA's loops where there is none).
+  config.model.native_cpu = True
 
   config.train = ml_collections.ConfigDict()
   config.train.steps = 1000  # Total optimizer steps; rerunning a finished run with more resumes it.

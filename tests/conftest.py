@@ -39,15 +39,6 @@ def assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
     np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
 
 
-def use_xla_loops(monkeypatch, loops):
-  """Runs lstm_kernel's LSTM through XLA's loops `loops` (state feature-major, forward unroll,
-  backward unroll) on whichever backend this is, not the native CPU loops."""
-  from charlm import lstm_kernel
-  monkeypatch.setattr(lstm_kernel, 'NATIVE_CPU', False)
-  monkeypatch.setattr(lstm_kernel, 'CPU_LOOPS', loops)
-  monkeypatch.setattr(lstm_kernel, 'GPU_LOOPS', loops)
-
-
 def write_text(path, lines=400, seed=0):
   """A small pseudo-English text file, deterministic in `seed`."""
   rng = random.Random(seed)

@@ -92,14 +92,12 @@ def test_batch_size_that_does_not_divide_is_a_clear_error(tmp_path):
 COLLECTIVES = '''
 import collections, json, re, sys
 import jax
-from charlm import lstm_kernel, sharding, trainer
+from charlm import sharding, trainer
 from configs import default
-lstm_kernel.NATIVE_CPU = sys.argv[3] == 'native'
-if sys.argv[3] == 'gpu_loops':  # The GPU's loop layout, compiled for CPU devices.
-  lstm_kernel.CPU_LOOPS = lstm_kernel.GPU_LOOPS
 config = default.get_config('smoke')
-config.unlock()
-config.model.update(cell=sys.argv[1], impl=sys.argv[2])
+config.model.update(cell=sys.argv[1], impl=sys.argv[2], native_cpu=sys.argv[3] == 'native')
+if sys.argv[3] == 'gpu_loops':  # The GPU's loops, compiled for CPU devices.
+  config.model.update(loop_layout='batch_major', unroll=8, unroll_backward=8)
 mesh = sharding.create_mesh()
 model, tx, init_state = trainer.build(config, 30, steps_per_epoch=100)
 state = jax.eval_shape(init_state, jax.random.PRNGKey(0))

@@ -34,9 +34,12 @@ def test_build_is_cached_and_a_failed_build_says_why(tmp_path, monkeypatch):
 
 FALLBACK = '''
 import jax, jax.numpy as jnp
-from charlm import lstm_cpu, lstm_kernel
+from charlm import lstm_cpu, lstm_kernel, model
+from configs import default
+loops = model.resolve(default.get_config().model, backend='cpu').loops
 args = (jnp.ones((3, 2, 8)), jnp.ones((2, 8)) / 4, jnp.zeros((2, 2)), jnp.zeros((2, 2)))
-hlo = jax.jit(jax.grad(lambda *a: jnp.sum(lstm_kernel.lstm(*a)[0]))).lower(*args).as_text()
+loss = lambda *a: jnp.sum(lstm_kernel.lstm(*a, loops)[0])
+hlo = jax.jit(jax.grad(loss)).lower(*args).as_text()
 print(lstm_cpu.available(), 'charlm_lstm' in hlo)
 '''
 

@@ -1,19 +1,19 @@
 """The model: shapes, initial loss, and the fast LSTM paths against plain references."""
+import dataclasses
 import logging
 import math
-import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import assert_trees_close, smoke_config, use_xla_loops
-from jax.experimental import rnn
+from conftest import assert_trees_close, smoke_config
 
-from charlm import cudnn_lstm, lstm_cpu, lstm_kernel, trainer
+from charlm import lstm_cell, lstm_cpu, lstm_kernel, trainer
 from charlm import model as model_lib
 from charlm.errors import UserError
+from charlm.lstm_cell import LoopOptions
 
 VOCAB = 11
 
@@ -75,7 +75,17 @@ def reference_apply(cell, params, tokens, carry):
   return jnp.swapaxes(x @ out['kernel'] + out['bias'], 0, 1), tuple(new_carry)
 
 
-def lstm_loss(weights, lstm=lstm_kernel.lstm):
+def fused(options: LoopOptions):
+  """lstm_kernel.lstm(gx, w_h, c0, h0) with its loops run as `options` say."""
+  return lambda *args: lstm_kernel.lstm(*args, options)
+
+
+# XLA's loops as CPUs and GPUs run them (model.CPU_LOOPS, OTHER_LOOPS), here on any backend.
+CPU_XLA_LOOPS = LoopOptions(feature_major=True, unroll=2, unroll_backward=1)
+GPU_XLA_LOOPS = LoopOptions(feature_major=False, unroll=8, unroll_backward=8)
+
+
+def lstm_loss(weights, lstm):
   """A loss of an LSTM's (hs, final c, final h) that reaches all three; `weights` like hs."""
   def loss(*args):
     hs, c, h = lstm(*args)
@@ -119,22 +129,24 @@ def test_initial_loss_is_about_ln_vocab():
   assert abs(float(loss) - math.log(vocab)) < 0.1
 
 
+NATIVE = LoopOptions(native=True)
+
+
 @pytest.mark.parametrize('loops,t,b,h', [
-    ((True, 2, 1), 7, 3, 5), ((False, 2, 1), 7, 3, 5), ((False, 3, 4), 7, 3, 5),
+    (CPU_XLA_LOOPS, 7, 3, 5), (LoopOptions(unroll=2), 7, 3, 5),
+    (LoopOptions(unroll=3, unroll_backward=4), 7, 3, 5),
     # Native: rows and columns that fill its register blocks and 8-wide vectors, and that don't.
-    ('native', 7, 3, 5), ('native', 9, 13, 12), ('native', 5, 16, 32)],
+    (NATIVE, 7, 3, 5), (NATIVE, 9, 13, 12), (NATIVE, 5, 16, 32)],
     ids=['feature-major', 'batch-major', 'batch-major-unrolled', 'native-tails',
          'native-partial-blocks', 'native-full-blocks'])
-def test_fused_lstm_matches_autodiff_of_plain_lstm(loops, t, b, h, monkeypatch):
+def test_fused_lstm_matches_autodiff_of_plain_lstm(loops, t, b, h):
   """The hand-written backward pass against jax.grad of a textbook LSTM, all inputs, in each
   loop layout (the CPU's and the GPU's XLA loops, run here on whichever backend this is, and
   the native CPU loops)."""
-  if loops == 'native':
+  if loops.native:
     if jax.default_backend() != 'cpu':
       pytest.skip('the native loops run on CPUs only')
     assert lstm_cpu.available()
-  else:
-    use_xla_loops(monkeypatch, loops)
   gx, w_h, c0, h0, weights = random_like(
       [jnp.zeros((t, b, 4 * h)), jnp.zeros((h, 4 * h)), jnp.zeros((b, h)), jnp.zeros((b, h)),
        jnp.zeros((t, b, h))], scale=1.0, seed=3)
@@ -148,40 +160,40 @@ def test_fused_lstm_matches_autodiff_of_plain_lstm(loops, t, b, h, monkeypatch):
   # Sums over more rows and steps round more: at 16 x 32 both sides' gradients are up to 2e-5
   # off float64 autodiff (gradients up to 18).
   atol = 2e-6 if b * h < 100 else 2e-5
-  assert_trees_close(jax.jit(lstm_kernel.lstm)(*args), jax.jit(plain)(*args), atol=atol)
+  assert_trees_close(jax.jit(fused(loops))(*args), jax.jit(plain)(*args), atol=atol)
   grad = lambda fn: jax.jit(jax.grad(lstm_loss(weights, fn), argnums=(0, 1, 2, 3)))
-  assert_trees_close(grad(lstm_kernel.lstm)(*args), grad(plain)(*args), atol=atol)
+  assert_trees_close(grad(fused(loops))(*args), grad(plain)(*args), atol=atol)
 
 
 @pytest.mark.parametrize('length,unroll,expected', [
     (100, 8, 10), (64, 8, 8), (102, 8, 6), (30, 8, 10), (100, 32, 25), (97, 8, 8), (5, 8, 5),
     (7, 3, 3), (100, 1, 1)])
 def test_unroll_rounds_to_a_nearby_divisor(length, unroll, expected):
-  assert lstm_kernel.unroll_for(length, unroll) == expected
+  assert lstm_cell.unroll_for(length, unroll) == expected
+  assert lstm_cell.unroll_for(length, unroll, divides=False) == unroll
 
 
-def test_gpu_loops_split_no_sequence_for_a_remainder(monkeypatch):
+def test_gpu_loops_split_no_sequence_for_a_remainder():
   """With the GPU's unroll of 8, 100 steps run as 10 x 10: lax.scan splits off no [96, ...]
   part of the inputs and joins no outputs (which costs full copies), as it does with 8."""
-  use_xla_loops(monkeypatch, lstm_kernel.GPU_LOOPS)
   args = (jnp.zeros((100, 2, 12)), jnp.zeros((3, 12)), jnp.zeros((2, 3)), jnp.zeros((2, 3)))
   lowered = {}
   for divides in (True, False):
-    monkeypatch.setattr(lstm_kernel, 'UNROLL_DIVIDES', divides)
-    loss = lambda *a: jnp.sum(lstm_kernel.lstm(*a)[0])  # A new function: traced anew.
+    options = dataclasses.replace(GPU_XLA_LOOPS, unroll_divides=divides)
+    loss = lambda *a, options=options: jnp.sum(lstm_kernel.lstm(*a, options)[0])
     lowered[divides] = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(*args).as_text()
   assert 'tensor<96x' not in lowered[True]
   assert 'tensor<96x' in lowered[False]
 
 
 def test_project_gradients_match_autodiff_of_a_product():
-  """lstm_kernel.project's weight gradient (a copied transpose on CPUs) and input gradient."""
+  """lstm_cell.project's weight gradient (a copied transpose on CPUs) and input gradient."""
   x, w, weights = random_like([jnp.zeros((4, 3, 5)), jnp.zeros((5, 7)), jnp.zeros((4, 3, 7))],
                               scale=1.0, seed=5)
   loss = lambda fn: lambda x, w: jnp.sum(jnp.sin(fn(x, w)) * weights)
   grad = lambda fn: jax.jit(jax.grad(loss(fn), argnums=(0, 1)))
-  assert_trees_close(jax.jit(lstm_kernel.project)(x, w), x @ w)
-  assert_trees_close(grad(lstm_kernel.project)(x, w), grad(jnp.matmul)(x, w))
+  assert_trees_close(jax.jit(lstm_cell.project)(x, w), x @ w)
+  assert_trees_close(grad(lstm_cell.project)(x, w), grad(jnp.matmul)(x, w))
 
 
 @pytest.mark.parametrize('cell,impl,batch,seq', [
@@ -217,22 +229,21 @@ def test_fused_and_scan_agree_with_dropout():
   assert_trees_close(*results)
 
 
-@pytest.mark.parametrize('layers,batch,seq,embed,dropout,loops,dtype', [
-    (3, 4, 6, 0, 0.5, (False, 2, 1), 'float32'),  # Dropout between layers, same rngs.
-    (3, 2, 2, 5, 0.0, (False, 2, 1), 'float32'),  # Fewer steps than layers; embedded (4 < VOCAB).
-    (4, 3, 8, 0, 0.3, (False, 3, 2), 'float32'),  # 11 loop steps: unrolls 3, 2 leave remainders.
-    (2, 8, 5, 6, 0.0, (False, 8, 8), 'float32'),  # The GPU's loops.
-    (3, 4, 6, 0, 0.5, (False, 8, 8), 'bfloat16')])
-def test_wavefront_matches_layer_by_layer(layers, batch, seq, embed, dropout, loops, dtype,
-                                          monkeypatch):
-  """impl='wavefront' against impl='fused' (whose gradients the tests above check): the same
-  parameters at init, and the same outputs, carry, loss and gradients, with dropout."""
-  monkeypatch.setattr(lstm_kernel, 'CPU_LOOPS', loops)
-  monkeypatch.setattr(lstm_kernel, 'GPU_LOOPS', loops)
+@pytest.mark.parametrize('layers,batch,seq,embed,dropout,unroll,dtype', [
+    (3, 4, 6, 0, 0.5, (2, 1), 'float32'),  # Dropout between layers, same rngs.
+    (3, 2, 2, 5, 0.0, (2, 1), 'float32'),  # Fewer steps than layers; embedded (4 < VOCAB).
+    (4, 3, 8, 0, 0.3, (3, 2), 'float32'),  # 11 loop steps: unrolls 3, 2 leave remainders.
+    (2, 8, 5, 6, 0.0, (8, 8), 'float32'),  # The GPU's loops.
+    (3, 4, 6, 0, 0.5, (8, 8), 'bfloat16')])
+def test_wavefront_matches_layer_by_layer(layers, batch, seq, embed, dropout, unroll, dtype):
+  """impl='wavefront' against impl='fused' (whose gradients the tests above check), both on
+  batch-major XLA loops: the same parameters at init, and the same outputs, carry, loss and
+  gradients, with dropout."""
+  loops = LoopOptions(unroll=unroll[0], unroll_backward=unroll[1])
   tokens = random_tokens((batch, seq), VOCAB, seed=12)
   targets = jnp.roll(tokens, -1, axis=1)
   models = [model_lib.CharRNN(VOCAB, 'lstm', num_layers=layers, hidden=8, embed=embed,
-                              dropout=dropout, impl=impl, dtype=dtype)
+                              dropout=dropout, impl=impl, dtype=dtype, loops=loops)
             for impl in ('wavefront', 'fused')]
   assert_trees_close(*(init(m) for m in models), rtol=0, atol=0)
   params, carry = random_params(models[0], seed=13), random_carry(models[0], batch, seed=14)
@@ -276,18 +287,17 @@ def test_bfloat16_matmuls_stay_close():
   assert abs(losses[0] - losses[1]) < 2e-2
 
 
-@pytest.mark.parametrize('loops', [(True, 2, 1), (False, 8, 8)],
+@pytest.mark.parametrize('loops', [CPU_XLA_LOOPS, GPU_XLA_LOOPS],
                          ids=['feature-major', 'batch-major'])
-def test_bfloat16_gate_inputs_give_float32_results_rounded(loops, monkeypatch):
+def test_bfloat16_gate_inputs_give_float32_results_rounded(loops):
   """lstm_kernel.lstm with bfloat16 gate inputs and weights, against float32 inputs of the same
   values: the same outputs and gradients of w_h, c0 and h0, and the gate inputs' gradient
   rounded to bfloat16 (the loops compute in float32 and round dz before each product anyway)."""
-  use_xla_loops(monkeypatch, loops)
   t, b, h = 9, 4, 8
   gx, w_h, c0, h0, weights = random_like(
       [jnp.zeros((t, b, 4 * h), jnp.bfloat16), jnp.zeros((h, 4 * h), jnp.bfloat16),
        jnp.zeros((b, h)), jnp.zeros((b, h)), jnp.zeros((t, b, h))], scale=1.0, seed=4)
-  loss = lstm_loss(weights)
+  loss = lstm_loss(weights, fused(loops))
   grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
   loss16, grads16 = grad(gx, w_h, c0, h0)
   loss32, grads32 = grad(gx.astype(jnp.float32), w_h, c0, h0)
@@ -297,73 +307,122 @@ def test_bfloat16_gate_inputs_give_float32_results_rounded(loops, monkeypatch):
                              grads32[0].astype(jnp.bfloat16).astype(jnp.float32), rtol=2 ** -7)
 
 
-@pytest.mark.parametrize('loops', [(True, 2, 1), (False, 2, 2)],
+@pytest.mark.parametrize('loops', [CPU_XLA_LOOPS, LoopOptions(unroll=2, unroll_backward=2)],
                          ids=['feature-major', 'batch-major'])
-def test_float16_saved_gates_move_gradients_by_float16_rounding(loops, monkeypatch):
-  """lstm_kernel.SAVED_GATES_FLOAT16 with bfloat16 weights: the float32 gradients (of gx, c0
+def test_float16_saved_gates_move_gradients_by_float16_rounding(loops):
+  """Gate activations saved in float16 with bfloat16 weights: the float32 gradients (of gx, c0
   and h0) move by float16's rounding (2^-11), not bfloat16's (2^-8; 0.4-0.7% here)."""
-  use_xla_loops(monkeypatch, loops)
   t, b, h = 9, 4, 8
   gx, w_h, c0, h0, weights = random_like(
       [jnp.zeros((t, b, 4 * h)), jnp.zeros((h, 4 * h), jnp.bfloat16), jnp.zeros((b, h)),
        jnp.zeros((b, h)), jnp.zeros((t, b, h))], scale=1.5, seed=5)
-  loss = lstm_loss(weights)
   grads = {}
-  for narrow in (False, True):
-    monkeypatch.setattr(lstm_kernel, 'SAVED_GATES_FLOAT16', narrow)
-    grads[narrow] = jax.jit(jax.grad(loss, argnums=(0, 2, 3)))(gx, w_h, c0, h0)
-  for narrow, wide in zip(grads[True], grads[False], strict=True):
+  for saved in ('float32', 'float16'):
+    loss = lstm_loss(weights, fused(dataclasses.replace(loops, saved_gates=saved)))
+    grads[saved] = jax.jit(jax.grad(loss, argnums=(0, 2, 3)))(gx, w_h, c0, h0)
+  for narrow, wide in zip(grads['float16'], grads['float32'], strict=True):
     assert 0 < float(jnp.linalg.norm(narrow - wide)) <= 2e-3 * float(jnp.linalg.norm(wide))
 
 
-def test_narrowing_is_on_by_default_on_gpus_only(monkeypatch):
-  """With bfloat16 matmuls, GPUs get bfloat16 gate inputs and float16 saved gates (faster
-  there), CPUs float32 for both (bfloat16 gate inputs lost there), unless a setting says."""
-  for backend, narrow in (('gpu', True), ('cpu', False)):
-    monkeypatch.setattr(jax, 'default_backend', lambda backend=backend: backend)
-    assert model_lib.loop_dtype('bfloat16') == (jnp.bfloat16 if narrow else jnp.float32)
-    assert lstm_kernel.saved_gates_dtype(jnp.bfloat16) == (jnp.float16 if narrow else jnp.float32)
-    assert model_lib.loop_dtype('float32') == jnp.float32
-    assert lstm_kernel.saved_gates_dtype(jnp.float32) == jnp.float32
-  for setting in (True, False):
-    monkeypatch.setattr(model_lib, 'GATE_INPUTS_BFLOAT16', setting)
-    monkeypatch.setattr(lstm_kernel, 'SAVED_GATES_FLOAT16', setting)
-    assert model_lib.loop_dtype('bfloat16') == (jnp.bfloat16 if setting else jnp.float32)
-    assert lstm_kernel.saved_gates_dtype(jnp.bfloat16) == (jnp.float16 if setting else jnp.float32)
+def model_config(**changes):
+  """config.model of configs/default.py, with `changes`."""
+  from configs import default
+  config = default.get_config().model
+  config.update(changes)
+  return config
 
 
-# The options that narrow what the loops exchange and save, with bfloat16 matmuls.
-NARROWING = {'gate inputs': (model_lib, 'GATE_INPUTS_BFLOAT16'),
-             'saved gates': (lstm_kernel, 'SAVED_GATES_FLOAT16')}
+def test_auto_settings_resolve_to_each_backends_measured_defaults():
+  """'auto' and 0 become what measured fastest on each backend: with bfloat16 matmuls, GPUs
+  get bfloat16 gate inputs and float16 saved gates, CPUs float32 for both; CPUs run native or
+  feature-major loops unrolled 2 / 1, GPUs batch-major ones unrolled 8 / 8. An explicit value
+  wins over 'auto'."""
+  gpu = model_lib.resolve(model_config(dtype='bfloat16'), 64, backend='gpu')
+  assert (gpu.impl, gpu.gate_inputs, gpu.loops) == ('wavefront', 'bfloat16', LoopOptions(
+      native=False, feature_major=False, unroll=8, unroll_backward=8, saved_gates='float16'))
+  cpu = model_lib.resolve(model_config(dtype='bfloat16'), 64, backend='cpu')
+  assert (cpu.impl, cpu.gate_inputs, cpu.loops) == ('fused', 'float32', LoopOptions(
+      native=False, feature_major=True, unroll=2, unroll_backward=1, saved_gates='float32'))
+  assert model_lib.resolve(model_config(), 64, backend='cpu').loops.native == (
+      lstm_cpu.available())
+  f32 = model_lib.resolve(model_config(), 64, backend='gpu')
+  assert (f32.gate_inputs, f32.loops.saved_gates) == ('float32', 'float32')
+  chosen = model_lib.resolve(model_config(
+      impl='fused', dtype='bfloat16', gate_inputs='float32', saved_gates='float32',
+      loop_layout='feature_major', unroll=3, unroll_backward=5, unroll_divides=False), 64,
+      backend='gpu')
+  assert (chosen.impl, chosen.gate_inputs, chosen.loops) == ('fused', 'float32', LoopOptions(
+      feature_major=True, unroll=3, unroll_backward=5, unroll_divides=False))
+  assert not model_lib.resolve(model_config(native_cpu=False), 64, backend='cpu').loops.native
+  assert chosen.to_json()['loop_layout'] == 'feature_major'
+  assert "model.impl='fused' (XLA's loops, feature-major, unroll 3/5" in chosen.describe()
 
 
-@pytest.mark.parametrize('option', list(NARROWING))
-@pytest.mark.parametrize('impl', ['fused', 'wavefront'])
-def test_bfloat16_narrowing_saves_memory_and_trains_alike(impl, option, monkeypatch):
-  """model.GATE_INPUTS_BFLOAT16 (the loops' gate inputs and their gradients in bfloat16) and
-  lstm_kernel.SAVED_GATES_FLOAT16 (the saved gate activations in float16): each makes the
-  compiled gradient need less scratch memory, and gives the same loss and gradients within
-  bfloat16 rounding."""
-  use_xla_loops(monkeypatch, (False, 2, 2))  # As on GPUs, batch-major.
-  model = model_lib.CharRNN(VOCAB, 'lstm', num_layers=2, hidden=32, dropout=0.3, impl=impl,
-                            dtype='bfloat16')
-  tokens = random_tokens((8, 12), VOCAB, seed=16)
+def lowered_step(config, batch=4, seq=12):
+  """The StableHLO text of the gradient of a model built from `config` (config.model)."""
+  model = model_lib.from_config(config, VOCAB, batch)
+  tokens = random_tokens((batch, seq), VOCAB, seed=20)
   targets = jnp.roll(tokens, -1, axis=1)
-  params, carry = random_params(model, seed=17, scale=0.2), random_carry(model, 8, seed=18)
-  apply = lambda p, x, c: model.apply({'params': p}, x, c, train=True,
-                                      rngs={'dropout': jax.random.PRNGKey(19)})
+  apply = lambda p, x, c: model.apply({'params': p}, x, c)
+  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens, model.initial_carry(batch))
+  grad = jax.jit(jax.grad(loss_with_carry(apply, tokens, targets), argnums=(0, 1)))
+  return grad.lower(params['params'], model.initial_carry(batch)).as_text()
+
+
+XLA = {'native_cpu': False}
+BF16 = {'dtype': 'bfloat16', **XLA}
+
+
+@pytest.mark.parametrize('field,values,shows', [
+    ('saved_gates', ('float32', 'float16'), lambda hlo: 'xf16>' in hlo),
+    ('gate_inputs', ('float32', 'bfloat16'), None),
+    ('loop_layout', ('batch_major', 'feature_major'), None),
+    ('unroll', (1, 4), lambda hlo: hlo.count('call @')),  # A loop step a call, 4 an iteration.
+    ('unroll_backward', (1, 4), lambda hlo: hlo.count('call @')),
+    ('unroll_divides', (True, False), lambda hlo: 'tensor<8x' in hlo),  # 12 = 8 + 4 with 8.
+    ('native_cpu', (False, True), lambda hlo: 'charlm_lstm' in hlo)])
+def test_each_speed_field_changes_the_compiled_step(field, values, shows):
+  """Every speed setting of config.model reaches the compiled program: its two values lower to
+  different programs, and where the difference has a mark (float16 arrays, more steps per loop
+  iteration, a remainder loop's slices, the native loops' custom calls), it is there."""
+  if field == 'native_cpu' and not (jax.default_backend() == 'cpu' and lstm_cpu.available()):
+    pytest.skip('the native loops need a CPU and a C++ compiler')
+  base = {'native_cpu': {}, 'unroll_divides': {**XLA, 'unroll': 8, 'unroll_backward': 8},
+          'saved_gates': BF16, 'gate_inputs': BF16}.get(field, XLA)
+  hlos = [lowered_step(model_config(impl='fused', **{**base, field: v})) for v in values]
+  assert hlos[0] != hlos[1]
+  if shows is not None:
+    assert shows(hlos[1]) > shows(hlos[0])
+
+
+@pytest.mark.parametrize('field,narrow', [('gate_inputs', 'bfloat16'),
+                                          ('saved_gates', 'float16')])
+@pytest.mark.parametrize('impl', ['fused', 'wavefront'])
+def test_bfloat16_narrowing_saves_memory_and_trains_alike(impl, field, narrow):
+  """model.gate_inputs='bfloat16' (the loops' gate inputs and their gradients in bfloat16) and
+  model.saved_gates='float16' (the saved gate activations in float16), each set in config.model:
+  each makes the compiled gradient need less scratch memory, and gives the same loss and
+  gradients within bfloat16 rounding."""
   scratch, results = {}, {}
-  for narrow in (False, True):
-    monkeypatch.setattr(*NARROWING[option], narrow)
+  for value in ('float32', narrow):
+    config = model_config(impl=impl, num_layers=2, hidden=32, dropout=0.3, dtype='bfloat16',
+                          loop_layout='batch_major', unroll=2, unroll_backward=2,  # As on GPUs.
+                          **{field: value})
+    model = model_lib.from_config(config, VOCAB, 8)
+    tokens = random_tokens((8, 12), VOCAB, seed=16)
+    targets = jnp.roll(tokens, -1, axis=1)
+    params, carry = random_params(model, seed=17, scale=0.2), random_carry(model, 8, seed=18)
+    apply = lambda p, x, c, model=model: model.apply({'params': p}, x, c, train=True,
+                                                     rngs={'dropout': jax.random.PRNGKey(19)})
     grad = jax.value_and_grad(loss_with_carry(apply, tokens, targets), argnums=(0, 1))
     compiled = jax.jit(grad).lower(params, carry).compile()
-    scratch[narrow] = compiled.memory_analysis().temp_size_in_bytes
-    results[narrow] = compiled(params, carry)
-  assert scratch[True] < 0.95 * scratch[False], scratch
+    scratch[value] = compiled.memory_analysis().temp_size_in_bytes
+    results[value] = compiled(params, carry)
+  assert scratch[narrow] < 0.95 * scratch['float32'], scratch
   # Sums in bfloat16 differ in their last bits: compare each array as a whole.
-  for narrow, wide in zip(jax.tree.leaves(results[True]), jax.tree.leaves(results[False]),
-                          strict=True):
-    assert float(jnp.linalg.norm(narrow - wide)) <= 1e-2 * float(jnp.linalg.norm(wide))
+  for narrowed, wide in zip(jax.tree.leaves(results[narrow]), jax.tree.leaves(results['float32']),
+                            strict=True):
+    assert float(jnp.linalg.norm(narrowed - wide)) <= 1e-2 * float(jnp.linalg.norm(wide))
 
 
 def test_from_config_and_count_params(caplog):
@@ -373,9 +432,18 @@ def test_from_config_and_count_params(caplog):
   params = random_params(model)
   matmul = 2 * 4 * 8 * (8 + 8) + 8 * VOCAB
   assert model_lib.count_params(params) == matmul + VOCAB * 8 + 2 * 4 * 8 + VOCAB
-  for field, bad in (('cell', 'tree'), ('impl', 'pallas'), ('dtype', 'float16')):
-    with pytest.raises(UserError, match=field):
+  for field, bad in (('cell', 'tree'), ('impl', 'pallas'), ('dtype', 'float16'),
+                     ('gate_inputs', 'float16'), ('saved_gates', 'bfloat16'),
+                     ('loop_layout', 'time_major'), ('unroll', -1), ('unroll_backward', 2.5),
+                     ('unroll_divides', 'yes'), ('native_cpu', 1)):
+    with pytest.raises(UserError, match=f'model.{field}') as error:
       model_lib.from_config(ml_collections.ConfigDict({**config.to_dict(), field: bad}), VOCAB)
+    assert '\n' not in str(error.value) and repr(bad) in str(error.value)
+  for field, narrow in (('gate_inputs', 'bfloat16'), ('saved_gates', 'float16')):
+    with pytest.raises(UserError, match=f"model.{field}='{narrow}' goes with bfloat16 matmuls"):
+      model_lib.from_config(ml_collections.ConfigDict({**config.to_dict(), field: narrow}), VOCAB)
+  with pytest.raises(UserError, match="model.impl='cudnn' was removed.*use model.impl='auto'"):
+    model_lib.from_config(ml_collections.ConfigDict({**config.to_dict(), 'impl': 'cudnn'}), VOCAB)
   with pytest.raises(UserError, match="model.impl='wavefront' runs LSTM layers only"):
     model_lib.from_config(ml_collections.ConfigDict({**config.to_dict(), 'cell': 'gru',
                                                      'impl': 'wavefront'}), VOCAB)
@@ -386,9 +454,11 @@ def test_from_config_and_count_params(caplog):
   assert warned == ([] if jax.default_backend() != 'cpu' else
                     ["charlm: model.impl='wavefront' is made for GPUs; on a CPU "
                      "model.impl='fused' trains faster"])
+  # A config saved before a field existed means that field's default.
   legacy = ml_collections.ConfigDict({k: v for k, v in config.items()
                                       if k not in ('impl', 'dtype')})
-  assert model_lib.from_config(legacy, VOCAB).impl == 'fused'
+  assert model_lib.resolve(legacy, backend='cpu') == model_lib.resolve(
+      model_config(num_layers=2, hidden=8), backend='cpu')
 
 
 def test_auto_impl_picks_the_wavefront_where_it_measured_faster(monkeypatch, tmp_path):
@@ -406,10 +476,10 @@ def test_auto_impl_picks_the_wavefront_where_it_measured_faster(monkeypatch, tmp
     assert auto(fused, batch, 'gpu') == 'fused', (fused, batch)
   assert auto(config(), 64, 'cpu') == 'fused'
   # from_config and trainer.build choose for the batch on each device.
-  monkeypatch.setattr(model_lib.jax, 'default_backend', lambda: 'gpu')
-  assert model_lib.from_config(config(), VOCAB, 64).impl == 'wavefront'
-  assert model_lib.from_config(config(), VOCAB).impl == 'fused'
-  assert model_lib.from_config(config(impl='fused'), VOCAB, 64).impl == 'fused'
+  assert model_lib.from_config(config(), VOCAB, 64, backend='gpu').impl == 'wavefront'
+  assert model_lib.from_config(config(), VOCAB, backend='gpu').impl == 'fused'
+  assert model_lib.from_config(config(impl='fused'), VOCAB, 64, backend='gpu').impl == 'fused'
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')  # For trainer.build: pose as a GPU.
   train = smoke_config(tmp_path, model__num_layers=2, model__hidden=256, model__dtype='bfloat16',
                        train__batch_size=64 * jax.device_count())
   assert trainer.build(train, VOCAB, 1)[0].impl == 'wavefront'
@@ -417,107 +487,3 @@ def test_auto_impl_picks_the_wavefront_where_it_measured_faster(monkeypatch, tmp
   assert trainer.build(train, VOCAB, 1)[0].impl == 'wavefront'  # 128 x 256 <= 64K
   train.train.batch_size *= 4
   assert trainer.build(train, VOCAB, 1)[0].impl == 'fused'
-
-
-def cudnn_reference(x, h_0, c_0, weights, seq_lengths, input_size, hidden_size, num_layers,
-                    dropout, bidirectional):
-  """rnn.lstm in plain JAX, for CPUs: jax's reference reads the flat weights in cuDNN's layout."""
-  unpacked = rnn.unpack_lstm_weights(weights, input_size, hidden_size, num_layers, bidirectional)
-  return rnn.lstm_ref(x, h_0, c_0, *unpacked, seq_lengths, input_size, hidden_size, num_layers,
-                      dropout, bidirectional)
-
-
-def test_cudnn_packing_is_cudnns_layout():
-  """What cuDNN would compute from `pack`'s weights equals charlm's LSTM with the same params."""
-  t, b, n_in, h = 5, 3, 4, 6  # in != H, so that a missing transpose cannot pass.
-  xs, w_x, bias, w_h, c0, h0 = random_like(
-      [jnp.zeros((t, b, n_in)), jnp.zeros((n_in, 4 * h)), jnp.zeros(4 * h),
-       jnp.zeros((h, 4 * h)), jnp.zeros((b, h)), jnp.zeros((b, h))], scale=0.5, seed=9)
-  weights = cudnn_lstm.pack(w_x, bias, w_h)
-  assert weights.shape == (rnn.get_num_params_in_lstm(n_in, h, 1, False),)
-  w_ih, w_hh, b_ih, b_hh = rnn.unpack_lstm_weights(weights, n_in, h, 1, False)
-  np.testing.assert_array_equal(w_ih[0][h:2 * h], w_x[:, h:2 * h].T)  # The forget gate's rows.
-  np.testing.assert_array_equal(b_hh[0], np.zeros(4 * h))
-  ys, h_n, c_n = cudnn_reference(jnp.swapaxes(xs, 0, 1), h0[None], c0[None], weights,
-                                 jnp.full((b,), t, jnp.int32), n_in, h, 1, 0.0, False)
-  hs, c, hh = jax.jit(lstm_kernel.lstm)(xs @ w_x + bias, w_h, c0, h0)
-  assert_trees_close((jnp.swapaxes(ys, 0, 1), c_n[0], h_n[0]), (hs, c, hh), rtol=1e-5)
-
-
-@pytest.mark.parametrize('batch,seq', [(2, 6), (1, 3)])  # Embedding table, then embedded rows.
-def test_cudnn_model_wiring_on_cpu(monkeypatch, batch, seq):
-  """The model's impl='cudnn' path with cuDNN replaced by jax's reference: parameters (the same
-  as the other impls', initial values too), embedding lookup, carry, gradients through `pack`."""
-  monkeypatch.setattr(rnn, 'lstm', cudnn_reference)
-  model = model_lib.CharRNN(VOCAB, 'lstm', num_layers=2, hidden=6, embed=4, impl='cudnn')
-  fused = model_lib.CharRNN(VOCAB, 'lstm', num_layers=2, hidden=6, embed=4, impl='fused')
-  assert_trees_close(init(model), init(fused), rtol=0, atol=0)
-  params = random_params(model)
-  tokens = random_tokens((batch, seq), VOCAB, seed=4)
-  targets = jnp.roll(tokens, -1, axis=1)
-  carry = random_carry(model, batch)
-  apply = lambda p, x, c: model.apply({'params': p}, x, c)
-  ref = lambda p, x, c: reference_apply('lstm', p, x, c)
-  grad = lambda f: jax.jit(jax.grad(loss_with_carry(f, tokens, targets), argnums=(0, 1)))
-  with jax.default_matmul_precision('float32'):  # No TF32 where this runs on a GPU.
-    assert_trees_close(jax.jit(apply)(params, tokens, carry), jax.jit(ref)(params, tokens, carry))
-    assert_trees_close(grad(apply)(params, carry), grad(ref)(params, carry))
-
-
-@pytest.mark.skipif(jax.default_backend() == 'gpu', reason='the error is for runs without a GPU')
-def test_cudnn_without_a_gpu_is_a_one_line_error(tmp_path):
-  workdir = tmp_path / 'run'
-  with pytest.raises(UserError, match="model.impl='cudnn' needs an NVIDIA GPU") as error:
-    trainer.train_and_evaluate(smoke_config(tmp_path, model__impl='cudnn'), str(workdir))
-  assert '\n' not in str(error.value) and "model.impl='fused'" in str(error.value)
-  assert not os.path.exists(workdir)  # Refused before anything was compiled or written.
-
-
-@pytest.mark.skipif(jax.default_backend() != 'gpu', reason='cuDNN needs an NVIDIA GPU')
-@pytest.mark.parametrize('batch,seq,hidden,embed,dropout,scale', [
-    (2, 6, 6, 4, 0.0, 0.5),  # The first layer gets its inputs from the embedding table ...
-    (1, 3, 6, 0, 0.0, 0.5),  # ... or embedded (3 < VOCAB), here as wide as the hidden state.
-    (8, 16, 32, 16, 0.5, 0.5),  # Dropout between the layers: same rng, same masks.
-    (16, 50, 128, 0, 0.0, 0.1)])  # Weights small enough that rounding does not grow chaotically.
-def test_cudnn_matches_scan_on_gpu(batch, seq, hidden, embed, dropout, scale):
-  """Loss, outputs, final carry and all gradients, with carry in and out, as autodiff's."""
-  tokens = random_tokens((batch, seq), VOCAB, seed=10)
-  targets = jnp.roll(tokens, -1, axis=1)
-  outputs, grads = [], []
-  for impl in ('cudnn', 'scan'):
-    model = model_lib.CharRNN(VOCAB, 'lstm', num_layers=2, hidden=hidden, embed=embed,
-                              dropout=dropout, impl=impl)
-    apply = lambda p, x, c, model=model: model.apply(
-        {'params': p}, x, c, train=True, rngs={'dropout': jax.random.PRNGKey(11)})
-    params, carry = random_params(model, scale=scale), random_carry(model, batch)
-    with jax.default_matmul_precision('float32'):  # No TF32, in cuDNN and in XLA.
-      outputs.append(jax.jit(apply)(params, tokens, carry))
-      grads.append(jax.jit(jax.value_and_grad(loss_with_carry(apply, tokens, targets),
-                                              argnums=(0, 1)))(params, carry))
-  assert_trees_close(*outputs, rtol=1e-4, atol=1e-5)
-  assert_trees_close(*grads, rtol=1e-4, atol=1e-5)
-  cudnn, scan = (model_lib.CharRNN(VOCAB, 'lstm', hidden=hidden, impl=impl)
-                 for impl in ('cudnn', 'fused'))
-  assert_trees_close(init(cudnn), init(scan), rtol=0, atol=0)  # Checkpoints fit either impl.
-
-
-def test_cudnn_run_loads_without_a_gpu(monkeypatch, tmp_path):
-  """A run trained with impl='cudnn' (here on cuDNN's reference, posing as a GPU) loads on a
-  CPU (posing as one, also on a GPU) as impl='fused', with the same parameters and outputs."""
-  workdir = str(tmp_path / 'run')
-  with monkeypatch.context() as gpu:
-    gpu.setattr(rnn, 'lstm', cudnn_reference)
-    gpu.setattr(model_lib.jax, 'default_backend', lambda: 'gpu')
-    trainer.train_and_evaluate(smoke_config(tmp_path, model__impl='cudnn', train__steps=4),
-                               workdir)
-    config, vocab, cudnn_model, params, _ = trainer.load_checkpoint(workdir)
-    assert config.model.impl == 'cudnn'
-    tokens = random_tokens((2, 5), vocab.size, seed=1)
-    carry = cudnn_model.initial_carry(2)
-    expected, _ = cudnn_model.apply({'params': params}, tokens, carry)
-  with monkeypatch.context() as cpu:
-    cpu.setattr(model_lib.jax, 'default_backend', lambda: 'cpu')
-    config, _, model, loaded, _ = trainer.load_checkpoint(workdir)
-    assert config.model.impl == 'fused' and model.impl == 'fused'
-    assert_trees_close(loaded, params, rtol=0, atol=0)
-    assert_trees_close(model.apply({'params': loaded}, tokens, carry)[0], expected, rtol=1e-5)
