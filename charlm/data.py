@@ -16,9 +16,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from charlm.cache import CHUNK_BYTES, default_cache_dir, sha256_file
 from charlm.errors import UserError, exit_on_user_error
 
-CHUNK_BYTES = 16 << 20
 MAX_CODE_POINT = 0x110000
 LARGE_VOCAB_WARNING = 5000
 
@@ -88,19 +88,6 @@ class Corpus:
   vocab: Vocab
   source: str
   cache: str
-
-
-def default_cache_dir(config_dir: str = '') -> str:
-  return config_dir or os.environ.get('CHARLM_CACHE') or os.path.join(
-      os.path.expanduser('~'), '.cache', 'charlm')
-
-
-def sha256_file(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    while chunk := f.read(CHUNK_BYTES):
-      digest.update(chunk)
-  return digest.hexdigest()
 
 
 def _source_fingerprint(path: str) -> dict:

@@ -3,8 +3,8 @@ import os
 import shutil
 import zipfile
 
+from charlm.cache import CHUNK_BYTES
 from charlm.corpora.core import Recipe
-from charlm.data import CHUNK_BYTES
 from charlm.errors import UserError
 
 ENWIK8_BYTES = 100_000_000
