@@ -15,8 +15,8 @@ import tempfile
 import jax
 import numpy as np
 
+from charlm import corpora, trainer
 from charlm import data as data_lib
-from charlm import trainer
 from charlm.errors import UserError
 from charlm.sampling import Sampler, check_unknown_mode, drop_unknown, unknown_error
 
@@ -167,7 +167,7 @@ class Model:
     if data.path and not os.path.isfile(os.path.expanduser(data.path)):
       raise UserError(f'the run was trained on {data.path}, which is not there from here; run '
                       'from the directory training ran in, or score a file instead')
-    corpus = data_lib.load_corpus(data)
+    corpus = data_lib.prepare(corpora.text_path(data), data.level, data.cache_dir)
     if corpus.vocab != self.vocab:
       raise UserError(f'{corpus.source} no longer has the characters the model was trained on '
                       '(the text changed since training); score a file instead')

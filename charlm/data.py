@@ -244,18 +244,6 @@ def _write_json(path, obj):
     json.dump(obj, f, ensure_ascii=False)
 
 
-def load_corpus(data_config) -> Corpus:
-  """Prepares the corpus a data config names: a local `path`, or a named corpus."""
-  if data_config.path:
-    path = data_config.path
-  elif data_config.name:
-    from charlm import corpora  # Named corpora may download; import only when asked for.
-    path = corpora.fetch(data_config.name, default_cache_dir(data_config.cache_dir))
-  else:
-    raise UserError('no corpus given; set --config.data.path=FILE or --config.data.name=NAME')
-  return prepare(path, data_config.level, data_config.cache_dir)
-
-
 # ---------------------------------------------------------------------------------------------
 # Splits and batches.
 

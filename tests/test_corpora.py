@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import types
 import zipfile
 
 import numpy as np
@@ -309,8 +310,16 @@ def test_automatic_preparation_when_a_config_names_a_corpus(tmp_path):
   config = importlib.import_module('configs.warandpeace').get_config('smoke')
   config.unlock()
   config.data.cache_dir = str(tmp_path / 'cache')
-  corpus = data.load_corpus(config.data)
+  corpus = data.prepare(corpora.text_path(config.data), config.data.level,
+                        config.data.cache_dir)
   assert corpus.vocab.decode(corpus.tokens) == expected.decode()
+
+
+def test_text_path_is_the_config_path_else_its_named_corpus(tmp_path):
+  given = types.SimpleNamespace(path='my.txt', name='names', cache_dir=str(tmp_path))
+  assert corpora.text_path(given) == 'my.txt'  # Used as given: data.prepare reports a bad path.
+  neither = types.SimpleNamespace(path='', name='', cache_dir=str(tmp_path))
+  one_line_error(corpora.text_path, neither, match='no corpus given; set --config.data.path')
 
 
 # ---------------------------------------------------------------------------------------------
