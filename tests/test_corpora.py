@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from charlm import corpora, data
+from charlm.corpora import __main__ as corpora_cli
 from charlm.corpora import books, core, wikipedia
 from charlm.errors import UserError
 
@@ -383,13 +384,18 @@ def test_prepare_command_line(tmp_path):
   result = subprocess.run(cmd[:4] + ['enwik9'], capture_output=True, text=True, cwd=ROOT)
   assert result.returncode == 1 and result.stderr.count('\n') == 1
   assert result.stderr.startswith('error: enwik9 is neither a corpus name')
+  result = subprocess.run([sys.executable, '-m', 'charlm.corpora', 'list', *cmd[-2:]],
+                          capture_output=True, text=True, cwd=ROOT)  # The same command line.
+  assert result.returncode == 0, result.stderr
+  assert [line.split()[:3] for line in result.stdout.splitlines() if line.startswith('names')] == [
+      ['names', 'char', 'prepared']]
 
 
 def test_list_shows_the_corpora_and_which_are_prepared(tmp_path, capsys):
   sdist, _ = make_source('names', tmp_path)
   corpora.fetch('names', str(tmp_path / 'cache'), source=sdist)
   capsys.readouterr()
-  data.main(['list', '--cache_dir', str(tmp_path / 'cache')])
+  corpora_cli.main(['list', '--cache_dir', str(tmp_path / 'cache')])
   lines = capsys.readouterr().out.splitlines()
   assert len(lines) == len(corpora.RECIPES)
   assert [line.split()[:3] for line in lines if line.startswith(('names', 'wikipedia'))] == [
@@ -399,7 +405,7 @@ def test_list_shows_the_corpora_and_which_are_prepared(tmp_path, capsys):
 def test_prepare_a_plain_file_in_process(tmp_path, capsys):
   path = tmp_path / 'any.txt'
   path.write_text('hello world\n' * 10)
-  data.main(['prepare', str(path), '--level', 'byte', '--cache_dir', str(tmp_path / 'c')])
+  corpora_cli.main(['prepare', str(path), '--level', 'byte', '--cache_dir', str(tmp_path / 'c')])
   out = capsys.readouterr().out
   assert 'tokens: 120 bytes, vocabulary 256' in out
 

@@ -1,10 +1,15 @@
+import ast
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from charlm import data
 from charlm.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_vocab_round_trip_non_ascii(tmp_path):
@@ -148,3 +153,47 @@ def test_stream_rows_select_this_process_share():
   full = data.Streams(tokens, 8, 10).batch(3)
   part = data.Streams(tokens, 8, 10, rows=[4, 5, 6, 7]).batch(3)
   np.testing.assert_array_equal(part.inputs, full.inputs[4:])
+
+
+@pytest.mark.parametrize('module,allowed', [
+    ('charlm.data', {'charlm.cache', 'charlm.errors'}),
+    ('charlm.corpora', {'charlm.cache', 'charlm.errors'}),
+    ('charlm.cache', {'charlm.errors'})])
+def test_data_corpora_and_cache_do_not_import_each_other(module, allowed):
+  """In a fresh interpreter: data and corpora share only the leaf module cache."""
+  code = f'import sys, {module}; print(*sys.modules)'
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT)
+  assert result.returncode == 0, result.stderr
+  others = {m for m in result.stdout.split() if m.startswith('charlm.')
+            and m != module and not m.startswith(module + '.')}
+  assert others <= allowed, others
+
+
+def imported_modules(path: str) -> set[str]:
+  """Every module `path` imports, in functions too, but not under `if __name__ == '__main__'`."""
+  with open(path) as f:
+    tree = ast.parse(f.read())
+  script = [node for node in tree.body if isinstance(node, ast.If)
+            and ast.unparse(node.test) == "__name__ == '__main__'"]
+  skipped = {id(n) for block in script for n in ast.walk(block)}
+  names = set()
+  for node in ast.walk(tree):
+    if id(node) in skipped:
+      continue
+    if isinstance(node, ast.Import):
+      names.update(alias.name for alias in node.names)
+    elif isinstance(node, ast.ImportFrom):
+      module = node.module or ''  # charlm imports absolutely; relative ones count by name.
+      names.update([module] + [f'{module}.{alias.name}' for alias in node.names])
+  return names
+
+
+def test_no_import_of_the_other_even_inside_functions():
+  def mentions(names, package):
+    return {n for n in names if n == package or n.startswith(package + '.')}
+  assert not mentions(imported_modules(os.path.join(ROOT, 'charlm', 'data.py')), 'charlm.corpora')
+  corpora_dir = os.path.join(ROOT, 'charlm', 'corpora')
+  for name in os.listdir(corpora_dir):
+    if name.endswith('.py') and name != '__main__.py':  # The command line uses both.
+      names = imported_modules(os.path.join(corpora_dir, name))
+      assert not mentions(names, 'charlm.data'), name

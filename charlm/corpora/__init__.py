@@ -1,6 +1,6 @@
 """Named corpora: recipes that fetch, verify and cache the text files configs name.
 
-    python -m charlm.data prepare NAME [--source PATH]
+    python -m charlm.corpora prepare NAME [--source PATH]   # or python -m charlm.data ...
 
 prepares one by hand; a config whose `data.name` names one prepares it on first use. Each
 recipe records its source, licence note, size and checksum in `<cache>/corpora/NAME/meta.json`.
