@@ -47,12 +47,12 @@ def test_token_dtype_grows_with_vocabulary(tmp_path):
   assert corpus.vocab.decode(corpus.tokens[:3]) == '一丁丂'
 
 
-def test_chunked_encoding_matches_whole_file(tmp_path, monkeypatch):
-  monkeypatch.setattr(data, 'CHUNK_BYTES', 7)  # Splits multi-byte characters across chunks.
+def test_chunked_encoding_matches_whole_file(tmp_path):
   text = 'héllo wörld ☕ ' * 50
   path = tmp_path / 't.txt'
   path.write_text(text, encoding='utf-8')
-  corpus = data.prepare(str(path), cache_dir=str(tmp_path / 'c'))
+  # 7-byte chunks split multi-byte characters across chunks.
+  corpus = data.prepare(str(path), cache_dir=str(tmp_path / 'c'), chunk_bytes=7)
   assert corpus.vocab.decode(corpus.tokens) == text
 
 
@@ -72,12 +72,11 @@ def test_cache_reused_then_rebuilt_when_source_changes(tmp_path, monkeypatch):
   assert changed.vocab.decode(changed.tokens[:3]) == 'abd'
 
 
-def test_invalid_utf8_names_offset_and_leaves_no_cache(tmp_path, monkeypatch):
-  monkeypatch.setattr(data, 'CHUNK_BYTES', 5)
+def test_invalid_utf8_names_offset_and_leaves_no_cache(tmp_path):
   path = tmp_path / 'bad.txt'
   path.write_bytes(b'hello world \xff\xfe more')
   with pytest.raises(UserError) as e:
-    data.prepare(str(path), cache_dir=str(tmp_path / 'c'))
+    data.prepare(str(path), cache_dir=str(tmp_path / 'c'), chunk_bytes=5)
   message = str(e.value)
   assert 'byte 12' in message and 'level=byte' in message and '\n' not in message
   assert [p for p in os.listdir(tmp_path / 'c')] == []

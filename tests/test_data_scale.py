@@ -33,11 +33,10 @@ def write(tmp_path, content, name='t.txt'):
 
 
 @pytest.mark.parametrize('chunk', [1, 2, 3, 5, 64, 1 << 20])
-def test_char_encoding_in_chunks_matches_the_text(chunk, tmp_path, monkeypatch):
-  monkeypatch.setattr(data, 'CHUNK_BYTES', chunk)
+def test_char_encoding_in_chunks_matches_the_text(chunk, tmp_path):
   pool = list('ab \n') * 8 + list('éßΩ') + list('日—€') + ['😀', '𝄞']  # 1 to 4 UTF-8 bytes.
   text = ''.join(random.Random(chunk).choice(pool) for _ in range(3000))
-  corpus = data.prepare(write(tmp_path, text), cache_dir=str(tmp_path / 'c'))
+  corpus = data.prepare(write(tmp_path, text), cache_dir=str(tmp_path / 'c'), chunk_bytes=chunk)
   assert corpus.vocab.chars == sorted(set(text))
   assert corpus.vocab.decode(corpus.tokens) == text
 
@@ -75,10 +74,9 @@ def test_byte_mode_needs_no_vocabulary_pass(tmp_path, monkeypatch):
     (b'abcdefg\xe6\x97X' + b'y' * 20, 7),  # Broken across a chunk boundary.
     (b'ab\x80cd', 2),  # A stray continuation byte.
 ])
-def test_invalid_utf8_names_its_offset(raw, offset, tmp_path, monkeypatch):
-  monkeypatch.setattr(data, 'CHUNK_BYTES', 8)
+def test_invalid_utf8_names_its_offset(raw, offset, tmp_path):
   with pytest.raises(UserError) as e:
-    data.prepare(write(tmp_path, raw), cache_dir=str(tmp_path / 'c'))
+    data.prepare(write(tmp_path, raw), cache_dir=str(tmp_path / 'c'), chunk_bytes=8)
   assert f'(byte {offset})' in str(e.value) and '\n' not in str(e.value)
 
 
