@@ -22,6 +22,7 @@ from charlm.sampling import Sampler, check_unknown_mode, drop_unknown, unknown_e
 
 SKIP_HINT = "unknown='skip'"
 FILE_CHUNK_BYTES = 1 << 20  # evaluate(file=...) encodes this much of the file at a time.
+NOT_UTF8_FIX = 'convert it to UTF-8, or score it with a byte-level model'
 
 
 class Model:
@@ -126,27 +127,17 @@ class Model:
       return _TokenFile(source, np.uint8), [], 0
     check_unknown_mode(unknown)
     out = stack.enter_context(self._temporary_file())
-    lut = np.full(data_lib.MAX_CODE_POINT, -1, np.int32)
-    lut[[ord(c) for c in self.vocab.chars]] = np.arange(self.vocab.size)
-    missing, dropped, offset = {}, 0, 0
-    for chunk in data_lib._utf8_chunks(path, validate=False, chunk_bytes=chunk_bytes):
-      try:
-        points = (np.frombuffer(chunk, np.uint8) if chunk.isascii()
-                  else data_lib._code_points(chunk.decode('utf-8')))
-      except UnicodeDecodeError as e:
-        raise UserError(f'{path} is not valid UTF-8 (byte {offset + e.start}); convert it to '
-                        'UTF-8, or score it with a byte-level model') from None
-      offset += len(chunk)
-      ids = lut[points]
-      unknown_at = ids < 0
-      if unknown_at.any():
-        new, first = np.unique(points[unknown_at], return_index=True)
-        missing.update(dict.fromkeys(chr(p) for p in new[np.argsort(first)]))
-        dropped += int(unknown_at.sum())
-        ids = ids[~unknown_at]
+    missing, dropped = {}, []  # Unknown characters in order of appearance; counts per chunk.
+
+    def drop(chars, count):
+      missing.update(dict.fromkeys(chars))
+      dropped.append(count)
+
+    for ids in data_lib.encode_chunks(path, self.vocab, chunk_bytes, on_unknown=drop,
+                                      not_utf8_fix=NOT_UTF8_FIX):
       if not (missing and unknown == 'error'):  # An error ahead: writing would be wasted.
-        ids.astype(self.vocab.dtype).tofile(out)
-    missing = list(missing)
+        ids.tofile(out)
+    missing, dropped = list(missing), sum(dropped)
     if missing and unknown == 'error':
       raise unknown_error(path, missing, dropped, skip_hint)
     out.flush()
