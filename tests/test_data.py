@@ -56,18 +56,22 @@ def test_chunked_encoding_matches_whole_file(tmp_path):
   assert corpus.vocab.decode(corpus.tokens) == text
 
 
-def test_cache_reused_then_rebuilt_when_source_changes(tmp_path, monkeypatch):
+def token_file(corpus) -> tuple[int, int]:
+  """Which token file `corpus` reads: a rebuild writes a new one (while the old is still open)."""
+  st = os.stat(os.path.join(corpus.cache, 'tokens.bin'))
+  return st.st_ino, st.st_mtime_ns
+
+
+def test_cache_reused_then_rebuilt_when_source_changes(tmp_path):
   path = tmp_path / 't.txt'
   path.write_text('abc' * 100)
-  calls = []
-  real = data._encode_file
-  monkeypatch.setattr(data, '_encode_file', lambda *a: calls.append(a) or real(*a))
   first = data.prepare(str(path), cache_dir=str(tmp_path / 'c'))
+  built = token_file(first)
   again = data.prepare(str(path), cache_dir=str(tmp_path / 'c'))
-  assert len(calls) == 1 and again.cache == first.cache
+  assert token_file(again) == built and again.cache == first.cache
   path.write_text('abd' * 100)  # Same size: only the mtime and the hash tell.
   changed = data.prepare(str(path), cache_dir=str(tmp_path / 'c'))
-  assert len(calls) == 2
+  assert token_file(changed) != built
   assert changed.vocab.chars == ['a', 'b', 'd']
   assert changed.vocab.decode(changed.tokens[:3]) == 'abd'
 
@@ -82,6 +86,43 @@ def test_invalid_utf8_names_offset_and_leaves_no_cache(tmp_path):
   assert [p for p in os.listdir(tmp_path / 'c')] == []
   corpus = data.prepare(str(path), 'byte', cache_dir=str(tmp_path / 'c'))
   assert len(corpus.tokens) == path.stat().st_size
+
+
+SCRIPTS = 'naïve café ☕ at 日本 — 😀 ok\n' * 5  # 1 to 4 UTF-8 bytes a character.
+
+
+@pytest.mark.parametrize('chunk_bytes', [1, 3, 7, 1 << 20])
+@pytest.mark.parametrize('order', ['sorted', 'unsorted'])
+def test_encode_chunks_drops_and_reports_unknown_characters(tmp_path, chunk_bytes, order):
+  path = tmp_path / 't.txt'
+  path.write_text(SCRIPTS, encoding='utf-8')
+  chars = sorted(set('naïve f😀\n日'))
+  if order == 'unsorted':  # ASCII ids past a byte: numpy's lookup rather than bytes.translate.
+    chars = [chr(0x4E01 + i) for i in range(300)] + chars[::-1]
+  vocab = data.Vocab('char', chars)
+  reported = []
+  ids = np.concatenate(list(data.encode_chunks(
+      str(path), vocab, chunk_bytes, on_unknown=lambda *found: reported.append(found))))
+  kept = ''.join(c for c in SCRIPTS if c in chars)
+  assert ids.dtype == vocab.dtype
+  np.testing.assert_array_equal(ids, vocab.encode(kept))
+  unknown = list(dict.fromkeys(c for c in SCRIPTS if c not in chars))
+  assert list(dict.fromkeys(c for found, _ in reported for c in found)) == unknown
+  assert sum(count for _, count in reported) == len(SCRIPTS) - len(kept)
+  with pytest.raises(UserError, match="outside the vocabulary: 'c'"):
+    list(data.encode_chunks(str(path), vocab, chunk_bytes))
+
+
+def test_encode_chunks_words_invalid_utf8_with_the_callers_fix(tmp_path):
+  path = tmp_path / 'bad.txt'
+  path.write_bytes(b'abc \xff def')
+  vocab = data.Vocab('char', list('abc def'))
+  with pytest.raises(UserError, match=r'bad.txt is not valid UTF-8 \(byte 4\); do this$'):
+    list(data.encode_chunks(str(path), vocab, 3, not_utf8_fix='do this'))
+  raw = bytes(range(256))  # A byte vocabulary takes anything, as it is.
+  path.write_bytes(raw)
+  chunks = data.encode_chunks(str(path), data.Vocab('byte'), 7)
+  assert b''.join(ids.tobytes() for ids in chunks) == raw
 
 
 @pytest.mark.parametrize('content,expect', [(None, 'not found'), (b'', 'empty')])

@@ -60,12 +60,15 @@ def test_more_than_65536_characters_take_uint32_tokens(tmp_path):
   assert corpus.vocab.decode(corpus.tokens) == text
 
 
-def test_byte_mode_needs_no_vocabulary_pass(tmp_path, monkeypatch):
-  def no_text_pass(*args, **kwargs):
-    raise AssertionError('byte mode read the file as text')
-  monkeypatch.setattr(data, '_utf8_chunks', no_text_pass)
+def test_byte_mode_needs_no_vocabulary_pass(tmp_path):
+  called, profiler = set(), sys.getprofile()
+  sys.setprofile(lambda frame, event, arg: event == 'call' and called.add(frame.f_code.co_name))
   raw = bytes(range(256)) * 3  # Not UTF-8, and every byte value.
-  corpus = data.prepare(write(tmp_path, raw), 'byte', str(tmp_path / 'c'))
+  try:
+    corpus = data.prepare(write(tmp_path, raw), 'byte', str(tmp_path / 'c'))
+  finally:
+    sys.setprofile(profiler)
+  assert '_encode_file' in called and not called & {'_utf8_chunks', '_file_vocab'}, called
   assert corpus.vocab.size == 256 and bytes(np.asarray(corpus.tokens)) == raw
 
 
