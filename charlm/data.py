@@ -1,4 +1,4 @@
-"""Text to tokens to batches: vocabulary, cached token files, splits and TBPTT streams.
+"""Text to tokens to batches: vocabulary, streaming encoding, token cache, splits, TBPTT streams.
 
 A corpus is encoded once into a flat token file in a cache directory; training memory-maps
 it, so memory does not grow with the corpus. Batches follow char-rnn: the split is cut into
