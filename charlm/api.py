@@ -15,13 +15,14 @@ import tempfile
 import jax
 import numpy as np
 
+from charlm import corpora, trainer
 from charlm import data as data_lib
-from charlm import trainer
 from charlm.errors import UserError
 from charlm.sampling import Sampler, check_unknown_mode, drop_unknown, unknown_error
 
 SKIP_HINT = "unknown='skip'"
 FILE_CHUNK_BYTES = 1 << 20  # evaluate(file=...) encodes this much of the file at a time.
+NOT_UTF8_FIX = 'convert it to UTF-8, or score it with a byte-level model'
 
 
 class Model:
@@ -126,27 +127,17 @@ class Model:
       return _TokenFile(source, np.uint8), [], 0
     check_unknown_mode(unknown)
     out = stack.enter_context(self._temporary_file())
-    lut = np.full(data_lib.MAX_CODE_POINT, -1, np.int32)
-    lut[[ord(c) for c in self.vocab.chars]] = np.arange(self.vocab.size)
-    missing, dropped, offset = {}, 0, 0
-    for chunk in data_lib._utf8_chunks(path, validate=False, chunk_bytes=chunk_bytes):
-      try:
-        points = (np.frombuffer(chunk, np.uint8) if chunk.isascii()
-                  else data_lib._code_points(chunk.decode('utf-8')))
-      except UnicodeDecodeError as e:
-        raise UserError(f'{path} is not valid UTF-8 (byte {offset + e.start}); convert it to '
-                        'UTF-8, or score it with a byte-level model') from None
-      offset += len(chunk)
-      ids = lut[points]
-      unknown_at = ids < 0
-      if unknown_at.any():
-        new, first = np.unique(points[unknown_at], return_index=True)
-        missing.update(dict.fromkeys(chr(p) for p in new[np.argsort(first)]))
-        dropped += int(unknown_at.sum())
-        ids = ids[~unknown_at]
+    missing, dropped = {}, []  # Unknown characters in order of appearance; counts per chunk.
+
+    def drop(chars, count):
+      missing.update(dict.fromkeys(chars))
+      dropped.append(count)
+
+    for ids in data_lib.encode_chunks(path, self.vocab, chunk_bytes, on_unknown=drop,
+                                      not_utf8_fix=NOT_UTF8_FIX):
       if not (missing and unknown == 'error'):  # An error ahead: writing would be wasted.
-        ids.astype(self.vocab.dtype).tofile(out)
-    missing = list(missing)
+        ids.tofile(out)
+    missing, dropped = list(missing), sum(dropped)
     if missing and unknown == 'error':
       raise unknown_error(path, missing, dropped, skip_hint)
     out.flush()
@@ -167,7 +158,7 @@ class Model:
     if data.path and not os.path.isfile(os.path.expanduser(data.path)):
       raise UserError(f'the run was trained on {data.path}, which is not there from here; run '
                       'from the directory training ran in, or score a file instead')
-    corpus = data_lib.load_corpus(data)
+    corpus = data_lib.prepare(corpora.text_path(data), data.level, data.cache_dir)
     if corpus.vocab != self.vocab:
       raise UserError(f'{corpus.source} no longer has the characters the model was trained on '
                       '(the text changed since training); score a file instead')

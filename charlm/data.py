@@ -1,24 +1,23 @@
-"""Text to tokens to batches: vocabulary, cached token files, splits and TBPTT streams.
+"""Text to tokens to batches: vocabulary, streaming encoding, token cache, splits, TBPTT streams.
 
 A corpus is encoded once into a flat token file in a cache directory; training memory-maps
 it, so memory does not grow with the corpus. Batches follow char-rnn: the split is cut into
 `batch_size` contiguous streams and consecutive batches continue every stream, so the model's
 hidden state can be carried from one batch to the next.
 """
-import argparse
 import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from charlm.errors import UserError, exit_on_user_error
+from charlm.cache import CHUNK_BYTES, default_cache_dir, sha256_file
+from charlm.errors import UserError
 
-CHUNK_BYTES = 16 << 20
 MAX_CODE_POINT = 0x110000
 LARGE_VOCAB_WARNING = 5000
 
@@ -79,42 +78,88 @@ def show_chars(chars, limit=10) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Preparation: source text file -> cached token file.
+# Streaming encoding: a text file -> token ids, a chunk at a time.
 
-@dataclasses.dataclass
-class Corpus:
-  """A prepared corpus: memory-mapped tokens and their vocabulary."""
-  tokens: np.ndarray  # np.memmap of token ids, one per character (or byte).
-  vocab: Vocab
-  source: str
-  cache: str
+NOT_UTF8_FIX = 'train on bytes with --config.data.level=byte, or convert the file to UTF-8'
 
 
-def default_cache_dir(config_dir: str = '') -> str:
-  return config_dir or os.environ.get('CHARLM_CACHE') or os.path.join(
-      os.path.expanduser('~'), '.cache', 'charlm')
+def encode_chunks(path: str, vocab: Vocab, chunk_bytes: int = CHUNK_BYTES,
+                  on_unknown: Callable[[list[str], int], None] | None = None,
+                  validate: bool = True, not_utf8_fix: str = NOT_UTF8_FIX) -> Iterator[np.ndarray]:
+  """Yields the token ids of `path` (arrays of vocab.dtype), one chunk of about `chunk_bytes`
+  at a time (0: CHUNK_BYTES), so memory does not grow with the file.
+
+  Characters outside the vocabulary are dropped: `on_unknown(chars, count)` hears, for each
+  chunk that had some, its unknown characters in order of first appearance and how many it
+  dropped; without `on_unknown` they are a UserError. Invalid UTF-8 is a UserError naming its
+  byte offset and ending in `not_utf8_fix`; `validate=False` skips that check, for a file read
+  and checked before.
+
+  Works on UTF-8 bytes rather than decoded text: most characters of most files are ASCII, which
+  `bytes.translate` maps at memory speed, so only the multi-byte sequences go through numpy.
+  """
+  chunk_bytes = chunk_bytes or CHUNK_BYTES
+  if vocab.level == 'byte':
+    with open(path, 'rb') as f:
+      while chunk := f.read(chunk_bytes):
+        yield np.frombuffer(chunk, np.uint8)
+    return
+  points = np.array([ord(c) for c in vocab.chars], np.int64)
+  ids_of = np.zeros(MAX_CODE_POINT, vocab.dtype)
+  ids_of[points] = np.arange(len(points))
+  known = np.zeros(MAX_CODE_POINT, bool)
+  known[points] = True
+  # bytes.translate maps ASCII to ids at memory speed where their ids are below 0xFF, which
+  # marks unknown ASCII characters; a vocabulary sorted by code point, as prepare makes it,
+  # gives ASCII the smallest ids. Any other vocabulary takes numpy's lookup for ASCII too.
+  ascii_table = None
+  if ids_of[:128][known[:128]].max(initial=0) < 0xFF:
+    ascii_table = np.zeros(256, np.uint8)
+    ascii_table[:128] = np.where(known[:128], ids_of[:128], 0xFF)
+    ascii_table = ascii_table.tobytes()
+  for chunk in _utf8_chunks(path, chunk_bytes, validate, not_utf8_fix):
+    b = np.frombuffer(chunk, np.uint8)
+    if ascii_table is None:
+      ids = ids_of[b]  # Right at ASCII; lead bytes are overwritten and the rest dropped below.
+      unknown = not known[b[b < 0x80]].all()
+    else:
+      translated = chunk.translate(ascii_table)
+      ids, unknown = np.frombuffer(translated, np.uint8), b'\xff' in translated
+    if chunk.isascii():
+      ids = ids.astype(vocab.dtype, copy=False)
+    else:
+      lead = np.flatnonzero(b >= 0xC0)
+      lead_points = _lead_code_points(b, lead)
+      ids = ids.astype(vocab.dtype)  # A writable copy.
+      ids[lead] = ids_of[lead_points]
+      starts = (b < 0x80) | (b >= 0xC0)
+      ids = ids[starts]  # Drops continuation bytes.
+      unknown = unknown or not known[lead_points].all()
+    if unknown:
+      if chunk.isascii():
+        chunk_points = b
+      else:
+        chunk_points = b.astype(np.uint32)
+        chunk_points[lead] = lead_points
+        chunk_points = chunk_points[starts]
+      unknown_at = ~known[chunk_points]
+      new, first = np.unique(chunk_points[unknown_at], return_index=True)
+      chars = [chr(p) for p in new[np.argsort(first)]]
+      if on_unknown is None:
+        raise UserError(f'{path} has characters outside the vocabulary: {show_chars(chars)}')
+      on_unknown(chars, int(unknown_at.sum()))
+      ids = ids[~unknown_at]
+    yield ids
 
 
-def sha256_file(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    while chunk := f.read(CHUNK_BYTES):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
-def _source_fingerprint(path: str) -> dict:
-  st = os.stat(path)
-  return {'size': st.st_size, 'mtime_ns': st.st_mtime_ns}
-
-
-def _utf8_chunks(path: str, validate: bool = True, chunk_bytes: int = 0) -> Iterator[bytes]:
-  """Yields `path` in chunks of about `chunk_bytes` (default CHUNK_BYTES) that end between
-  characters. With `validate`, invalid UTF-8 is a UserError naming its byte offset."""
+def _utf8_chunks(path: str, chunk_bytes: int, validate: bool = True,
+                 not_utf8_fix: str = NOT_UTF8_FIX) -> Iterator[bytes]:
+  """Yields `path` in chunks of about `chunk_bytes` that end between characters. With
+  `validate`, invalid UTF-8 is a UserError naming its byte offset, then `not_utf8_fix`."""
   offset, carry = 0, b''
   with open(path, 'rb') as f:
     while True:
-      raw = f.read(chunk_bytes or CHUNK_BYTES)
+      raw = f.read(chunk_bytes)
       chunk = carry + raw
       cut = len(chunk) if not raw else _last_boundary(chunk)
       chunk, carry = chunk[:cut], chunk[cut:]
@@ -123,8 +168,7 @@ def _utf8_chunks(path: str, validate: bool = True, chunk_bytes: int = 0) -> Iter
           chunk.decode('utf-8')
         except UnicodeDecodeError as e:
           raise UserError(
-              f'{path} is not valid UTF-8 (byte {offset + e.start}); train on bytes with '
-              '--config.data.level=byte, or convert the file to UTF-8') from None
+              f'{path} is not valid UTF-8 (byte {offset + e.start}); {not_utf8_fix}') from None
       if chunk:
         yield chunk
       if not raw:
@@ -158,52 +202,57 @@ def _lead_code_points(b: np.ndarray, lead: np.ndarray) -> np.ndarray:
                            ((b0 & 0x07) << 18) | (c1 << 12) | (c2 << 6) | c3))
 
 
-def _encode_file(path: str, out_path: str, level: str) -> Vocab:
-  """Writes the token file for `path`; two streaming passes in char mode, one in byte mode.
+# ---------------------------------------------------------------------------------------------
+# Preparation: source text file -> cached token file.
 
-  Char mode works on UTF-8 bytes rather than decoded text: most characters of most files are
-  ASCII, which `bytes.translate` handles at memory speed, so only the multi-byte sequences go
-  through numpy.
-  """
-  if level == 'byte':
-    with open(path, 'rb') as src, open(out_path, 'wb') as dst:
-      shutil.copyfileobj(src, dst, CHUNK_BYTES)
-    return Vocab('byte')
+@dataclasses.dataclass
+class Corpus:
+  """A prepared corpus: memory-mapped tokens and their vocabulary."""
+  tokens: np.ndarray  # np.memmap of token ids, one per character (or byte).
+  vocab: Vocab
+  source: str
+  cache: str
+
+
+def _source_fingerprint(path: str) -> dict:
+  st = os.stat(path)
+  return {'size': st.st_size, 'mtime_ns': st.st_mtime_ns}
+
+
+def _file_vocab(path: str, chunk_bytes: int) -> Vocab:
+  """The characters of `path`, sorted by code point; a streaming pass that checks the UTF-8."""
   present = np.zeros(MAX_CODE_POINT, bool)
   seen_ascii = b''
-  for chunk in _utf8_chunks(path):
+  for chunk in _utf8_chunks(path, chunk_bytes):
     new = chunk.translate(None, seen_ascii)  # Multi-byte sequences stay whole.
     if new:
       points = _code_points(new.decode('utf-8'))
       for i in range(0, len(points), 1 << 22):
         present[points[i:i + (1 << 22)]] = True
       seen_ascii = bytes(np.flatnonzero(present[:128]).tolist())
-  chars = np.flatnonzero(present)
-  vocab = Vocab('char', [chr(c) for c in chars])
+  return Vocab('char', [chr(c) for c in np.flatnonzero(present)])
+
+
+def _encode_file(path: str, out_path: str, level: str, chunk_bytes: int) -> Vocab:
+  """Writes the token file for `path`; two streaming passes in char mode, one in byte mode."""
+  if level == 'byte':
+    with open(path, 'rb') as src, open(out_path, 'wb') as dst:
+      shutil.copyfileobj(src, dst, chunk_bytes)
+    return Vocab('byte')
+  vocab = _file_vocab(path, chunk_bytes)
   if vocab.size > LARGE_VOCAB_WARNING:
     print(f'warning: {path} has {vocab.size:,} distinct characters, so the embedding and output '
           f'layers have {vocab.size:,} rows; consider --config.data.level=byte (256).', flush=True)
-  lut = np.zeros(MAX_CODE_POINT, vocab.dtype)
-  lut[chars] = np.arange(len(chars))
-  ascii_ids = np.zeros(256, np.uint8)
-  ascii_ids[:128] = lut[:128]  # Sorted by code point, ASCII characters have the smallest ids.
-  ascii_ids = ascii_ids.tobytes()
   with open(out_path, 'wb') as dst:
-    for chunk in _utf8_chunks(path, validate=False):
-      ids = np.frombuffer(chunk.translate(ascii_ids), np.uint8)
-      if chunk.isascii():
-        ids.astype(vocab.dtype, copy=False).tofile(dst)
-        continue
-      b = np.frombuffer(chunk, np.uint8)
-      lead = np.flatnonzero(b >= 0xC0)
-      ids = ids.astype(vocab.dtype)
-      ids[lead] = lut[_lead_code_points(b, lead)]
-      ids[(b < 0x80) | (b >= 0xC0)].tofile(dst)  # Drops continuation bytes.
+    for ids in encode_chunks(path, vocab, chunk_bytes, validate=False):
+      ids.tofile(dst)
   return vocab
 
 
-def prepare(path: str, level: str = 'char', cache_dir: str = '') -> Corpus:
-  """Encodes `path` into a cached token file (reused while the source is unchanged)."""
+def prepare(path: str, level: str = 'char', cache_dir: str = '',
+            chunk_bytes: int = CHUNK_BYTES) -> Corpus:
+  """Encodes `path` into a cached token file (reused while the source is unchanged), reading
+  it `chunk_bytes` at a time (0: CHUNK_BYTES)."""
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.isfile(path):
     raise UserError(f'text file not found: {path}; set --config.data.path to an existing file')
@@ -229,7 +278,8 @@ def prepare(path: str, level: str = 'char', cache_dir: str = '') -> Corpus:
   tmp = tempfile.mkdtemp(prefix=f'.{stem}-', dir=root)
   os.chmod(tmp, 0o755)
   try:
-    vocab = _encode_file(path, os.path.join(tmp, 'tokens.bin'), level)
+    vocab = _encode_file(path, os.path.join(tmp, 'tokens.bin'), level,
+                         chunk_bytes or CHUNK_BYTES)
     meta = {**fingerprint, 'sha256': digest or sha256_file(path), 'source': path,
             'level': level, 'dtype': np.dtype(vocab.dtype).name,
             'num_tokens': os.path.getsize(os.path.join(tmp, 'tokens.bin'))
@@ -255,18 +305,6 @@ def _load(cache: str, source: str) -> Corpus:
 def _write_json(path, obj):
   with open(path, 'w') as f:
     json.dump(obj, f, ensure_ascii=False)
-
-
-def load_corpus(data_config) -> Corpus:
-  """Prepares the corpus a data config names: a local `path`, or a named corpus."""
-  if data_config.path:
-    path = data_config.path
-  elif data_config.name:
-    from charlm import corpora  # Named corpora may download; import only when asked for.
-    path = corpora.fetch(data_config.name, default_cache_dir(data_config.cache_dir))
-  else:
-    raise UserError('no corpus given; set --config.data.path=FILE or --config.data.name=NAME')
-  return prepare(path, data_config.level, data_config.cache_dir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,63 +414,9 @@ class TrainIterator:
     self.epoch, self.index = int(state['epoch']), int(state['index'])
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line: python -m charlm.data prepare NAME [--source PATH] [--level byte] | list.
-
-@exit_on_user_error
-def main(argv=None):
-  from charlm import corpora
-  parser = argparse.ArgumentParser(
-      prog='python -m charlm.data', description='Prepares corpora ahead of training.')
-  commands = parser.add_subparsers(dest='command', required=True)
-  prep = commands.add_parser(
-      'prepare', help='fetch, verify and encode a named corpus (or encode a text file)',
-      description='Fetches, verifies and encodes a named corpus into the token cache, or '
-                  'encodes a text file. Training does the same on first use.')
-  prep.add_argument('name', help=f'{", ".join(sorted(corpora.RECIPES))}, or a text file')
-  prep.add_argument('--source', help='a local copy of the corpus source (a file, archive or '
-                    'directory) to use instead of the usual download')
-  prep.add_argument('--level', choices=('char', 'byte'),
-                    help="tokens: characters or bytes (default: the corpus' own; char for files)")
-  listing = commands.add_parser('list', help='the named corpora, and which are prepared')
-  for command in (prep, listing):
-    command.add_argument('--cache_dir', default='',
-                         help='cache directory (default: $CHARLM_CACHE or ~/.cache/charlm)')
-  args = parser.parse_args(argv)
-  if args.command == 'list':
-    _list_corpora(default_cache_dir(args.cache_dir))
-  else:
-    _prepare_command(args)
-
-
-def _list_corpora(cache_dir: str):
-  from charlm import corpora
-  for name, recipe in sorted(corpora.RECIPES.items()):
-    meta = os.path.join(corpora.core.corpus_dir(cache_dir, name), 'meta.json')
-    state = 'prepared' if os.path.exists(meta) else 'not prepared'
-    print(f'{name:16} {recipe.level:4}  {state:12}  {recipe.about}')
-
-
-def _prepare_command(args):
-  from charlm import corpora
-  if args.name in corpora.RECIPES:
-    recipe = corpora.get(args.name)
-    print(f'{recipe.name}: {recipe.about}\nlicence: {recipe.licence}', flush=True)
-    path = corpora.fetch(recipe.name, default_cache_dir(args.cache_dir), args.source)
-    level, fractions = args.level or recipe.level, recipe.split
-  elif os.path.isfile(args.name) and args.source is None:
-    path, level, fractions = args.name, args.level or 'char', (0.9, 0.05, 0.05)
-  else:
-    raise UserError(f'{args.name} is neither a corpus name ({", ".join(sorted(corpora.RECIPES))})'
-                    ' nor a text file; give one of those (and --source only with a name)')
-  corpus = prepare(path, level, args.cache_dir)
-  vocab = corpus.vocab
-  print(f'text:   {corpus.source} ({os.path.getsize(corpus.source):,} bytes)')
-  print(f'tokens: {len(corpus.tokens):,} {level}s, vocabulary {vocab.size:,} '
-        f'({np.dtype(vocab.dtype).name}), in {corpus.cache}')
-  parts = split(corpus.tokens, fractions)
-  print('split:  ' + ', '.join(f'{k} {len(v):,}' for k, v in parts.items()), flush=True)
-
-
 if __name__ == '__main__':
-  main()
+  # `python -m charlm.data` is an alias of `python -m charlm.corpora`, the command line that
+  # prepares corpora. This is the one place data names corpora: it runs only as a script, so
+  # importing charlm.data never imports charlm.corpora.
+  from charlm.corpora.__main__ import main
+  main(prog='python -m charlm.data')

@@ -27,7 +27,7 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from charlm import data
+from charlm import cache
 
 SOURCE = pathlib.Path(__file__).with_name('lstm_cpu.cc')
 FLAGS = ('-O3', '-march=native', '-ffp-contract=fast', '-std=c++17', '-shared', '-fPIC', '-w')
@@ -53,7 +53,7 @@ def build() -> pathlib.Path:
     raise RuntimeError('no C++ compiler found (install g++, or set $CXX)')
   key = repr((SOURCE.read_bytes(), jaxlib.__version__, compiler, FLAGS, _cpu()))
   digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-  path = pathlib.Path(data.default_cache_dir()) / f'lstm_cpu-{digest}.so'
+  path = pathlib.Path(cache.default_cache_dir()) / f'lstm_cpu-{digest}.so'
   if path.exists():
     return path
   path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from charlm import corpora, host, sharding
 from charlm import data as data_lib
-from charlm import host, sharding
 from charlm import model as model_lib
 from charlm.checkpoint import Checkpoints
 from charlm.errors import UserError
@@ -285,7 +285,8 @@ def _truncate_metrics(workdir, step):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the run in `workdir`; returns its final metrics."""
   tc = config.train
-  corpus = data_lib.load_corpus(config.data)
+  corpus = data_lib.prepare(corpora.text_path(config.data), config.data.level,
+                            config.data.cache_dir)
   splits = data_lib.split(corpus.tokens, config.data.split)
   mesh = sharding.create_mesh()
   sharding.check_batch_size(tc.batch_size, mesh)

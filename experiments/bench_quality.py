@@ -61,9 +61,10 @@ def charlm_run(config, budget_s: float) -> dict:
   import jax
   import jax.numpy as jnp
 
+  from charlm import corpora, sharding, trainer
   from charlm import data as data_lib
-  from charlm import sharding, trainer
-  corpus = data_lib.load_corpus(config.data)
+  corpus = data_lib.prepare(corpora.text_path(config.data), config.data.level,
+                            config.data.cache_dir)
   splits = data_lib.split(corpus.tokens, config.data.split)
   mesh = sharding.create_mesh()
   train_iter = data_lib.TrainIterator(data_lib.Streams(splits['train'], _BATCH.value,

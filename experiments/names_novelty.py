@@ -12,18 +12,14 @@ import argparse
 import json
 import os
 
+from charlm import corpora
 from charlm import data as data_lib
 from charlm.errors import UserError, exit_on_user_error
 
 
 def training_names(config) -> tuple[set, set]:
   """(every name of the corpus, the names wholly inside its train split)."""
-  if config.data.path:
-    path = config.data.path
-  else:
-    from charlm import corpora
-    path = corpora.fetch(config.data.name, data_lib.default_cache_dir(config.data.cache_dir))
-  with open(path, encoding='utf-8') as f:
+  with open(corpora.text_path(config.data), encoding='utf-8') as f:
     text = f.read()
   train = len(data_lib.split(range(len(text)), config.data.split)['train'])
   everything = {line for line in text.split('\n') if line}

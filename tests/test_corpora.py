@@ -1,5 +1,6 @@
 """Every corpus recipe on a tiny source made here; the network is never touched."""
 import dataclasses
+import functools
 import importlib
 import io
 import os
@@ -7,12 +8,14 @@ import socket
 import subprocess
 import sys
 import tarfile
+import types
 import zipfile
 
 import numpy as np
 import pytest
 
 from charlm import corpora, data
+from charlm.corpora import __main__ as corpora_cli
 from charlm.corpora import books, core, wikipedia
 from charlm.errors import UserError
 
@@ -140,12 +143,18 @@ def make_source(name, tmp_path, repeat=1):
 # ---------------------------------------------------------------------------------------------
 # Recipes.
 
-@pytest.mark.parametrize('name', sorted(corpora.RECIPES))
-def test_every_recipe_on_a_tiny_source(name, tmp_path, monkeypatch):
-  source, expected = make_source(name, tmp_path)
+def tiny_recipe(name, text):
+  """The recipe of corpus `name`, where wikipedia's takes an enwik8 as long as `text`."""
+  recipe = corpora.get(name)
   if name == 'wikipedia':
-    monkeypatch.setattr(wikipedia, 'ENWIK8_BYTES', len(expected))
-  path = corpora.fetch(name, str(tmp_path / 'cache'), source=source)
+    recipe = dataclasses.replace(recipe, build=functools.partial(wikipedia.build, size=len(text)))
+  return recipe
+
+
+@pytest.mark.parametrize('name', sorted(corpora.RECIPES))
+def test_every_recipe_on_a_tiny_source(name, tmp_path):
+  source, expected = make_source(name, tmp_path)
+  path = core.fetch(tiny_recipe(name, expected), str(tmp_path / 'cache'), source=source)
   text = open(path, 'rb').read()
   if name == 'names':
     assert sorted(text.decode().split('\n')[:-1]) == ['James', 'James', 'John', 'Mary']
@@ -228,39 +237,39 @@ def test_tinyshakespeare_split_is_nanogpts():
 # ---------------------------------------------------------------------------------------------
 # Caching and verification.
 
-def count_builds(monkeypatch, name):
+def counting_builds(name):
+  """(fetch of corpus `name` taking the cache directory and source, the builds it has run)."""
   recipe, calls = corpora.get(name), []
   build = recipe.build
-  monkeypatch.setitem(corpora.RECIPES, name, dataclasses.replace(
-      recipe, build=lambda *a: calls.append(a) or build(*a)))
-  return calls
+  recipe = dataclasses.replace(recipe, build=lambda *a: calls.append(a) or build(*a))
+  return functools.partial(core.fetch, recipe), calls
 
 
-def test_prepared_text_is_reused_and_rebuilt_when_the_source_changes(tmp_path, monkeypatch):
-  calls = count_builds(monkeypatch, 'tinyshakespeare')
+def test_prepared_text_is_reused_and_rebuilt_when_the_source_changes(tmp_path):
+  fetch, calls = counting_builds('tinyshakespeare')
   cache = str(tmp_path / 'cache')
   source, _ = make_source('tinyshakespeare', tmp_path)
-  path = corpora.fetch('tinyshakespeare', cache, source=source)
-  assert corpora.fetch('tinyshakespeare', cache, source=source) == path
-  assert corpora.fetch('tinyshakespeare', cache) == path  # The recorded source, unchanged.
+  path = fetch(cache, source=source)
+  assert fetch(cache, source=source) == path
+  assert fetch(cache) == path  # The recorded source, unchanged.
   assert len(calls) == 1
   with open(source, 'ab') as f:
     f.write(b'More.\n')
-  assert open(corpora.fetch('tinyshakespeare', cache), 'rb').read().endswith(b'More.\n')
+  assert open(fetch(cache), 'rb').read().endswith(b'More.\n')
   assert len(calls) == 2
   os.remove(source)  # Gone: the prepared text still serves.
-  assert corpora.fetch('tinyshakespeare', cache) == path and len(calls) == 2
+  assert fetch(cache) == path and len(calls) == 2
 
 
-def test_a_changed_directory_is_rebuilt(tmp_path, monkeypatch):
-  calls = count_builds(monkeypatch, 'latex')
+def test_a_changed_directory_is_rebuilt(tmp_path):
+  fetch, calls = counting_builds('latex')
   tree, _ = make_source('latex', tmp_path)
   cache = str(tmp_path / 'cache')
-  corpora.fetch('latex', cache, source=tree)
-  corpora.fetch('latex', cache)
+  fetch(cache, source=tree)
+  fetch(cache)
   assert len(calls) == 1
   write_tree(tree, {'zeta.tex': b'\\end{document}\n'})
-  assert open(corpora.fetch('latex', cache), 'rb').read().endswith(b'\\end{document}\n')
+  assert open(fetch(cache), 'rb').read().endswith(b'\\end{document}\n')
   assert len(calls) == 2
 
 
@@ -309,23 +318,30 @@ def test_automatic_preparation_when_a_config_names_a_corpus(tmp_path):
   config = importlib.import_module('configs.warandpeace').get_config('smoke')
   config.unlock()
   config.data.cache_dir = str(tmp_path / 'cache')
-  corpus = data.load_corpus(config.data)
+  corpus = data.prepare(corpora.text_path(config.data), config.data.level,
+                        config.data.cache_dir)
   assert corpus.vocab.decode(corpus.tokens) == expected.decode()
+
+
+def test_text_path_is_the_config_path_else_its_named_corpus(tmp_path):
+  given = types.SimpleNamespace(path='my.txt', name='names', cache_dir=str(tmp_path))
+  assert corpora.text_path(given) == 'my.txt'  # Used as given: data.prepare reports a bad path.
+  neither = types.SimpleNamespace(path='', name='', cache_dir=str(tmp_path))
+  one_line_error(corpora.text_path, neither, match='no corpus given; set --config.data.path')
 
 
 # ---------------------------------------------------------------------------------------------
 # Errors: one line, naming the problem and the fix.
 
-def test_unreachable_download_says_what_to_get_and_where_to_put_it(tmp_path, monkeypatch):
+def test_unreachable_download_says_what_to_get_and_where_to_put_it(tmp_path):
   cache = str(tmp_path / 'cache')
   message = one_line_error(corpora.fetch, 'wikipedia', cache)
   dest = os.path.join(cache, 'corpora', 'wikipedia', 'enwik8.zip')
   assert 'http://mattmahoney.net/dc/enwik8.zip' in message and dest in message
   assert 'prepare wikipedia --source PATH' in message
   assert os.listdir(os.path.dirname(dest)) == []  # No partial download left behind.
-  linux = corpora.get('linux')
-  monkeypatch.setitem(corpora.RECIPES, 'linux', dataclasses.replace(linux, local=lambda: []))
-  message = one_line_error(corpora.fetch, 'linux', cache, match='apt-get install linux-source-6.1')
+  linux = dataclasses.replace(corpora.get('linux'), local=lambda: [])  # No copy on this machine.
+  message = one_line_error(core.fetch, linux, cache, match='apt-get install linux-source-6.1')
   assert 'cdn.kernel.org' in message and os.path.join('linux', 'linux-6.1.tar.xz') in message
 
 
@@ -374,13 +390,18 @@ def test_prepare_command_line(tmp_path):
   result = subprocess.run(cmd[:4] + ['enwik9'], capture_output=True, text=True, cwd=ROOT)
   assert result.returncode == 1 and result.stderr.count('\n') == 1
   assert result.stderr.startswith('error: enwik9 is neither a corpus name')
+  result = subprocess.run([sys.executable, '-m', 'charlm.corpora', 'list', *cmd[-2:]],
+                          capture_output=True, text=True, cwd=ROOT)  # The same command line.
+  assert result.returncode == 0, result.stderr
+  assert [line.split()[:3] for line in result.stdout.splitlines() if line.startswith('names')] == [
+      ['names', 'char', 'prepared']]
 
 
 def test_list_shows_the_corpora_and_which_are_prepared(tmp_path, capsys):
   sdist, _ = make_source('names', tmp_path)
   corpora.fetch('names', str(tmp_path / 'cache'), source=sdist)
   capsys.readouterr()
-  data.main(['list', '--cache_dir', str(tmp_path / 'cache')])
+  corpora_cli.main(['list', '--cache_dir', str(tmp_path / 'cache')])
   lines = capsys.readouterr().out.splitlines()
   assert len(lines) == len(corpora.RECIPES)
   assert [line.split()[:3] for line in lines if line.startswith(('names', 'wikipedia'))] == [
@@ -390,7 +411,7 @@ def test_list_shows_the_corpora_and_which_are_prepared(tmp_path, capsys):
 def test_prepare_a_plain_file_in_process(tmp_path, capsys):
   path = tmp_path / 'any.txt'
   path.write_text('hello world\n' * 10)
-  data.main(['prepare', str(path), '--level', 'byte', '--cache_dir', str(tmp_path / 'c')])
+  corpora_cli.main(['prepare', str(path), '--level', 'byte', '--cache_dir', str(tmp_path / 'c')])
   out = capsys.readouterr().out
   assert 'tokens: 120 bytes, vocabulary 256' in out
 
@@ -415,14 +436,12 @@ def test_configs_name_their_corpus_and_have_small_and_smoke(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', CONFIGS)
-def test_smoke_configs_train_on_a_tiny_corpus(name, tmp_path, monkeypatch):
+def test_smoke_configs_train_on_a_tiny_corpus(name, tmp_path):
   from charlm import trainer
   config = importlib.import_module(f'configs.{name}').get_config('smoke')
   source, text = make_source(config.data.name, tmp_path, repeat=40)
-  if name == 'wikipedia':
-    monkeypatch.setattr(wikipedia, 'ENWIK8_BYTES', len(text))
   cache = str(tmp_path / 'cache')
-  corpora.fetch(config.data.name, cache, source=source)  # As `prepare NAME --source` does.
+  core.fetch(tiny_recipe(config.data.name, text), cache, source=source)  # As `prepare` does.
   config.unlock()
   config.data.cache_dir = cache
   config.lock()

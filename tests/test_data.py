@@ -1,10 +1,15 @@
+import ast
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from charlm import data
 from charlm.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_vocab_round_trip_non_ascii(tmp_path):
@@ -42,42 +47,82 @@ def test_token_dtype_grows_with_vocabulary(tmp_path):
   assert corpus.vocab.decode(corpus.tokens[:3]) == '一丁丂'
 
 
-def test_chunked_encoding_matches_whole_file(tmp_path, monkeypatch):
-  monkeypatch.setattr(data, 'CHUNK_BYTES', 7)  # Splits multi-byte characters across chunks.
+def test_chunked_encoding_matches_whole_file(tmp_path):
   text = 'héllo wörld ☕ ' * 50
   path = tmp_path / 't.txt'
   path.write_text(text, encoding='utf-8')
-  corpus = data.prepare(str(path), cache_dir=str(tmp_path / 'c'))
+  # 7-byte chunks split multi-byte characters across chunks.
+  corpus = data.prepare(str(path), cache_dir=str(tmp_path / 'c'), chunk_bytes=7)
   assert corpus.vocab.decode(corpus.tokens) == text
 
 
-def test_cache_reused_then_rebuilt_when_source_changes(tmp_path, monkeypatch):
+def token_file(corpus) -> tuple[int, int]:
+  """Which token file `corpus` reads: a rebuild writes a new one (while the old is still open)."""
+  st = os.stat(os.path.join(corpus.cache, 'tokens.bin'))
+  return st.st_ino, st.st_mtime_ns
+
+
+def test_cache_reused_then_rebuilt_when_source_changes(tmp_path):
   path = tmp_path / 't.txt'
   path.write_text('abc' * 100)
-  calls = []
-  real = data._encode_file
-  monkeypatch.setattr(data, '_encode_file', lambda *a: calls.append(a) or real(*a))
   first = data.prepare(str(path), cache_dir=str(tmp_path / 'c'))
+  built = token_file(first)
   again = data.prepare(str(path), cache_dir=str(tmp_path / 'c'))
-  assert len(calls) == 1 and again.cache == first.cache
+  assert token_file(again) == built and again.cache == first.cache
   path.write_text('abd' * 100)  # Same size: only the mtime and the hash tell.
   changed = data.prepare(str(path), cache_dir=str(tmp_path / 'c'))
-  assert len(calls) == 2
+  assert token_file(changed) != built
   assert changed.vocab.chars == ['a', 'b', 'd']
   assert changed.vocab.decode(changed.tokens[:3]) == 'abd'
 
 
-def test_invalid_utf8_names_offset_and_leaves_no_cache(tmp_path, monkeypatch):
-  monkeypatch.setattr(data, 'CHUNK_BYTES', 5)
+def test_invalid_utf8_names_offset_and_leaves_no_cache(tmp_path):
   path = tmp_path / 'bad.txt'
   path.write_bytes(b'hello world \xff\xfe more')
   with pytest.raises(UserError) as e:
-    data.prepare(str(path), cache_dir=str(tmp_path / 'c'))
+    data.prepare(str(path), cache_dir=str(tmp_path / 'c'), chunk_bytes=5)
   message = str(e.value)
   assert 'byte 12' in message and 'level=byte' in message and '\n' not in message
   assert [p for p in os.listdir(tmp_path / 'c')] == []
   corpus = data.prepare(str(path), 'byte', cache_dir=str(tmp_path / 'c'))
   assert len(corpus.tokens) == path.stat().st_size
+
+
+SCRIPTS = 'naïve café ☕ at 日本 — 😀 ok\n' * 5  # 1 to 4 UTF-8 bytes a character.
+
+
+@pytest.mark.parametrize('chunk_bytes', [1, 3, 7, 1 << 20])
+@pytest.mark.parametrize('order', ['sorted', 'unsorted'])
+def test_encode_chunks_drops_and_reports_unknown_characters(tmp_path, chunk_bytes, order):
+  path = tmp_path / 't.txt'
+  path.write_text(SCRIPTS, encoding='utf-8')
+  chars = sorted(set('naïve f😀\n日'))
+  if order == 'unsorted':  # ASCII ids past a byte: numpy's lookup rather than bytes.translate.
+    chars = [chr(0x4E01 + i) for i in range(300)] + chars[::-1]
+  vocab = data.Vocab('char', chars)
+  reported = []
+  ids = np.concatenate(list(data.encode_chunks(
+      str(path), vocab, chunk_bytes, on_unknown=lambda *found: reported.append(found))))
+  kept = ''.join(c for c in SCRIPTS if c in chars)
+  assert ids.dtype == vocab.dtype
+  np.testing.assert_array_equal(ids, vocab.encode(kept))
+  unknown = list(dict.fromkeys(c for c in SCRIPTS if c not in chars))
+  assert list(dict.fromkeys(c for found, _ in reported for c in found)) == unknown
+  assert sum(count for _, count in reported) == len(SCRIPTS) - len(kept)
+  with pytest.raises(UserError, match="outside the vocabulary: 'c'"):
+    list(data.encode_chunks(str(path), vocab, chunk_bytes))
+
+
+def test_encode_chunks_words_invalid_utf8_with_the_callers_fix(tmp_path):
+  path = tmp_path / 'bad.txt'
+  path.write_bytes(b'abc \xff def')
+  vocab = data.Vocab('char', list('abc def'))
+  with pytest.raises(UserError, match=r'bad.txt is not valid UTF-8 \(byte 4\); do this$'):
+    list(data.encode_chunks(str(path), vocab, 3, not_utf8_fix='do this'))
+  raw = bytes(range(256))  # A byte vocabulary takes anything, as it is.
+  path.write_bytes(raw)
+  chunks = data.encode_chunks(str(path), data.Vocab('byte'), 7)
+  assert b''.join(ids.tobytes() for ids in chunks) == raw
 
 
 @pytest.mark.parametrize('content,expect', [(None, 'not found'), (b'', 'empty')])
@@ -148,3 +193,47 @@ def test_stream_rows_select_this_process_share():
   full = data.Streams(tokens, 8, 10).batch(3)
   part = data.Streams(tokens, 8, 10, rows=[4, 5, 6, 7]).batch(3)
   np.testing.assert_array_equal(part.inputs, full.inputs[4:])
+
+
+@pytest.mark.parametrize('module,allowed', [
+    ('charlm.data', {'charlm.cache', 'charlm.errors'}),
+    ('charlm.corpora', {'charlm.cache', 'charlm.errors'}),
+    ('charlm.cache', {'charlm.errors'})])
+def test_data_corpora_and_cache_do_not_import_each_other(module, allowed):
+  """In a fresh interpreter: data and corpora share only the leaf module cache."""
+  code = f'import sys, {module}; print(*sys.modules)'
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT)
+  assert result.returncode == 0, result.stderr
+  others = {m for m in result.stdout.split() if m.startswith('charlm.')
+            and m != module and not m.startswith(module + '.')}
+  assert others <= allowed, others
+
+
+def imported_modules(path: str) -> set[str]:
+  """Every module `path` imports, in functions too, but not under `if __name__ == '__main__'`."""
+  with open(path) as f:
+    tree = ast.parse(f.read())
+  script = [node for node in tree.body if isinstance(node, ast.If)
+            and ast.unparse(node.test) == "__name__ == '__main__'"]
+  skipped = {id(n) for block in script for n in ast.walk(block)}
+  names = set()
+  for node in ast.walk(tree):
+    if id(node) in skipped:
+      continue
+    if isinstance(node, ast.Import):
+      names.update(alias.name for alias in node.names)
+    elif isinstance(node, ast.ImportFrom):
+      module = node.module or ''  # charlm imports absolutely; relative ones count by name.
+      names.update([module] + [f'{module}.{alias.name}' for alias in node.names])
+  return names
+
+
+def test_no_import_of_the_other_even_inside_functions():
+  def mentions(names, package):
+    return {n for n in names if n == package or n.startswith(package + '.')}
+  assert not mentions(imported_modules(os.path.join(ROOT, 'charlm', 'data.py')), 'charlm.corpora')
+  corpora_dir = os.path.join(ROOT, 'charlm', 'corpora')
+  for name in os.listdir(corpora_dir):
+    if name.endswith('.py') and name != '__main__.py':  # The command line uses both.
+      names = imported_modules(os.path.join(corpora_dir, name))
+      assert not mentions(names, 'charlm.data'), name

@@ -33,11 +33,10 @@ def write(tmp_path, content, name='t.txt'):
 
 
 @pytest.mark.parametrize('chunk', [1, 2, 3, 5, 64, 1 << 20])
-def test_char_encoding_in_chunks_matches_the_text(chunk, tmp_path, monkeypatch):
-  monkeypatch.setattr(data, 'CHUNK_BYTES', chunk)
+def test_char_encoding_in_chunks_matches_the_text(chunk, tmp_path):
   pool = list('ab \n') * 8 + list('éßΩ') + list('日—€') + ['😀', '𝄞']  # 1 to 4 UTF-8 bytes.
   text = ''.join(random.Random(chunk).choice(pool) for _ in range(3000))
-  corpus = data.prepare(write(tmp_path, text), cache_dir=str(tmp_path / 'c'))
+  corpus = data.prepare(write(tmp_path, text), cache_dir=str(tmp_path / 'c'), chunk_bytes=chunk)
   assert corpus.vocab.chars == sorted(set(text))
   assert corpus.vocab.decode(corpus.tokens) == text
 
@@ -61,12 +60,15 @@ def test_more_than_65536_characters_take_uint32_tokens(tmp_path):
   assert corpus.vocab.decode(corpus.tokens) == text
 
 
-def test_byte_mode_needs_no_vocabulary_pass(tmp_path, monkeypatch):
-  def no_text_pass(*args, **kwargs):
-    raise AssertionError('byte mode read the file as text')
-  monkeypatch.setattr(data, '_utf8_chunks', no_text_pass)
+def test_byte_mode_needs_no_vocabulary_pass(tmp_path):
+  called, profiler = set(), sys.getprofile()
+  sys.setprofile(lambda frame, event, arg: event == 'call' and called.add(frame.f_code.co_name))
   raw = bytes(range(256)) * 3  # Not UTF-8, and every byte value.
-  corpus = data.prepare(write(tmp_path, raw), 'byte', str(tmp_path / 'c'))
+  try:
+    corpus = data.prepare(write(tmp_path, raw), 'byte', str(tmp_path / 'c'))
+  finally:
+    sys.setprofile(profiler)
+  assert '_encode_file' in called and not called & {'_utf8_chunks', '_file_vocab'}, called
   assert corpus.vocab.size == 256 and bytes(np.asarray(corpus.tokens)) == raw
 
 
@@ -75,10 +77,9 @@ def test_byte_mode_needs_no_vocabulary_pass(tmp_path, monkeypatch):
     (b'abcdefg\xe6\x97X' + b'y' * 20, 7),  # Broken across a chunk boundary.
     (b'ab\x80cd', 2),  # A stray continuation byte.
 ])
-def test_invalid_utf8_names_its_offset(raw, offset, tmp_path, monkeypatch):
-  monkeypatch.setattr(data, 'CHUNK_BYTES', 8)
+def test_invalid_utf8_names_its_offset(raw, offset, tmp_path):
   with pytest.raises(UserError) as e:
-    data.prepare(write(tmp_path, raw), cache_dir=str(tmp_path / 'c'))
+    data.prepare(write(tmp_path, raw), cache_dir=str(tmp_path / 'c'), chunk_bytes=8)
   assert f'(byte {offset})' in str(e.value) and '\n' not in str(e.value)
 
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import run_cli, smoke_config, write_text
 
 import charlm
-from charlm import api, trainer
+from charlm import api, corpora, trainer
 from charlm import data as data_lib
 from charlm.errors import UserError
 
@@ -35,7 +35,8 @@ def model(run):
 
 @pytest.fixture(scope='module')
 def val_text(run, model):
-  corpus = data_lib.load_corpus(run[2].data)
+  data = run[2].data
+  corpus = data_lib.prepare(corpora.text_path(data), data.level, data.cache_dir)
   return model.vocab.decode(data_lib.split(corpus.tokens, run[2].data.split)['val'])
 
 

@@ -1,10 +1,11 @@
 """Named corpora: recipes that fetch, verify and cache the text files configs name.
 
-    python -m charlm.data prepare NAME [--source PATH]
+    python -m charlm.corpora prepare NAME [--source PATH]   # or python -m charlm.data ...
 
 prepares one by hand; a config whose `data.name` names one prepares it on first use. Each
 recipe records its source, licence note, size and checksum in `<cache>/corpora/NAME/meta.json`.
 """
+from charlm.cache import default_cache_dir
 from charlm.corpora import babynames, books, core, trees, wikipedia
 from charlm.corpora.core import Recipe
 from charlm.errors import UserError
@@ -25,3 +26,13 @@ def fetch(name: str, cache_dir: str, source: str | None = None) -> str:
   """Returns the path of the text file of corpus `name`, preparing it on first use (from
   `source`, a local file or directory, when given)."""
   return core.fetch(get(name), cache_dir, source)
+
+
+def text_path(data_config) -> str:
+  """The text file a data config trains on: its `path`, else the text of corpus `name`, fetched
+  into the config's cache directory on first use. data.prepare encodes it."""
+  if data_config.path:
+    return data_config.path
+  if data_config.name:
+    return fetch(data_config.name, default_cache_dir(data_config.cache_dir))
+  raise UserError('no corpus given; set --config.data.path=FILE or --config.data.name=NAME')

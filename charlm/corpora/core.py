@@ -19,7 +19,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 
-from charlm.data import CHUNK_BYTES, sha256_file
+from charlm.cache import CHUNK_BYTES, sha256_file
 from charlm.errors import UserError
 
 META_VERSION = 1

@@ -3,34 +3,35 @@ import os
 import shutil
 import zipfile
 
+from charlm.cache import CHUNK_BYTES
 from charlm.corpora.core import Recipe
-from charlm.data import CHUNK_BYTES
 from charlm.errors import UserError
 
 ENWIK8_BYTES = 100_000_000
 
 
-def build(source: str, out: str) -> str:
-  """Unzips enwik8.zip; an already unzipped enwik8 is used where it is."""
+def build(source: str, out: str, size: int = ENWIK8_BYTES) -> str:
+  """Unzips enwik8.zip; an already unzipped enwik8 is used where it is. It must hold `size`
+  bytes (tests build a tiny enwik8)."""
   if zipfile.is_zipfile(source):
     with zipfile.ZipFile(source) as z:
       members = [m for m in z.infolist() if os.path.basename(m.filename) == 'enwik8']
       if not members:
         raise UserError(f'{source} holds no file named enwik8; give enwik8.zip from the Hutter '
                         'Prize page, or the unzipped enwik8')
-      _check(source, members[0].file_size, z.open(members[0]).read(16))
+      _check(source, members[0].file_size, z.open(members[0]).read(16), size)
       with z.open(members[0]) as src, open(out, 'wb') as dst:
         shutil.copyfileobj(src, dst, CHUNK_BYTES)
     return out
   with open(source, 'rb') as f:
-    _check(source, os.path.getsize(source), f.read(16))
+    _check(source, os.path.getsize(source), f.read(16), size)
   return source
 
 
-def _check(source, size, head):
-  if size != ENWIK8_BYTES:
+def _check(source, size, head, expected_size):
+  if size != expected_size:
     raise UserError(f'{source} holds {size:,} bytes of text, but enwik8 is exactly '
-                    f'{ENWIK8_BYTES:,}; give enwik8.zip from the Hutter Prize page, or its enwik8')
+                    f'{expected_size:,}; give enwik8.zip from the Hutter Prize page, or its enwik8')
   if not head.startswith(b'<mediawiki'):
     raise UserError(f'{source} does not start with <mediawiki, so it is not enwik8; give '
                     'enwik8.zip from the Hutter Prize page, or its enwik8')
