@@ -6,13 +6,12 @@ experiment).
 
 Any directory of .tex files works with --source (`git clone` of the Stacks project, say); the
 files are concatenated in sorted order. The GPU model is a 3-layer LSTM of 512 units (6.4M
-parameters), dropout 0.25, batch 100 x 100 characters. Expected: a validation loss of about
-1.0 nats/char, and samples with balanced \\begin{lemma} ... \\end{lemma} environments, \\label
-and \\ref commands and math that almost compiles (an estimate, not measured here).
+parameters), dropout 0.25, batch 100 x 100 characters, 20k steps. Expected result: not
+measured yet.
 
 Variants:
-  configs/latex.py:small  a 2-core CPU run of about 10 minutes (2x256): expect about 1.6
-                          nats/char and LaTeX-shaped text (an estimate, not measured here).
+  configs/latex.py:small  a 2-core CPU run of about 10 minutes (2x256, 2.5k steps). Expected
+                          result: not measured yet.
   configs/latex.py:smoke  seconds; for tests.
 """
 from configs import common

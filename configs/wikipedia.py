@@ -7,13 +7,11 @@ experiment).
 Split as the literature reports bits per character on enwik8: the first 90M bytes train, the
 next 5M validation, the last 5M test. The GPU model is a 3-layer LSTM of 640 units (10.2M
 parameters, the size of the seed's largest), batch 100 x 100 bytes, 50k steps (5.5 epochs).
-Expected: about 1.6 bits per byte on validation (an estimate from published LSTMs of this
-size, not measured here), with samples of XML markup, [[links]] and Wikipedia prose.
+Expected result: not measured yet.
 
 Variants:
-  configs/wikipedia.py:small  a 2-core CPU run of about 10 minutes (2x256, 2.5k steps): expect
-                              about 2.5 bits per byte, samples with <page>/<text> tags and
-                              word-shaped tokens (an estimate, not measured here).
+  configs/wikipedia.py:small  a 2-core CPU run of about 10 minutes (2x256, 2.5k steps).
+                              Expected result: not measured yet.
   configs/wikipedia.py:smoke  seconds; for tests.
 """
 from configs import common
