@@ -119,8 +119,8 @@ void Gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const fl
       const float* ir = init + r * ldi + j;
       float* o = out + r * ldo + j;
       // At most 6 rows (12 accumulators, what AVX2's 16 registers hold beside the operands),
-      // in blocks of even size: 16 rows as 6, 5, 5 ran the products 10-24% faster than as 6,
-      // 6, 4, whose last block has too few independent sums to keep both FMA units busy.
+      // in blocks of even size: 16 rows as 6, 5, 5 rather than 6, 6, 4, whose last block has
+      // too few independent sums to keep both FMA units busy (measured: docs/speed.md).
       const int64_t left = m - r, blocks = (left + 5) / 6;
       switch ((left + blocks - 1) / blocks) {
         case 6: Block<6>(ar, lda, panel, k, ir, ldi, o, ldo, cols); r += 6; break;

@@ -58,14 +58,14 @@ def unknown_error(what: str, missing: Sequence[str], dropped: int, skip_hint: st
 # ---------------------------------------------------------------------------------------------
 # One character at a time.
 
-def step_weights(model: model_lib.CharRNN, params) -> dict:
+def step_weights(model: model_lib.CharRNN, params, table_limit: int = TABLE_LIMIT) -> dict:
   """`params` rearranged for `step`.
 
   The first layer's input projection becomes a table of every token's, unless that table
-  would hold more than TABLE_LIMIT floats.
+  would hold more than `table_limit` floats.
   """
   vocab, gates = params['embed']['embedding'].shape[0], params['layer0']['recurrent'].shape[1]
-  return _step_weights(model, params, vocab * gates <= TABLE_LIMIT)
+  return _step_weights(model, params, vocab * gates <= table_limit)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))

@@ -58,7 +58,7 @@ def get_config(arg=None):
   # On a CPU: how many CPU devices (a thread each) split every batch under charlm.train.
   # 0: $JAX_NUM_CPU_DEVICES if set, else 1 where the LSTM runs the native CPU loops (they
   # split the batch over the cores themselves), else 2 for hidden <= 256 on a machine with 2+
-  # cores (XLA's loops: 2x128 trains ~40% faster, 2x256 ~15%), else 1. No effect on GPUs/TPUs,
+  # cores (XLA's loops, whose small steps two threads overlap), else 1. No effect on GPUs/TPUs,
   # whose devices are all used.
   config.train.cpu_devices = 0
   config.train.seed = 0

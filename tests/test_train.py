@@ -157,10 +157,11 @@ def test_cpu_devices_split_small_models_only(monkeypatch):
   monkeypatch.setattr(os, 'cpu_count', lambda: 2)
 
   def devices(hidden=128, batch_size=32, cpu_devices=0, cell='lstm', dtype='float32',
-              impl='auto'):
+              impl='auto', native_cpu=True):
     config = default.get_config()
     config.model.hidden, config.train.batch_size = hidden, batch_size
     config.model.cell, config.model.dtype, config.model.impl = cell, dtype, impl
+    config.model.native_cpu = native_cpu
     config.train.cpu_devices = cpu_devices
     return host.cpu_devices(config)
 
@@ -170,8 +171,7 @@ def test_cpu_devices_split_small_models_only(monkeypatch):
   assert devices() == 1 and devices(hidden=256) == 1 and devices(impl='fused') == 1
   assert devices(impl='wavefront') == 2  # XLA's loops.
   assert devices(cell='gru') == 2 and devices(dtype='bfloat16') == 2  # XLA's loops.
-  monkeypatch.setattr(lstm_cpu, 'available', lambda: False)
-  assert devices() == 2 and devices(hidden=256) == 2
+  assert devices(native_cpu=False) == 2 and devices(hidden=256, native_cpu=False) == 2
   # Nothing is built on machines with accelerators.
   monkeypatch.setattr(lstm_cpu, 'available', lambda: pytest.fail('built the native loops'))
   monkeypatch.setattr(host, 'accelerator_possible', lambda: True)
