@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from charlm import data as data_lib
-from charlm import trainer
+from charlm import evaluation, trainer
 from charlm.errors import UserError
 from charlm.sampling import Sampler, check_unknown_mode, drop_unknown, unknown_error
 
@@ -105,7 +105,7 @@ class Model:
       if file:  # A short file is read in fewer streams rather than refused.
         batch = min(batch, len(tokens) - 1)
       mesh = jax.tree.leaves(self.params)[0].sharding.mesh
-      evaluator = trainer.Evaluator(self.module, mesh, batch, self.config.train.seq_len)
+      evaluator = evaluation.Evaluator(self.module, mesh, batch, self.config.train.seq_len)
       scores = evaluator(self.params, tokens, what=what)
     result.update(chars=scores['chars'], loss=scores['loss'], bpc=scores['bpc'],
                   perplexity=math.exp(scores['loss']), batch_size=batch)

@@ -4,7 +4,6 @@ The workdir holds everything of one run (config.json, metrics.jsonl, TensorBoard
 samples.md, checkpoints); running again with the same workdir resumes exactly.
 """
 import json
-import math
 import os
 import signal
 import sys
@@ -21,10 +20,10 @@ from charlm import host, sharding
 from charlm import model as model_lib
 from charlm.checkpoint import Checkpoints
 from charlm.errors import UserError
+from charlm.evaluation import LN2, Evaluator, cross_entropy_sum, reset_where
 from charlm.metrics import MetricWriter
 from charlm.sampling import Sampler, drop_unknown
 
-LN2 = math.log(2)
 SHAPE_KEYS = ('cell', 'num_layers', 'hidden', 'embed')
 
 
@@ -70,15 +69,6 @@ def make_optimizer(optim, steps_per_epoch: int, total_steps: int):
 # ---------------------------------------------------------------------------------------------
 # Steps. State is one pytree: step, params, opt_state, carry (hidden state), rng.
 
-def cross_entropy_sum(logits, targets, weights):
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
-  return (losses * weights).sum(), weights.sum()
-
-
-def reset_where(reset, carry):
-  return jax.tree.map(lambda c: jnp.where(reset, jnp.zeros_like(c), c), carry)
-
-
 def make_train_step(model, tx):
   host.keep_freed_memory()  # Else every CPU step faults in its temporaries afresh (host.py).
 
@@ -104,14 +94,6 @@ def make_train_step(model, tx):
                'lr': opt_state[-1].hyperparams['learning_rate']}
     return new_state, metrics
   return train_step
-
-
-def make_eval_step(model):
-  def eval_step(params, carry, inputs, targets, weights, reset):
-    logits, carry = model.apply({'params': params}, inputs, reset_where(reset, carry))
-    total, count = cross_entropy_sum(logits, targets, weights)
-    return carry, total, count
-  return eval_step
 
 
 def build(config, vocab_size: int, steps_per_epoch: int):
@@ -183,38 +165,6 @@ def load_checkpoint(workdir: str, step='latest'):
   finally:
     ckpts.close()
   return config, vocab, model, arrays['params'], chosen
-
-
-class Evaluator:
-  """Loss over a whole token sequence in `batch_size` streams, carrying state like training."""
-
-  def __init__(self, model, mesh, batch_size: int, seq_len: int):
-    self.model, self.mesh, self.batch_size, self.seq_len = model, mesh, batch_size, seq_len
-    data = sharding.batch_sharding(mesh)
-    self.step = jax.jit(make_eval_step(model),
-                        in_shardings=(sharding.replicated(mesh), data, data, data, data, None),
-                        out_shardings=(data, None, None), donate_argnums=1)
-    self.rows = sharding.process_rows(mesh, batch_size)
-
-  def streams(self, tokens, what) -> data_lib.Streams:
-    return data_lib.Streams(tokens, self.batch_size, self.seq_len, rows=self.rows,
-                            pad_last=True, what=what)
-
-  def __call__(self, params, tokens, max_batches: int = 0, what='the validation split') -> dict:
-    """Returns {'loss': nats/char, 'bpc', 'chars'}."""
-    streams = self.streams(tokens, what)
-    carry = jax.jit(lambda: self.model.initial_carry(self.batch_size),
-                    out_shardings=sharding.batch_sharding(self.mesh))()
-    total, count = 0.0, 0.0
-    for k, batch in enumerate(streams):
-      if max_batches and k >= max_batches:
-        break
-      to_global = lambda a: sharding.to_global(self.mesh, a, self.batch_size)
-      carry, t, c = self.step(params, carry, to_global(batch.inputs), to_global(batch.targets),
-                              to_global(batch.weights), jnp.bool_(batch.reset))
-      total, count = total + t, count + c
-    loss = float(total) / float(count)
-    return {'loss': loss, 'bpc': loss / LN2, 'chars': int(count)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 from conftest import run_cli, smoke_config, write_text
 
 import charlm
-from charlm import api, trainer
+from charlm import api, evaluation, trainer
 from charlm import data as data_lib
 from charlm.errors import UserError
 
@@ -60,7 +60,7 @@ def test_file_read_in_chunks_scores_as_the_whole_text(model, val_text, tmp_path,
   tokens = model.vocab.encode(val_text)  # What evaluation scored when it read the whole file.
   batch = min(model.config.train.batch_size, len(tokens) - 1)
   mesh = jax.tree.leaves(model.params)[0].sharding.mesh
-  expected = trainer.Evaluator(model.module, mesh, batch, model.config.train.seq_len)(
+  expected = evaluation.Evaluator(model.module, mesh, batch, model.config.train.seq_len)(
       model.params, tokens)
   result = model.evaluate(file=str(path), chunk_bytes=chunk_bytes)
   assert (result['loss'], result['chars']) == (expected['loss'], expected['chars'])
