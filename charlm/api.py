@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from charlm import data as data_lib
-from charlm import evaluation, trainer
+from charlm import evaluation, inference
 from charlm.errors import UserError
 from charlm.sampling import Sampler, check_unknown_mode, drop_unknown, unknown_error
 
@@ -34,7 +34,7 @@ class Model:
 
   def __init__(self, workdir: str, step=None):
     self.workdir = workdir
-    self.config, self.vocab, self.module, self.params, self.step = trainer.load_checkpoint(
+    self.config, self.vocab, self.module, self.params, self.step = inference.load_checkpoint(
         workdir, step)
     self._sampler = Sampler(self.module, self.vocab)
 

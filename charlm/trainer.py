@@ -117,56 +117,6 @@ def state_shardings(abstract, mesh):
   return shardings
 
 
-def load_checkpoint(workdir: str, step='latest'):
-  """Loads a run for inference: (config, vocab, model, params, step) from its workdir.
-
-  `step` is 'latest', 'best', a step number, or None: the best if there is one, else the
-  latest. Works on any device, whatever trained it.
-  """
-  if not os.path.isdir(workdir):
-    raise UserError(f'workdir {workdir} does not exist; pass the --workdir of a training run '
-                    '(python -m charlm.train --config ... --workdir DIR)')
-  directory = os.path.join(workdir, 'checkpoints')
-  untrained = UserError(f'no checkpoints in {workdir}; train first with python -m charlm.train '
-                        f'--config ... --workdir {workdir}, or check the --workdir')
-  if not os.path.isdir(directory):
-    raise untrained
-  ckpts = Checkpoints(directory, read_only=True)
-  try:
-    steps = ckpts.all_steps()
-    if not steps:
-      raise untrained
-    best = ckpts.best_step()
-    if step is None:
-      chosen = ckpts.latest_step() if best is None else best
-    elif step == 'latest':
-      chosen = ckpts.latest_step()
-    elif step == 'best':
-      if best is None:
-        raise UserError(f'{workdir} has no checkpoint with a validation loss, so no best one; '
-                        'use --step latest or a step number')
-      chosen = best
-    else:
-      chosen = int(step) if str(step).isdigit() else None
-      if chosen not in steps:
-        raise UserError(f'no checkpoint at step {step} in {workdir}; choose latest, best or one '
-                        f'of the steps {", ".join(map(str, sorted(steps)))}')
-    meta = ckpts.restore_meta(chosen)
-    config = ml_collections.ConfigDict(meta['config'])
-    if config.model.get('impl') == 'cudnn' and jax.default_backend() != 'gpu':
-      config.model.impl = 'fused'  # Same parameters; a GPU-trained run samples on any machine.
-    vocab = data_lib.Vocab.from_json(meta['vocab'])
-    mesh = sharding.create_mesh(jax.local_devices()[:1])
-    model, _, init_state = build(config, vocab.size, 1)
-    abstract = jax.eval_shape(init_state, jax.random.PRNGKey(0))
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, state_shardings(abstract, mesh))
-    arrays, _ = ckpts.restore(chosen, target)
-  finally:
-    ckpts.close()
-  return config, vocab, model, arrays['params'], chosen
-
-
 # ---------------------------------------------------------------------------------------------
 # The run.
 

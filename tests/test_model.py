@@ -11,7 +11,7 @@ import pytest
 from conftest import assert_trees_close, smoke_config, use_xla_loops
 from jax.experimental import rnn
 
-from charlm import cudnn_lstm, lstm_cpu, lstm_kernel, trainer
+from charlm import cudnn_lstm, inference, lstm_cpu, lstm_kernel, trainer
 from charlm import model as model_lib
 from charlm.errors import UserError
 
@@ -502,22 +502,24 @@ def test_cudnn_matches_scan_on_gpu(batch, seq, hidden, embed, dropout, scale):
 
 
 def test_cudnn_run_loads_without_a_gpu(monkeypatch, tmp_path):
-  """A run trained with impl='cudnn' (here on cuDNN's reference, posing as a GPU) loads on a
-  CPU (posing as one, also on a GPU) as impl='fused', with the same parameters and outputs."""
+  """A run trained with impl='cudnn' (here on cuDNN's reference, posing as a GPU) loads as
+  impl='fused', on a GPU and on a CPU (posing as one, also on a GPU), with the same parameters
+  and outputs."""
   workdir = str(tmp_path / 'run')
   with monkeypatch.context() as gpu:
     gpu.setattr(rnn, 'lstm', cudnn_reference)
     gpu.setattr(model_lib.jax, 'default_backend', lambda: 'gpu')
     trainer.train_and_evaluate(smoke_config(tmp_path, model__impl='cudnn', train__steps=4),
                                workdir)
-    config, vocab, cudnn_model, params, _ = trainer.load_checkpoint(workdir)
-    assert config.model.impl == 'cudnn'
+    config, vocab, model, params, _ = inference.load_checkpoint(workdir)
+    assert config.model.impl == 'fused' and model.impl == 'fused'
+    cudnn_model = model.clone(impl='cudnn')
     tokens = random_tokens((2, 5), vocab.size, seed=1)
     carry = cudnn_model.initial_carry(2)
     expected, _ = cudnn_model.apply({'params': params}, tokens, carry)
   with monkeypatch.context() as cpu:
     cpu.setattr(model_lib.jax, 'default_backend', lambda: 'cpu')
-    config, _, model, loaded, _ = trainer.load_checkpoint(workdir)
+    config, _, model, loaded, _ = inference.load_checkpoint(workdir)
     assert config.model.impl == 'fused' and model.impl == 'fused'
     assert_trees_close(loaded, params, rtol=0, atol=0)
     assert_trees_close(model.apply({'params': loaded}, tokens, carry)[0], expected, rtol=1e-5)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_cli, smoke_config, write_text
 
-from charlm import trainer
+from charlm import inference, trainer
 from charlm.errors import UserError
 
 
@@ -85,7 +85,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
   with pytest.raises(trainer.TrainingDiverged, match=r'non-finite at step 1\d'):
     trainer.train_and_evaluate(config, workdir)
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['10']
-  *_, params, step = trainer.load_checkpoint(workdir, 'latest')
+  *_, params, step = inference.load_checkpoint(workdir, 'latest')
   assert step == 10
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(params))
 
