@@ -3,10 +3,9 @@
 The workdir holds everything of one run (config.json, metrics.jsonl, TensorBoard events,
 samples.md, checkpoints); running again with the same workdir resumes exactly.
 """
+import functools
 import json
 import os
-import signal
-import sys
 import time
 
 import jax
@@ -16,7 +15,7 @@ import numpy as np
 import optax
 
 from charlm import data as data_lib
-from charlm import host, sharding
+from charlm import host, loop, sharding
 from charlm import model as model_lib
 from charlm.checkpoint import Checkpoints
 from charlm.errors import UserError
@@ -120,35 +119,6 @@ def state_shardings(abstract, mesh):
 # ---------------------------------------------------------------------------------------------
 # The run.
 
-class _StopRequests:
-  """Turns SIGINT/SIGTERM into a flag checked between steps; a second signal interrupts."""
-
-  def __init__(self):
-    self.requested, self._old = False, {}
-
-  def __enter__(self):
-    if jax.process_count() == 1 and _in_main_thread():
-      for sig in (signal.SIGINT, signal.SIGTERM):
-        self._old[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    if self.requested:
-      raise KeyboardInterrupt
-    self.requested = True
-    print('\nstopping: saving a checkpoint after this step (signal again to abort)',
-          file=sys.stderr, flush=True)
-
-  def __exit__(self, *exc):
-    for sig, handler in self._old.items():
-      signal.signal(sig, handler)
-
-
-def _in_main_thread():
-  import threading
-  return threading.current_thread() is threading.main_thread()
-
-
 def default_workdir(config) -> str:
   return os.path.join('runs', config.name)
 
@@ -243,10 +213,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   pending = []  # (step, metrics on device), fetched every log_every steps.
   window_start, window_steps = time.perf_counter(), 0
-  bar = _progress_bar(start, tc.steps)
+  bar = loop.ProgressBar(start, tc.steps)
   step = start
   try:
-    with _StopRequests() as stop:
+    with loop.StopRequests() as stop:
       while step < tc.steps:
         batch = next(train_iter)
         state, metrics = train_step(state, to_global(batch.inputs), to_global(batch.targets),
@@ -254,7 +224,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         step += 1
         pending.append((step, metrics))
         window_steps += 1
-        due = lambda every, step=step: step == tc.steps or bool(every and step % every == 0)
+        due = functools.partial(loop.is_due, step, total_steps=tc.steps)
         stopping = stop.requested  # Read once: a signal during this step's saves waits a step.
 
         if due(tc.log_every) or due(tc.eval_every) or due(tc.ckpt_every) or stopping:
@@ -349,41 +319,3 @@ def _write_samples(writer, sampler, params, config, step, val_loss):
     indented = '\n'.join('    ' + line for line in text.split('\n'))
     parts.append(f'\ntemperature {t}:\n\n{indented}\n')
   writer.append_markdown('samples.md', ''.join(parts) + '\n')
-
-
-class _progress_bar:
-  """tqdm on a terminal; otherwise a plain line per logged step."""
-
-  def __init__(self, start, total):
-    self.total, self.start, self.t0 = total, start, time.perf_counter()
-    self.tty = sys.stderr.isatty() and jax.process_index() == 0
-    self.quiet = jax.process_index() != 0
-    self.bar = None
-    if self.tty:
-      from tqdm import tqdm
-      self.bar = tqdm(total=total, initial=start, unit='step', dynamic_ncols=True)
-
-  def update(self, step, loss, rate):
-    if self.bar is not None:
-      self.bar.update(step - self.bar.n)
-      self.bar.set_postfix(loss=f'{loss:.4f}', chars_s=f'{rate:,.0f}')
-    elif not self.quiet:
-      done = step - self.start
-      eta = (time.perf_counter() - self.t0) / max(done, 1) * (self.total - step)
-      print(f'step {step}/{self.total}  loss {loss:.4f}  bpc {loss / LN2:.4f}  '
-            f'chars/s {rate:,.0f}  eta {_hms(eta)}', flush=True)
-
-  def note(self, text):
-    if self.bar is not None:
-      self.bar.write(text)
-    elif not self.quiet:
-      print(text, flush=True)
-
-  def close(self):
-    if self.bar is not None:
-      self.bar.close()
-
-
-def _hms(seconds):
-  seconds = int(seconds)
-  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
