@@ -15,7 +15,7 @@ import numpy as np
 import optax
 
 from charlm import data as data_lib
-from charlm import host, loop, sharding
+from charlm import loop, sharding
 from charlm import model as model_lib
 from charlm.checkpoint import Checkpoints
 from charlm.errors import UserError
@@ -69,8 +69,6 @@ def make_optimizer(optim, steps_per_epoch: int, total_steps: int):
 # Steps. State is one pytree: step, params, opt_state, carry (hidden state), rng.
 
 def make_train_step(model, tx):
-  host.keep_freed_memory()  # Else every CPU step faults in its temporaries afresh (host.py).
-
   def train_step(state, inputs, targets, weights, reset):
     carry = reset_where(reset, state['carry'])
     rng = jax.random.fold_in(state['rng'], state['step'])
