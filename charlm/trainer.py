@@ -310,10 +310,4 @@ def _write_samples(writer, sampler, params, config, step, val_loss):
     return
   texts = sampler.sample(params, _usable_prime(sampler.vocab, tc.sample_prime), tc.sample_length,
                          temperature=temperatures, seed=tc.seed, num_samples=len(temperatures))
-  head = f'## step {step}' + (f', val loss {val_loss:.4f}' if val_loss is not None else '')
-  parts = [head + '\n']
-  for t, text in zip(temperatures, texts, strict=True):
-    writer.text(step, f'samples/temperature_{t}', text)
-    indented = '\n'.join('    ' + line for line in text.split('\n'))
-    parts.append(f'\ntemperature {t}:\n\n{indented}\n')
-  writer.append_markdown('samples.md', ''.join(parts) + '\n')
+  writer.samples(step, temperatures, texts, val_loss)
