@@ -1,4 +1,4 @@
-"""train_and_evaluate(config, workdir): data, model, optimizer, the jitted step, the loop.
+"""Training, top to bottom: build (optimizer, train step, state), restore a run, the loop.
 
 The workdir holds everything of one run (config.json, metrics.jsonl, TensorBoard events,
 samples.md, checkpoints); running again with the same workdir resumes exactly.
@@ -31,7 +31,8 @@ class TrainingDiverged(UserError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Optimizer.
+# Build: the optimizer, the train step and the train state. The state is one pytree: step,
+# params, opt_state, carry (hidden state), rng.
 
 def make_schedule(optim, steps_per_epoch: int, total_steps: int):
   lr = optim.lr
@@ -64,9 +65,6 @@ def make_optimizer(optim, steps_per_epoch: int, total_steps: int):
       optax.clip_by_global_norm(optim.clip) if optim.clip > 0 else optax.identity(),
       optax.inject_hyperparams(makers[optim.name])(learning_rate=schedule))
 
-
-# ---------------------------------------------------------------------------------------------
-# Steps. State is one pytree: step, params, opt_state, carry (hidden state), rng.
 
 def make_train_step(model, tx):
   def train_step(state, inputs, targets, weights, reset):
@@ -115,7 +113,7 @@ def state_shardings(abstract, mesh):
 
 
 # ---------------------------------------------------------------------------------------------
-# The run.
+# Restore: a workdir resumes only the run that wrote it.
 
 def default_workdir(config) -> str:
   return os.path.join('runs', config.name)
@@ -149,6 +147,9 @@ def _truncate_metrics(workdir, step):
   with open(path, 'w') as f:
     f.writelines(lines)
 
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the run in `workdir`; returns its final metrics."""
