@@ -15,7 +15,7 @@ import tempfile
 import jax
 import numpy as np
 
-from charlm import corpora, trainer
+from charlm import corpora, evaluation, inference
 from charlm import data as data_lib
 from charlm.errors import UserError
 from charlm.sampling import Sampler, check_unknown_mode, drop_unknown, unknown_error
@@ -35,7 +35,7 @@ class Model:
 
   def __init__(self, workdir: str, step=None):
     self.workdir = workdir
-    self.config, self.vocab, self.module, self.params, self.step = trainer.load_checkpoint(
+    self.config, self.vocab, self.module, self.params, self.step = inference.load_checkpoint(
         workdir, step)
     self._sampler = Sampler(self.module, self.vocab)
 
@@ -106,7 +106,7 @@ class Model:
       if file:  # A short file is read in fewer streams rather than refused.
         batch = min(batch, len(tokens) - 1)
       mesh = jax.tree.leaves(self.params)[0].sharding.mesh
-      evaluator = trainer.Evaluator(self.module, mesh, batch, self.config.train.seq_len)
+      evaluator = evaluation.Evaluator(self.module, mesh, batch, self.config.train.seq_len)
       scores = evaluator(self.params, tokens, what=what)
     result.update(chars=scores['chars'], loss=scores['loss'], bpc=scores['bpc'],
                   perplexity=math.exp(scores['loss']), batch_size=batch)

@@ -65,6 +65,14 @@ class Checkpoints:
         arrays=ocp.args.StandardRestore(abstract_arrays), meta=ocp.args.JsonRestore()))
     return out['arrays'], out['meta']
 
+  def restore_part(self, step: int, abstract_part: dict) -> dict:
+    """Restores only the entries of the arrays that `abstract_part` names (ShapeDtypeStructs
+    with shardings), such as {'params': ...} for inference, without the optimizer state."""
+    restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_part)
+    out = self.manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.PyTreeRestore(
+        item=abstract_part, restore_args=restore_args, partial_restore=True)))
+    return out['arrays']
+
   def wait(self):
     self.manager.wait_until_finished()
 

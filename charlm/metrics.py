@@ -30,6 +30,16 @@ class MetricWriter:
     if self.active:  # Indented four spaces, so Markdown renders it as written.
       self._tb.add_text(tag, '\n'.join('    ' + line for line in text.split('\n')), step)
 
+  def samples(self, step: int, temperatures: list, texts: list, val_loss: float | None = None):
+    """Samples, one a temperature: TensorBoard text, and a section of samples.md."""
+    head = f'## step {step}' + (f', val loss {val_loss:.4f}' if val_loss is not None else '')
+    parts = [head + '\n']
+    for t, text in zip(temperatures, texts, strict=True):
+      self.text(step, f'samples/temperature_{t}', text)
+      indented = '\n'.join('    ' + line for line in text.split('\n'))
+      parts.append(f'\ntemperature {t}:\n\n{indented}\n')
+    self.append_markdown('samples.md', ''.join(parts) + '\n')
+
   def append_markdown(self, filename: str, text: str):
     if self.active:
       with open(os.path.join(self.workdir, filename), 'a') as f:

@@ -54,11 +54,11 @@ def read_prime() -> str:
 
 def main(argv):
   del argv
-  from charlm import data, sampling, trainer  # Imports JAX; keep flag errors fast.
+  from charlm import data, inference, sampling  # Imports JAX; keep flag errors fast.
   prime = read_prime()
   sampling.check_options(_LENGTH.value, _TEMPERATURE.value, _TOP_K.value, _TOP_P.value,
                          _NUM_SAMPLES.value)
-  _, vocab, model, params, _ = trainer.load_checkpoint(_WORKDIR.value, _STEP.value)
+  _, vocab, model, params, _ = inference.load_checkpoint(_WORKDIR.value, _STEP.value)
   prime, missing, dropped = sampling.drop_unknown(vocab, prime, _UNKNOWN.value)
   if dropped:
     print(f'warning: dropped {dropped} characters outside the vocabulary from the prime: '

@@ -1,13 +1,11 @@
-"""train_and_evaluate(config, workdir): data, model, optimizer, the jitted step, the loop.
+"""Training, top to bottom: build (optimizer, train step, state), restore a run, the loop.
 
 The workdir holds everything of one run (config.json, metrics.jsonl, TensorBoard events,
 samples.md, checkpoints); running again with the same workdir resumes exactly.
 """
+import functools
 import json
-import math
 import os
-import signal
-import sys
 import time
 
 import jax
@@ -16,15 +14,15 @@ import ml_collections
 import numpy as np
 import optax
 
-from charlm import corpora, host, sharding
+from charlm import corpora, loop, sharding
 from charlm import data as data_lib
 from charlm import model as model_lib
 from charlm.checkpoint import Checkpoints
 from charlm.errors import UserError
+from charlm.evaluation import LN2, Evaluator, cross_entropy_sum, reset_where
 from charlm.metrics import MetricWriter
 from charlm.sampling import Sampler, drop_unknown
 
-LN2 = math.log(2)
 SHAPE_KEYS = ('cell', 'num_layers', 'hidden', 'embed')
 
 
@@ -33,7 +31,8 @@ class TrainingDiverged(UserError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Optimizer.
+# Build: the optimizer, the train step and the train state. The state is one pytree: step,
+# params, opt_state, carry (hidden state), rng.
 
 def make_schedule(optim, steps_per_epoch: int, total_steps: int):
   lr = optim.lr
@@ -67,21 +66,7 @@ def make_optimizer(optim, steps_per_epoch: int, total_steps: int):
       optax.inject_hyperparams(makers[optim.name])(learning_rate=schedule))
 
 
-# ---------------------------------------------------------------------------------------------
-# Steps. State is one pytree: step, params, opt_state, carry (hidden state), rng.
-
-def cross_entropy_sum(logits, targets, weights):
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
-  return (losses * weights).sum(), weights.sum()
-
-
-def reset_where(reset, carry):
-  return jax.tree.map(lambda c: jnp.where(reset, jnp.zeros_like(c), c), carry)
-
-
 def make_train_step(model, tx):
-  host.keep_freed_memory()  # Else every CPU step faults in its temporaries afresh (host.py).
-
   def train_step(state, inputs, targets, weights, reset):
     carry = reset_where(reset, state['carry'])
     rng = jax.random.fold_in(state['rng'], state['step'])
@@ -106,14 +91,6 @@ def make_train_step(model, tx):
   return train_step
 
 
-def make_eval_step(model):
-  def eval_step(params, carry, inputs, targets, weights, reset):
-    logits, carry = model.apply({'params': params}, inputs, reset_where(reset, carry))
-    total, count = cross_entropy_sum(logits, targets, weights)
-    return carry, total, count
-  return eval_step
-
-
 def build(config, vocab_size: int, steps_per_epoch: int):
   """The model, the optimizer and `init_state(key)`, which makes the whole train state."""
   model = model_lib.from_config(config.model, vocab_size,
@@ -135,119 +112,8 @@ def state_shardings(abstract, mesh):
   return shardings
 
 
-def load_checkpoint(workdir: str, step='latest'):
-  """Loads a run for inference: (config, vocab, model, params, step) from its workdir.
-
-  `step` is 'latest', 'best', a step number, or None: the best if there is one, else the
-  latest. Works on any device, whatever trained it.
-  """
-  if not os.path.isdir(workdir):
-    raise UserError(f'workdir {workdir} does not exist; pass the --workdir of a training run '
-                    '(python -m charlm.train --config ... --workdir DIR)')
-  directory = os.path.join(workdir, 'checkpoints')
-  untrained = UserError(f'no checkpoints in {workdir}; train first with python -m charlm.train '
-                        f'--config ... --workdir {workdir}, or check the --workdir')
-  if not os.path.isdir(directory):
-    raise untrained
-  ckpts = Checkpoints(directory, read_only=True)
-  try:
-    steps = ckpts.all_steps()
-    if not steps:
-      raise untrained
-    best = ckpts.best_step()
-    if step is None:
-      chosen = ckpts.latest_step() if best is None else best
-    elif step == 'latest':
-      chosen = ckpts.latest_step()
-    elif step == 'best':
-      if best is None:
-        raise UserError(f'{workdir} has no checkpoint with a validation loss, so no best one; '
-                        'use --step latest or a step number')
-      chosen = best
-    else:
-      chosen = int(step) if str(step).isdigit() else None
-      if chosen not in steps:
-        raise UserError(f'no checkpoint at step {step} in {workdir}; choose latest, best or one '
-                        f'of the steps {", ".join(map(str, sorted(steps)))}')
-    meta = ckpts.restore_meta(chosen)
-    config = ml_collections.ConfigDict(meta['config'])
-    if config.model.get('impl') == 'cudnn' and jax.default_backend() != 'gpu':
-      config.model.impl = 'fused'  # Same parameters; a GPU-trained run samples on any machine.
-    vocab = data_lib.Vocab.from_json(meta['vocab'])
-    mesh = sharding.create_mesh(jax.local_devices()[:1])
-    model, _, init_state = build(config, vocab.size, 1)
-    abstract = jax.eval_shape(init_state, jax.random.PRNGKey(0))
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, state_shardings(abstract, mesh))
-    arrays, _ = ckpts.restore(chosen, target)
-  finally:
-    ckpts.close()
-  return config, vocab, model, arrays['params'], chosen
-
-
-class Evaluator:
-  """Loss over a whole token sequence in `batch_size` streams, carrying state like training."""
-
-  def __init__(self, model, mesh, batch_size: int, seq_len: int):
-    self.model, self.mesh, self.batch_size, self.seq_len = model, mesh, batch_size, seq_len
-    data = sharding.batch_sharding(mesh)
-    self.step = jax.jit(make_eval_step(model),
-                        in_shardings=(sharding.replicated(mesh), data, data, data, data, None),
-                        out_shardings=(data, None, None), donate_argnums=1)
-    self.rows = sharding.process_rows(mesh, batch_size)
-
-  def streams(self, tokens, what) -> data_lib.Streams:
-    return data_lib.Streams(tokens, self.batch_size, self.seq_len, rows=self.rows,
-                            pad_last=True, what=what)
-
-  def __call__(self, params, tokens, max_batches: int = 0, what='the validation split') -> dict:
-    """Returns {'loss': nats/char, 'bpc', 'chars'}."""
-    streams = self.streams(tokens, what)
-    carry = jax.jit(lambda: self.model.initial_carry(self.batch_size),
-                    out_shardings=sharding.batch_sharding(self.mesh))()
-    total, count = 0.0, 0.0
-    for k, batch in enumerate(streams):
-      if max_batches and k >= max_batches:
-        break
-      to_global = lambda a: sharding.to_global(self.mesh, a, self.batch_size)
-      carry, t, c = self.step(params, carry, to_global(batch.inputs), to_global(batch.targets),
-                              to_global(batch.weights), jnp.bool_(batch.reset))
-      total, count = total + t, count + c
-    loss = float(total) / float(count)
-    return {'loss': loss, 'bpc': loss / LN2, 'chars': int(count)}
-
-
 # ---------------------------------------------------------------------------------------------
-# The run.
-
-class _StopRequests:
-  """Turns SIGINT/SIGTERM into a flag checked between steps; a second signal interrupts."""
-
-  def __init__(self):
-    self.requested, self._old = False, {}
-
-  def __enter__(self):
-    if jax.process_count() == 1 and _in_main_thread():
-      for sig in (signal.SIGINT, signal.SIGTERM):
-        self._old[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    if self.requested:
-      raise KeyboardInterrupt
-    self.requested = True
-    print('\nstopping: saving a checkpoint after this step (signal again to abort)',
-          file=sys.stderr, flush=True)
-
-  def __exit__(self, *exc):
-    for sig, handler in self._old.items():
-      signal.signal(sig, handler)
-
-
-def _in_main_thread():
-  import threading
-  return threading.current_thread() is threading.main_thread()
-
+# Restore: a workdir resumes only the run that wrote it.
 
 def default_workdir(config) -> str:
   return os.path.join('runs', config.name)
@@ -281,6 +147,9 @@ def _truncate_metrics(workdir, step):
   with open(path, 'w') as f:
     f.writelines(lines)
 
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the run in `workdir`; returns its final metrics."""
@@ -317,10 +186,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = MetricWriter(workdir)
   if writer.active:
     platform = mesh.devices.flat[0].platform.upper()
+    resolved = model_lib.resolved(model)
     print(f'training on {mesh.size} {platform} device{"s" if mesh.size > 1 else ""}, '
-          f'model.impl={model.impl!r}', flush=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+          f'{resolved.describe()}', flush=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:  # With what 'auto' chose.
+      json.dump({**json.loads(config.to_json_best_effort()), 'resolved': {
+          'model': resolved.to_json(), 'train': {'devices': mesh.size}}}, f, indent=2)
     with open(os.path.join(workdir, 'vocab.json'), 'w') as f:
       json.dump(corpus.vocab.to_json(), f, ensure_ascii=False)
 
@@ -344,10 +215,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   pending = []  # (step, metrics on device), fetched every log_every steps.
   window_start, window_steps = time.perf_counter(), 0
-  bar = _progress_bar(start, tc.steps)
+  bar = loop.ProgressBar(start, tc.steps)
   step = start
   try:
-    with _StopRequests() as stop:
+    with loop.StopRequests() as stop:
       while step < tc.steps:
         batch = next(train_iter)
         state, metrics = train_step(state, to_global(batch.inputs), to_global(batch.targets),
@@ -355,7 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         step += 1
         pending.append((step, metrics))
         window_steps += 1
-        due = lambda every, step=step: step == tc.steps or bool(every and step % every == 0)
+        due = functools.partial(loop.is_due, step, total_steps=tc.steps)
         stopping = stop.requested  # Read once: a signal during this step's saves waits a step.
 
         if due(tc.log_every) or due(tc.eval_every) or due(tc.ckpt_every) or stopping:
@@ -443,48 +314,4 @@ def _write_samples(writer, sampler, params, config, step, val_loss):
     return
   texts = sampler.sample(params, _usable_prime(sampler.vocab, tc.sample_prime), tc.sample_length,
                          temperature=temperatures, seed=tc.seed, num_samples=len(temperatures))
-  head = f'## step {step}' + (f', val loss {val_loss:.4f}' if val_loss is not None else '')
-  parts = [head + '\n']
-  for t, text in zip(temperatures, texts, strict=True):
-    writer.text(step, f'samples/temperature_{t}', text)
-    indented = '\n'.join('    ' + line for line in text.split('\n'))
-    parts.append(f'\ntemperature {t}:\n\n{indented}\n')
-  writer.append_markdown('samples.md', ''.join(parts) + '\n')
-
-
-class _progress_bar:
-  """tqdm on a terminal; otherwise a plain line per logged step."""
-
-  def __init__(self, start, total):
-    self.total, self.start, self.t0 = total, start, time.perf_counter()
-    self.tty = sys.stderr.isatty() and jax.process_index() == 0
-    self.quiet = jax.process_index() != 0
-    self.bar = None
-    if self.tty:
-      from tqdm import tqdm
-      self.bar = tqdm(total=total, initial=start, unit='step', dynamic_ncols=True)
-
-  def update(self, step, loss, rate):
-    if self.bar is not None:
-      self.bar.update(step - self.bar.n)
-      self.bar.set_postfix(loss=f'{loss:.4f}', chars_s=f'{rate:,.0f}')
-    elif not self.quiet:
-      done = step - self.start
-      eta = (time.perf_counter() - self.t0) / max(done, 1) * (self.total - step)
-      print(f'step {step}/{self.total}  loss {loss:.4f}  bpc {loss / LN2:.4f}  '
-            f'chars/s {rate:,.0f}  eta {_hms(eta)}', flush=True)
-
-  def note(self, text):
-    if self.bar is not None:
-      self.bar.write(text)
-    elif not self.quiet:
-      print(text, flush=True)
-
-  def close(self):
-    if self.bar is not None:
-      self.bar.close()
-
-
-def _hms(seconds):
-  seconds = int(seconds)
-  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+  writer.samples(step, temperatures, texts, val_loss)

@@ -9,8 +9,8 @@ the same batch and sequence, the hidden state carried across batches and reset a
 Only training steps count towards the budget: each side times its own steps to their end
 (charlm's first step includes its jit compilation), and evaluates the whole validation split
 every --eval_seconds of training time. charlm uses its own pieces (`trainer.build`,
-`make_train_step`, `Evaluator`, `data.Streams`) on as many devices as `charlm.train` would
-(on a CPU `host.cpu_devices`: 1 with the native LSTM loops); the peer is
+`make_train_step`, `evaluation.Evaluator`, `data.Streams`) on as many devices as `charlm.train`
+would (on a CPU `host.cpu_devices`: 1 with the native LSTM loops); the peer is
 `../shared/bench/torch_charrnn.py quality`. They run one after the other (charlm first), so the
 load average is reported.
 Reported: the best validation loss of each, in nats per character and bits per character.
@@ -61,7 +61,7 @@ def charlm_run(config, budget_s: float) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from charlm import corpora, sharding, trainer
+  from charlm import corpora, evaluation, sharding, trainer
   from charlm import data as data_lib
   corpus = data_lib.prepare(corpora.text_path(config.data), config.data.level,
                             config.data.cache_dir)
@@ -77,7 +77,7 @@ def charlm_run(config, budget_s: float) -> dict:
   step = jax.jit(trainer.make_train_step(model, tx),
                  in_shardings=(shardings, data, data, data, None),
                  out_shardings=(shardings, None), donate_argnums=0)
-  evaluator = trainer.Evaluator(model, mesh, _BATCH.value, _SEQ.value)
+  evaluator = evaluation.Evaluator(model, mesh, _BATCH.value, _SEQ.value)
   to_global = lambda a: sharding.to_global(mesh, a, _BATCH.value)
 
   elapsed, next_eval, steps, history, best = 0.0, _EVAL_SECONDS.value, 0, [], math.inf

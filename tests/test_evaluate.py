@@ -1,15 +1,16 @@
 """Evaluation: a file or a split scores exactly as training's validation; unknown characters."""
 import json
 import math
+import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
-from conftest import run_cli, smoke_config, write_text
+from conftest import ROOT, run_cli, smoke_config, write_text
 
 import charlm
-from charlm import api, corpora, trainer
+from charlm import api, corpora, evaluation, trainer
 from charlm import data as data_lib
 from charlm.errors import UserError
 
@@ -61,7 +62,7 @@ def test_file_read_in_chunks_scores_as_the_whole_text(model, val_text, tmp_path,
   tokens = model.vocab.encode(val_text)  # What evaluation scored when it read the whole file.
   batch = min(model.config.train.batch_size, len(tokens) - 1)
   mesh = jax.tree.leaves(model.params)[0].sharding.mesh
-  expected = trainer.Evaluator(model.module, mesh, batch, model.config.train.seq_len)(
+  expected = evaluation.Evaluator(model.module, mesh, batch, model.config.train.seq_len)(
       model.params, tokens)
   result = model.evaluate(file=str(path), chunk_bytes=chunk_bytes)
   assert (result['loss'], result['chars']) == (expected['loss'], expected['chars'])
@@ -135,6 +136,24 @@ def test_cli(run, tmp_path):
   skip = run_cli('charlm.evaluate', f'--workdir={run[0]}', f'--file={odd}', '--unknown=skip')
   assert skip.returncode == 0
   assert "skipped            1 character outside the vocabulary: '€'\n" in skip.stdout
+
+
+INFERENCE_ONLY = '''
+import sys
+import charlm.api
+charlm.api.load(sys.argv[1]).evaluate(split='val')
+charlm.api.load(sys.argv[1]).sample(length=5, seed=0)
+from charlm import inference
+inference.load_checkpoint(sys.argv[1])
+print(sorted(m for m in sys.modules if m == 'charlm.trainer' or m.split('.')[0] == 'optax'))
+'''
+
+
+def test_inference_imports_neither_the_trainer_nor_the_optimizer(run):
+  result = subprocess.run([sys.executable, '-c', INFERENCE_ONLY, run[0]], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.splitlines()[-1] == '[]'
 
 
 @pytest.mark.slow

@@ -1,7 +1,9 @@
 """The model: shapes, initial loss, and the fast LSTM paths against plain references."""
 import dataclasses
+import json
 import logging
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import assert_trees_close, smoke_config
 
-from charlm import lstm_cell, lstm_cpu, lstm_kernel, trainer
+from charlm import inference, lstm_cell, lstm_cpu, lstm_kernel, trainer
 from charlm import model as model_lib
 from charlm.errors import UserError
 from charlm.lstm_cell import LoopOptions
@@ -487,3 +489,23 @@ def test_auto_impl_picks_the_wavefront_where_it_measured_faster(monkeypatch, tmp
   assert trainer.build(train, VOCAB, 1)[0].impl == 'wavefront'  # 128 x 256 <= 64K
   train.train.batch_size *= 4
   assert trainer.build(train, VOCAB, 1)[0].impl == 'fused'
+
+
+def test_a_run_saved_with_impl_cudnn_loads_as_fused(tmp_path):
+  """impl='cudnn' left the product with the same parameters: a run whose checkpoint says it
+  (made here by editing a fused run's saved config) loads as 'fused', with its parameters."""
+  workdir = tmp_path / 'run'
+  trainer.train_and_evaluate(smoke_config(tmp_path, model__impl='fused', train__steps=4),
+                             str(workdir))
+  _, _, _, params, step = inference.load_checkpoint(str(workdir))
+  saved = [os.path.join(d, f) for d, _, files in os.walk(workdir / 'checkpoints' / str(step))
+           for f in files if f == 'metadata' and os.path.basename(d) == 'meta']
+  assert len(saved) == 1, saved
+  with open(saved[0]) as f:
+    meta = json.load(f)
+  meta['config']['model']['impl'] = 'cudnn'
+  with open(saved[0], 'w') as f:
+    json.dump(meta, f)
+  config, _, model, loaded, _ = inference.load_checkpoint(str(workdir))
+  assert config.model.impl == 'fused' and model.impl == 'fused'
+  assert_trees_close(loaded, params, rtol=0, atol=0)

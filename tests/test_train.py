@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_cli, smoke_config, write_text
 
-from charlm import trainer
+from charlm import inference, trainer
 from charlm.errors import UserError
 
 
@@ -85,7 +85,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
   with pytest.raises(trainer.TrainingDiverged, match=r'non-finite at step 1\d'):
     trainer.train_and_evaluate(config, workdir)
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['10']
-  *_, params, step = trainer.load_checkpoint(workdir, 'latest')
+  *_, params, step = inference.load_checkpoint(workdir, 'latest')
   assert step == 10
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(params))
 
@@ -231,7 +231,8 @@ def test_cli_smoke_run_leaves_a_readable_workdir(tmp_path):
   assert 'step 20/20' in result.stdout  # Plain progress lines when not on a terminal.
   if jax.default_backend() == 'cpu' and 'JAX_NUM_CPU_DEVICES' not in os.environ:
     # The native LSTM loops split the batch over the cores on one CPU device.
-    assert "training on 1 CPU device, model.impl='fused'\n" in result.stdout  # 'auto' chose.
+    assert ("training on 1 CPU device, model.impl='fused' (native CPU loops), dtype float32, "
+            'gate inputs float32, saved gates float32\n') in result.stdout  # 'auto' chose.
   config = json.load(open(workdir / 'config.json'))
   assert config['data']['path'] == text and config['model']['hidden'] == 32
   rows = read_metrics(workdir)
@@ -259,6 +260,34 @@ def test_cli_errors_are_one_line(tmp_path, args, expect):
   assert result.stderr.strip().count('\n') == 0, result.stderr
   assert result.stderr.startswith('error: ') and expect in result.stderr
   assert not (tmp_path / 'run').exists()
+
+
+SPEED_FIELDS = {'impl': 'fused', 'dtype': 'bfloat16', 'gate_inputs': 'bfloat16',
+                'saved_gates': 'float16', 'loop_layout': 'batch_major', 'unroll': 3,
+                'unroll_backward': 2, 'unroll_divides': False, 'native_cpu': False}
+
+
+def test_speed_fields_set_on_the_command_line_run_and_are_recorded(tmp_path):
+  """Every speed field of config.model, set on the command line: charlm.train says what runs
+  and config.json records it beside the config; a bad value is one line, before any work."""
+  text = write_text(tmp_path / 'text.txt')
+  data = [f'--config.data.path={text}', f'--config.data.cache_dir={tmp_path}/cache']
+  fields = [f'--config.model.{k}={v}' for k, v in SPEED_FIELDS.items()]
+  workdir = tmp_path / 'run'
+  result = run_cli('charlm.train', *SMOKE, *data, *fields, '--config.train.steps=4',
+                   f'--workdir={workdir}')
+  assert result.returncode == 0, result.stderr
+  assert ("model.impl='fused' (XLA's loops, batch-major, unroll 3/2 (not rounded to divisors)), "
+          'dtype bfloat16, gate inputs bfloat16, saved gates float16\n') in result.stdout
+  config = json.load(open(workdir / 'config.json'))
+  assert config['resolved']['model'] == SPEED_FIELDS
+  assert {k: config['model'][k] for k in SPEED_FIELDS} == SPEED_FIELDS
+  bad = run_cli('charlm.train', *SMOKE, *data, '--config.model.saved_gates=float8',
+                f'--workdir={tmp_path}/bad')
+  assert bad.returncode == 1
+  assert bad.stderr.strip() == ("error: unknown model.saved_gates 'float8'; use one of auto, "
+                                'float32, float16')
+  assert not (tmp_path / 'bad').exists()
 
 
 def test_one_device_and_four_devices_give_the_same_losses(tmp_path):
