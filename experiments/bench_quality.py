@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-import peer as peer_lib
+import common
 from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,7 +104,7 @@ def charlm_run(config, budget_s: float) -> dict:
 
 
 def peer_run(python: str, budget_s: float) -> dict:
-  argv = [python, os.path.join(peer_lib.PEER_DIR, 'torch_charrnn.py'), 'quality', '--text',
+  argv = [python, os.path.join(common.PEER_DIR, 'torch_charrnn.py'), 'quality', '--text',
           _TEXT.value, '--minutes', str(budget_s / 60), '--eval_seconds',
           str(_EVAL_SECONDS.value), '--layers', str(_LAYERS.value), '--hidden',
           str(_HIDDEN.value), '--batch', str(_BATCH.value), '--seq', str(_SEQ.value),
@@ -137,7 +137,7 @@ def main(argv):
   result['charlm'] = charlm_run(config, budget)
   result['load_between'] = os.getloadavg()
   if not _NO_PEER.value:
-    python = peer_lib.peer_python(_PEER_PYTHON.value)
+    python = common.peer_python(_PEER_PYTHON.value)
     result['peer'] = peer_run(python, budget)
   result['load_after'] = os.getloadavg()
 

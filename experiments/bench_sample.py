@@ -22,8 +22,8 @@ import subprocess
 import sys
 import time
 
+import common
 import numpy as np
-import peer as peer_lib
 from absl import app, flags, logging
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,7 +38,7 @@ _BATCH_CHARS = flags.DEFINE_integer('batch_chars', 32000,
                                     'Characters in total for more than one stream.')
 _REPS = flags.DEFINE_integer('reps', 3, 'Alternating charlm/peer repetitions (medians).')
 _PEER_PYTHON = flags.DEFINE_string('peer_python', '', "The peer's python ('': from setup.sh).")
-_PEER_DIR = flags.DEFINE_string('peer_dir', peer_lib.PEER_DIR,
+_PEER_DIR = flags.DEFINE_string('peer_dir', common.PEER_DIR,
                                 'Folder holding torch_charrnn.py and setup.sh.')
 _OUT = flags.DEFINE_string('out', os.path.join(ROOT, 'experiments', 'results',
                                                'bench_sample.json'), "JSON results ('': none).")
@@ -114,13 +114,13 @@ def flops_per_char() -> int:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  python = peer_lib.peer_python(_PEER_PYTHON.value, _PEER_DIR.value)
+  python = common.peer_python(_PEER_PYTHON.value, _PEER_DIR.value)
   streams = [int(s) for s in _STREAMS.value]
   length = {s: _LENGTH.value if s == 1 else max(1, _BATCH_CHARS.value // s) for s in streams}
   reps = {s: {'charlm': [], 'peer': [], 'matmuls': []} for s in streams}
   matmul, peer_meta = [], {}
   for rep in range(_REPS.value):
-    matmul.append(peer_lib.matmul_rate())
+    matmul.append(common.matmul_rate())
     for s in streams:
       reps[s]['charlm'].append(charlm_rate(s, length[s]))
       reps[s]['matmuls'].append(matmuls_alone_rate(s, length[s]))

@@ -3,12 +3,12 @@
 # experiments/bench_train.py against torch.nn.LSTM (cuDNN) for 3x512 at batch 512 and 64, in
 # bfloat16 and float32, layer by layer (model.impl='fused') and as one wavefront loop
 # ('wavefront'), bfloat16 as charlm runs it on a GPU (bfloat16 gate inputs, float16 saved gate
-# activations) and without those two (+f32gx+f32t; the wavefront with them is not yet timed on
-# a GPU); the wavefront against fused at batch 128 and 256, where model.impl='auto' switches
-# (experiments/bench_lstm_loops.py); charlm's fast-LSTM tests on the GPU; a profile of the
-# batch-512 step; then, if time is left, three training runs on tiny-shakespeare ('auto' and
-# fused in bfloat16, fused float32: loss curves compared), sampling speed and a sample. Results
-# land in $OUT.
+# activations) and without those two (model.gate_inputs=float32,model.saved_gates=float32; the
+# wavefront with them is not yet timed on a GPU); the wavefront against fused at batch 128 and
+# 256, where model.impl='auto' switches (experiments/bench_lstm_loops.py); charlm's fast-LSTM
+# tests on the GPU; a profile of the batch-512 step; then, if time is left, three training runs
+# on tiny-shakespeare ('auto' and fused in bfloat16, fused float32: loss curves compared),
+# sampling speed and a sample. Results land in $OUT.
 #
 # The GPU image has jax (CUDA), flax, optax, orbax and torch but no network: carry the rest.
 # From the repository root, once:
@@ -35,6 +35,9 @@
 # as CUDA graphs lost (experiments/results/bench_lstm_loops_graphs_gpu.json).
 # SIZES, VARIANTS, ROUNDS, STEPS, LOOP_SIZES, LOOPS, TESTS (pytest -k), PROFILE_SIZE,
 # PROFILE_IMPL, SAMPLE_ARGS, TRAIN_VARIANTS, TRAIN_ARGS (extra flags) and PEER_PY change the run.
+# VARIANTS (bench_train's --variant) and LOOPS (bench_lstm_loops' --candidate) are
+# space-separated lists, each item a comma-separated list of config overrides, e.g.
+# VARIANTS='model.impl=fused,model.dtype=bfloat16 model.impl=fused,model.saved_gates=float32'.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/charlm-gpu-check}
@@ -68,31 +71,38 @@ print("jax", jax.__version__, jax.devices(), "flax", flax.__version__, "optax", 
 stage "bench_train: charlm against torch.nn.LSTM (cuDNN)"
 t=$(budget 220)
 # Compiling comes first (12 steps, 3-10 s each on an H200); the rounds get the rest less 145 s.
-# +f32gx+f32t: without the bfloat16 gate inputs and float16 saved gates of GPUs.
-variants=fused:bfloat16,fused:bfloat16+f32gx+f32t,wavefront:bfloat16,wavefront:bfloat16+f32gx+f32t
-variants=$variants,fused:float32,wavefront:float32
+# $wide: without the bfloat16 gate inputs and float16 saved gates of GPUs.
+wide=model.gate_inputs=float32,model.saved_gates=float32
+fused16=model.impl=fused,model.dtype=bfloat16 wave16=model.impl=wavefront,model.dtype=bfloat16
+variants="$fused16 $fused16,$wide $wave16 $wave16,$wide"
+variants="$variants model.impl=fused,model.dtype=float32 model.impl=wavefront,model.dtype=float32"
+variant_flags=()
+for v in ${VARIANTS:-$variants}; do variant_flags+=(--variant "$v"); done
 timeout "$t" python3 experiments/bench_train.py --peer_python "$PEER_PY" \
-  --peer_dir .carry --sizes "${SIZES:-3x512:512x100,3x512:64x100}" \
-  --variants "${VARIANTS:-$variants}" \
+  --peer_dir .carry --sizes "${SIZES:-3x512:512x100,3x512:64x100}" "${variant_flags[@]}" \
   --rounds "${ROUNDS:-5}" --steps 10 \
   --max_seconds $((t > 175 ? t - 145 : 30)) --out "$OUT/bench_train_gpu.json" 2>&1 | quiet \
   | tee "$RUNS/bench.txt" | grep -v '^|'
 
-# loops_stage SECONDS TITLE SIZES LOOPS JSON: bench_lstm_loops, bfloat16, against the peer;
-# compiling stops a minute before the stage's end, so that rounds and the peer still fit.
+# loops_stage SECONDS TITLE SIZES CANDIDATES JSON: bench_lstm_loops, fused bfloat16 unless a
+# candidate says otherwise, against the peer; compiling stops a minute before the stage's end,
+# so that rounds and the peer still fit.
 loops_stage() {
-  local t; t=$(budget "$1"); [ "$t" -gt 0 ] || return 0
+  local t c candidates=(); t=$(budget "$1"); [ "$t" -gt 0 ] || return 0
+  for c in $4; do candidates+=(--candidate "$c"); done
   stage "bench_lstm_loops: $2, 3x512 bfloat16 (${t} s at most)"
-  timeout "$t" python3 experiments/bench_lstm_loops.py --sizes "$3" --loops "$4" \
-    --dtype bfloat16 --rounds 5 --steps 10 --max_seconds 20 \
-    --peer_python "$PEER_PY" --peer_dir .carry --deadline $((t - 60)) \
+  timeout "$t" python3 experiments/bench_lstm_loops.py --sizes "$3" "${candidates[@]}" \
+    --override model.impl=fused --override model.dtype=bfloat16 --rounds 5 --steps 10 \
+    --max_seconds 20 --peer_python "$PEER_PY" --peer_dir .carry --deadline $((t - 60)) \
     --bench_out "$OUT/$5" 2>&1 | quiet \
-    | grep -E '^(\||compiled|deadline|failed|round|--max|Traceback|[A-Za-z]*Error)'
+    | grep -E '^(\||#[0-9]|compiled|deadline|failed|round|--max|error:|Traceback|[A-Za-z]*Error)'
 }
 
 # The wavefront against fused around model.impl='auto''s switch (batch x hidden 65,536).
+bm8=model.loop_layout=batch_major,model.unroll=8,model.unroll_backward=8
 loops_stage 120 "the wavefront against fused" "${LOOP_SIZES:-3x512:128x100,3x512:256x100}" \
-  "${LOOPS:-bm:8:8,wavefront/bm:8:8,wavefront/bm:8:8+f32gx+f32t}" bench_lstm_loops_gpu.json
+  "${LOOPS:-$bm8 model.impl=wavefront,$bm8 model.impl=wavefront,$bm8,$wide}" \
+  bench_lstm_loops_gpu.json
 
 t=$(budget 90)
 if [ "$t" -gt 0 ]; then
@@ -108,7 +118,8 @@ t=$(budget 45)
 if [ "$t" -gt 0 ]; then
   stage "profile: 3x512 at 512 x 100, bfloat16 (${t} s at most)"
   timeout "$t" python3 experiments/profile_step.py --size "${PROFILE_SIZE:-3x512:512x100}" \
-    --impl "${PROFILE_IMPL:-fused}" --model_dtype bfloat16 --top 25 --trace_dir "$RUNS/trace" \
+    --override model.impl="${PROFILE_IMPL:-fused}" --override model.dtype=bfloat16 --top 25 \
+    --trace_dir "$RUNS/trace" \
     2>&1 | quiet | grep -v '^trace:'
   cp "$(find "$RUNS/trace" -name '*.trace.json.gz' | head -1)" "$OUT/trace_3x512_512x100.json.gz" \
     2>/dev/null

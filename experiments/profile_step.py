@@ -1,14 +1,17 @@
 """Where charlm's train step spends its time: a profiler trace of a few steps, summarized.
 
     python experiments/profile_step.py --size 2x128:32x64
-    python experiments/profile_step.py --size 3x512:512x100 --model_dtype bfloat16  # a GPU
+    python experiments/profile_step.py --size 2x128:32x64 --override model.native_cpu=false
+    python experiments/profile_step.py --size 3x512:512x100 --override model.dtype=bfloat16  # GPU
 
-Compiles charlm's real train step (experiments/bench_train.py's, on the CPU devices charlm.train
-would use), runs --profile_steps steps under `jax.profiler.trace` and reads the trace back.
-Prints each timeline lane's busy time per step (on a GPU also how much of the step its streams
-were idle, which is launch and loop overhead), then the operations or kernels that took the most
-time. The trace stays in --trace_dir for TensorBoard or https://ui.perfetto.dev. --set_loops
-takes a candidate of experiments/bench_lstm_loops.py (loops, and with it the impl it names).
+Compiles charlm's real train step (experiments/common.py's `Charlm`, on the CPU devices
+charlm.train would use) with charlm's defaults and the --override SECTION.FIELD=VALUE given
+(configs/default.py's fields, e.g. model.impl=wavefront or model.unroll=8), prints what they
+resolve to (`model.Resolved.describe`), runs --profile_steps steps under `jax.profiler.trace`
+and reads the trace back. Prints each timeline lane's busy time per step (on a GPU also how
+much of the step its streams were idle, which is launch and loop overhead), then the operations
+or kernels that took the most time. The trace stays in --trace_dir for TensorBoard or
+https://ui.perfetto.dev.
 """
 import collections
 import glob
@@ -17,16 +20,15 @@ import json
 import os
 import shutil
 
-import bench_lstm_loops
-import bench_train
+import common
 from absl import app, flags
 
+from charlm.errors import exit_on_user_error
+
 _SIZE = flags.DEFINE_string('size', '2x128:32x64', 'LxH:BxT.')
-_IMPL = flags.DEFINE_string('impl', 'auto', 'model.impl.')
-_MODEL_DTYPE = flags.DEFINE_string('model_dtype', 'float32', 'model.dtype.')
-_LOOPS_SET = flags.DEFINE_string('set_loops', '', 'A candidate of bench_lstm_loops, e.g. bm:8:8, '
-                                 "native or wavefront/bm:8:8+remainder (its impl replaces --impl; "
-                                 "'': the backend's default loops).")
+_OVERRIDE = flags.DEFINE_multi_string('override', [], 'SECTION.FIELD=VALUE on top of '
+                                      'configs/default.py (or a comma-separated list of them), '
+                                      'e.g. model.impl=fused.')
 _PROFILE_STEPS = flags.DEFINE_integer('profile_steps', 5, 'Steps traced.')
 _TOP = flags.DEFINE_integer('top', 30, 'Operations listed.')
 _TRACE_DIR = flags.DEFINE_string('trace_dir', '/tmp/charlm-profile', 'Where the trace goes '
@@ -64,31 +66,26 @@ def covered_us(spans) -> float:
   return total
 
 
+@exit_on_user_error
 def main(argv):
   del argv
-  bench_train.set_up_host()
+  common.set_up_host()
+  size = common.parse_size(_SIZE.value)
+  config = common.bench_config(size, [o for text in _OVERRIDE.value
+                                      for o in common.split_overrides(text)])
   import jax
-
-  from charlm import lstm_kernel
-  impl = _IMPL.value
-  if _LOOPS_SET.value:
-    bench_lstm_loops.set_loops(_LOOPS_SET.value)
-    if '/' in _LOOPS_SET.value:
-      impl = bench_lstm_loops.parse_candidate(_LOOPS_SET.value).impl
-  size = bench_train.parse_size(_SIZE.value)
-  runner = bench_train.Charlm(size, impl, _MODEL_DTYPE.value)
+  common.resolve(config)  # A bad setting fails here, in one line.
+  runner = common.Charlm(size, config)
   runner.run(3)
   shutil.rmtree(_TRACE_DIR.value, ignore_errors=True)
   steps = _PROFILE_STEPS.value
   with jax.profiler.trace(_TRACE_DIR.value, create_perfetto_trace=True):
     times = runner.run(steps)
   step_ms = 1e3 * sum(times) / steps
-  native = runner.impl == 'fused' and lstm_kernel.native_loops(_MODEL_DTYPE.value)
-  loops = 'native' if native else lstm_kernel._loops()
   chars = size['batch'] * size['seq']
-  print(f'{jax.devices()[0].device_kind} x {runner.devices}, {size["name"]} {runner.impl}:'
-        f'{_MODEL_DTYPE.value}, loops {loops}: {step_ms:.2f} ms a step while '
-        f'traced ({chars / step_ms * 1e3:,.0f} chars/s)\n')
+  print(f'{jax.devices()[0].device_kind} x {runner.devices}, {size["name"]}, '
+        f'{runner.resolved.describe()}: {step_ms:.2f} ms a step while traced '
+        f'({chars / step_ms * 1e3:,.0f} chars/s)\n')
   trace = glob.glob(os.path.join(_TRACE_DIR.value, '**', '*.trace.json.gz'), recursive=True)
   lanes = lanes_of(trace[0])
   device_lanes = {k: v for k, v in lanes.items() if k[0].startswith('/device')}
