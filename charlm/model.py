@@ -320,9 +320,11 @@ def resolve(model_config, batch_per_device: int | None = None,
       impl == 'fused' or impl == 'wavefront' and model_config.num_layers == 1)
   native = (model_config.get('native_cpu', DEFAULTS['native_cpu']) and backend == 'cpu'
             and runs_lstm_kernel and dtype == 'float32' and lstm_cpu.available())
+  wavefront = impl == 'wavefront' and model_config.num_layers > 1  # Its loop is batch-major.
   loops = LoopOptions(
       native=bool(native),
-      feature_major=(default_layout if layout == 'auto' else layout) == 'feature_major',
+      feature_major=not wavefront and (
+          default_layout if layout == 'auto' else layout) == 'feature_major',
       unroll=unroll or default_unroll, unroll_backward=unroll_backward or default_unroll_backward,
       unroll_divides=model_config.get('unroll_divides', DEFAULTS['unroll_divides']),
       saved_gates=saved_gates)

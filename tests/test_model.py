@@ -356,6 +356,8 @@ def test_auto_settings_resolve_to_each_backends_measured_defaults():
   assert (chosen.impl, chosen.gate_inputs, chosen.loops) == ('fused', 'float32', LoopOptions(
       feature_major=True, unroll=3, unroll_backward=5, unroll_divides=False))
   assert not model_lib.resolve(model_config(native_cpu=False), 64, backend='cpu').loops.native
+  wavefront = model_lib.resolve(model_config(impl='wavefront'), 64, backend='cpu')
+  assert not wavefront.loops.feature_major and 'batch-major' in wavefront.describe()
   assert chosen.to_json()['loop_layout'] == 'feature_major'
   assert "model.impl='fused' (XLA's loops, feature-major, unroll 3/5" in chosen.describe()
 
