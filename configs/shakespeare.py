@@ -6,9 +6,10 @@ The seed's model: a 3-layer LSTM with 512 units, dropout 0.5, batch 100 x 100 ch
 Adam 2e-3, 20k steps. It is a GPU run. Expected result: not measured yet.
 
 Variants:
-  configs/shakespeare.py:small  a 2-core CPU run of about 10 minutes (`make train`; 2x256, 2.5k
-                                steps): prints Shakespeare-shaped text (speaker names, line
-                                breaks, words). Its validation loss is not measured yet.
+  configs/shakespeare.py:small  a 2-core CPU run (`make train`; 2x256, 2.5k steps; about 4
+                                minutes on the 2-core CPU of 2026-12-04): validation loss
+                                1.543 nats/char (2.23 bpc) on 50 batches there, and
+                                Shakespeare-shaped text (speaker names, line breaks, words).
   configs/shakespeare.py:smoke  seconds; for tests.
 """
 from configs import common
