@@ -13,8 +13,9 @@ Variants:
                           (17 MB): a 2x256 LSTM, 2.5k steps. Expected, as measured on the
                           2-core CPU of 2026-12-04 (Linux 6.1, about 4 minutes): validation
                           loss 1.398 nats per byte (2.02 bits) on 50 batches (1.632 with the
-                          code of 2026-11-26, a53dbb2); samples have #ifdef CONFIG_..., if (...) blocks with tab
-                          indentation, struct declarations and kernel-shaped names.
+                          code of 2026-11-26, a53dbb2); samples have #ifdef CONFIG_...,
+                          if (...) blocks with tab indentation, struct declarations and
+                          kernel-shaped names.
   configs/linux.py:smoke  seconds; for tests.
 """
 from configs import common
