@@ -6,16 +6,31 @@ made quantitative: labels computed from the text (inside quotes, nesting depth, 
 ...), every cell scored out of sample against every label, two controls that say what chance
 looks like, a sparse probe that says how few cells carry a label, and the max-activating
 contexts, histograms and gate saturation of what it reports.
+
+Activations are {'layer{L}/{kind}': float32 [N, hidden]} over a text of N characters, row n the
+state after reading character n (kinds h, c, i, f, g, o for an LSTM; h, z, r for a GRU; h for
+an RNN). A cell is one (layer, kind, index): every kind counts, gates included, so a 2x256 LSTM
+has 3,072 cells; the headline is also given per kind. Values must be finite.
+
+Out of sample means: the first half of the text (characters [0, N // 2)) fits, the second
+scores. A binary label scores by AUROC, with the direction (does the cell rise or fall with
+the label?) chosen on the first half: max(auc, 1 - auc) as the first half decides, scored on
+the second, so it can fall below 0.5. A scalar label scores by Pearson's r with the sign
+fitted on the first half, times the second half's r: |r| when the sign holds, negative when
+it flips. A label constant on either half is skipped, and listed as such.
 """
+import concurrent.futures
 import dataclasses
 import functools
 import re
 import types
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 BINARY, SCALAR = 'binary', 'scalar'
+_KEY = re.compile(r'layer(\d+)/(\w+)')
 
 
 # Labels: one value per character, the state after reading it.
@@ -214,3 +229,210 @@ def text_labels(text: str, probes: Mapping[str, str] | Sequence[str] = ()) -> di
       raise ValueError(f'probe {name!r}: a label of that name exists')
     labels[name] = Label(name, BINARY, probe(text, regex))
   return labels
+
+
+def block_shuffle(values: np.ndarray, block: int, rng: np.random.Generator) -> np.ndarray:
+  """`values` with its contiguous blocks of `block` in random order: what is true of a label
+  locally (its runs, its autocorrelation) stays, its alignment with the text goes."""
+  starts = np.arange(0, len(values), block)
+  order = np.concatenate([np.arange(s, min(s + block, len(values))) for s in rng.permutation(
+      starts)]) if len(values) else np.arange(0)
+  return values[order]
+
+
+def constant_half(label: Label, split: int) -> str | None:
+  """Why `label` cannot be scored (it is constant on a half), or None."""
+  for half, values in (('first', label.values[:split]), ('second', label.values[split:])):
+    if len(values) == 0 or values.min() == values.max():
+      return f'constant on the {half} half'
+  return None
+
+
+# Scores: every cell against every label, fitted on the first half, scored on the second.
+
+def cell_table(activations: Mapping[str, np.ndarray]) -> list[tuple[int, str, int]]:
+  """(layer, kind, index) of every cell, in the order of the rows of Scores."""
+  cells = []
+  for key, values in activations.items():
+    layer, kind = _parse_key(key)
+    cells.extend((layer, kind, index) for index in range(np.shape(values)[1]))
+  return cells
+
+
+def _parse_key(key: str) -> tuple[int, str]:
+  match = _KEY.fullmatch(key)
+  if not match:
+    raise ValueError(f'activation {key!r}: expected layer{{L}}/{{kind}}')
+  return int(match.group(1)), match.group(2)
+
+
+def _transposed(values: np.ndarray, start: int, stop: int, rows: int = 1024) -> np.ndarray:
+  """values[:, start:stop].T as a C-contiguous float32 array, copied in blocks of rows small
+  enough to stay in cache (a plain strided copy is several times slower)."""
+  out = np.empty((stop - start, len(values)), np.float32)
+  for lo in range(0, len(values), rows):
+    out[:, lo:lo + rows] = values[lo:lo + rows, start:stop].T
+  return out
+
+
+def _sorted_keys(values: np.ndarray) -> np.ndarray:
+  """Each row of float32 `values` [m, n] sorted, as uint64 keys: an order-preserving image of
+  the value in the high 32 bits, its column in the low 32 (sorting integers once is cheaper
+  than an argsort and a gather)."""
+  # Adding 0 turns -0.0 into +0.0; the result is C-ordered whatever the layout of values.
+  bits = np.add(values, np.float32(0), dtype=np.float32, order='C').view(np.uint32)
+  flip = (bits.view(np.int32) >> 31).view(np.uint32) | np.uint32(1 << 31)
+  keys = (bits ^ flip).astype(np.uint64)
+  keys <<= np.uint64(32)
+  keys |= np.arange(values.shape[1], dtype=np.uint64)
+  keys.sort(axis=1)
+  return keys
+
+
+def _tied_ranks(tied: np.ndarray) -> np.ndarray:
+  """Ranks 1..n in sorted order [m, n] where tied [m, n - 1] says which neighbours are equal:
+  each run of equal values gets the mean of its first and last rank. Dense: for many ties."""
+  rows, n = tied.shape[0], tied.shape[1] + 1
+  position = np.arange(n, dtype=np.int32)
+  first = np.ones((rows, n), bool)
+  first[:, 1:] = ~tied
+  last = np.ones((rows, n), bool)
+  last[:, :-1] = ~tied
+  run_start = np.maximum.accumulate(np.where(first, position, 0), axis=1)
+  run_end = np.minimum.accumulate(np.where(last, position, n - 1)[:, ::-1], axis=1)[:, ::-1]
+  return (run_start + run_end + 2) * np.float32(0.5)
+
+
+def _few_tied_ranks(tied: np.ndarray) -> np.ndarray:
+  """_tied_ranks in time proportional to the tied pairs: for few ties."""
+  m, n = tied.shape[0], tied.shape[1] + 1
+  ranks = np.tile(np.arange(1, n + 1, dtype=np.float32), (m, 1))
+  row, left = np.nonzero(tied)
+  if len(row):
+    pair = row * n + left  # The flat index of each tied pair's left element.
+    starts = np.flatnonzero(np.diff(pair, prepend=-2) != 1)  # Runs of consecutive pairs.
+    first = pair[starts]
+    last = np.append(pair[starts[1:] - 1], pair[-1]) + 1
+    mean = (first % n + last % n + 2) * np.float32(0.5)
+    flat = ranks.reshape(-1)
+    flat[pair] = np.repeat(mean, np.diff(np.append(starts, len(pair))))
+    flat[last] = mean
+  return ranks
+
+
+def _centered_ranks(values: np.ndarray) -> np.ndarray:
+  """average_ranks minus their mean (n + 1) / 2: float32 half-integers, exact, and small, so
+  that sums of them lose little in float32 matmuls."""
+  values = np.asarray(values, np.float32)
+  m, n = values.shape
+  halves = _sorted_keys(values).view(np.uint32).reshape(m, n, 2)
+  low = 0 if np.little_endian else 1
+  order, ordered = halves[..., low].astype(np.intp), halves[..., 1 - low]
+  tied = ordered[:, 1:] == ordered[:, :-1]
+  sorted_ranks = _tied_ranks(tied) if 8 * np.count_nonzero(tied) > tied.size else \
+      _few_tied_ranks(tied)
+  sorted_ranks -= np.float32((n + 1) / 2)
+  ranks = np.empty((m, n), np.float32)
+  for i in range(m):
+    ranks[i, order[i]] = sorted_ranks[i]
+  return ranks
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+  """Ranks 1..n of each row of `values` [m, n] compared as float32, ties given the mean of
+  their ranks."""
+  values = np.asarray(values, np.float32)
+  return _centered_ranks(values) + np.float32((values.shape[1] + 1) / 2)
+
+
+def _auroc_from_ranks(centered_ranks: np.ndarray, positive: np.ndarray) -> np.ndarray:
+  """AUROC - 0.5 [m, labels] of rows of centered ranks [m, n] against 0/1 labels [n, labels]:
+  Mann-Whitney, the chance a positive outranks a negative with ties counting a half, which is
+  0.5 plus the positives' centered rank sum over (positives x negatives)."""
+  positive = np.asarray(positive, np.float32)
+  count = positive.sum(axis=0, dtype=np.float64)
+  with np.errstate(divide='ignore', invalid='ignore'):
+    return (centered_ranks @ positive) / (count * (len(positive) - count))
+
+
+def auroc(values: np.ndarray, positive: np.ndarray) -> np.ndarray:
+  """AUROC of each column of `values` [n] or [n, cells] (compared as float32) against the bool
+  `positive` [n]: the chance that a positive has the higher value, ties counting a half."""
+  values = np.asarray(values, np.float32)
+  columns = values.reshape(len(values), -1).T
+  centered = _auroc_from_ranks(_centered_ranks(columns), np.asarray(positive, bool)[:, None])
+  result = centered[:, 0] + 0.5
+  return result if values.ndim > 1 else result[0]
+
+
+def _correlations(values: np.ndarray, standardized: np.ndarray) -> np.ndarray:
+  """Pearson's r [m, labels] of rows of float32 `values` [m, n] with z-scored float32 labels
+  [n, labels]; 0 for a constant row."""
+  x = values - values.mean(axis=1, dtype=np.float64, keepdims=True).astype(np.float32)
+  spread = np.sqrt(np.einsum('ij,ij->i', x, x) / values.shape[1])
+  constant = spread == 0  # The mean of equal float32 values is exact, so x is 0 there.
+  spread[constant] = 1
+  r = (x @ standardized) / (values.shape[1] * spread[:, None])
+  r[constant] = 0
+  return r
+
+
+class Scores(NamedTuple):
+  """Per cell (rows, in cell_table's order) and label (columns, in the order given)."""
+  held_out: np.ndarray  # The second half's score, in the direction fitted on the first.
+  fitted: np.ndarray  # The first half's score in its own direction: max(auc, 1 - auc) or |r|.
+  sign: np.ndarray  # +1 where the cell rises with the label (on the first half), else -1.
+
+
+def score_cells(activations: Mapping[str, np.ndarray], labels: Sequence[Label], split: int,
+                chunk: int = 128, threads: int = 2) -> Scores:
+  """Every cell against every label: binary labels by AUROC, scalar ones by Pearson's r,
+  rows [0, split) fitting the direction and rows [split, N) scoring. The labels must not be
+  constant on either half. Ranks are computed once per cell and half, for all labels; chunks
+  of `chunk` cells go to `threads` threads (numpy's sorts and loops run outside the GIL)."""
+  binary = [j for j, label in enumerate(labels) if label.kind == BINARY]
+  scalar = [j for j, label in enumerate(labels) if label.kind == SCALAR]
+  halves = []
+  for lo, hi in ((0, split), (split, None)):
+    positive = None
+    if binary:
+      positive = np.stack([labels[j].values[lo:hi] for j in binary], axis=1).astype(np.float32)
+    standardized = None
+    if scalar:
+      raw = np.stack([labels[j].values[lo:hi] for j in scalar], axis=1).astype(np.float64)
+      standardized = ((raw - raw.mean(axis=0)) / raw.std(axis=0)).astype(np.float32)
+    halves.append((slice(lo, hi), positive, standardized))
+  cells = len(cell_table(activations))
+  centered = np.zeros((2, cells, len(labels)))  # AUROC - 0.5 or r, per half.
+  if not labels:
+    return Scores(centered[1], centered[0], np.ones((cells, 0), np.int8))
+
+  tasks, row = [], 0
+  for values in activations.values():
+    values = np.asarray(values)
+    for start in range(0, values.shape[1], chunk):
+      stop = min(start + chunk, values.shape[1])
+      tasks.append((values, start, stop, row))
+      row += stop - start
+
+  def score_chunk(task):
+    values, start, stop, row = task
+    block = _transposed(values, start, stop)  # [cells, N]
+    for h, (rows_of_half, positive, standardized) in enumerate(halves):
+      part, into = block[:, rows_of_half], centered[h, row:row + stop - start]
+      if binary:
+        into[:, binary] = _auroc_from_ranks(_centered_ranks(part), positive)
+      if scalar:
+        into[:, scalar] = _correlations(part, standardized)
+
+  if threads > 1:
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+      list(pool.map(score_chunk, tasks))
+  else:
+    for task in tasks:
+      score_chunk(task)
+  sign = np.where(centered[0] >= 0, 1, -1).astype(np.int8)
+  held_out, fitted = sign * centered[1], np.abs(centered[0])
+  held_out[:, binary] += 0.5
+  fitted[:, binary] += 0.5
+  return Scores(held_out, fitted, sign)

@@ -2,6 +2,7 @@
 planted cells, the controls, the sparse probe, snippets, histograms, saturation, find_cells."""
 import random
 
+import numpy as np
 import pytest
 
 from charlm import cells
@@ -86,3 +87,113 @@ def test_text_labels_kinds_and_probes():
   assert bits(cells.text_labels('ab', probes=['b'])['b'].values) == '01'
   with pytest.raises(ValueError, match='exists'):
     cells.text_labels('x', probes={'column': 'x'})
+
+
+# Scores.
+
+def brute_force_auroc(values, positive):
+  pos, neg = values[positive], values[~positive]
+  greater = (pos[:, None] > neg[None, :]).sum(axis=(0, 1))
+  equal = (pos[:, None] == neg[None, :]).sum(axis=(0, 1))
+  return (greater + 0.5 * equal) / (len(pos) * len(neg))
+
+
+@pytest.mark.parametrize('n', [2, 7, 60, 301])
+def test_auroc_matches_the_pairwise_count_with_ties(n):
+  rng = np.random.default_rng(n)
+  values = rng.standard_normal((n, 6)).astype(np.float32)
+  values[:, 1] = np.round(values[:, 1])  # Many ties.
+  values[:, 2] = 1.0  # All tied.
+  values[: n // 2, 3] = -0.0  # -0.0 and 0.0 are equal.
+  values[n // 2:, 3] = 0.0
+  positive = rng.random(n) < 0.4
+  positive[:2] = True, False
+  np.testing.assert_allclose(cells.auroc(values, positive), brute_force_auroc(values, positive),
+                             atol=1e-12)
+  assert cells.auroc(values[:, 2], positive) == 0.5
+
+
+@pytest.mark.parametrize('decimals', [None, 0, 1])
+def test_average_ranks_match_brute_force(decimals):
+  rng = np.random.default_rng(0)
+  values = rng.standard_normal((5, 200)).astype(np.float32)
+  if decimals is not None:
+    values = np.round(values, decimals)
+  less = (values[:, None, :] < values[:, :, None]).sum(axis=2)
+  equal = (values[:, None, :] == values[:, :, None]).sum(axis=2)
+  np.testing.assert_array_equal(cells.average_ranks(values), less + (equal + 1) / 2)
+
+
+def quote_text_and_cells(chars=6000, seed=0):
+  """A text, its in_quotes label, and activations where layer0/h unit 5 is the label plus
+  noise, unit 6 minus the label plus noise, and everything else noise."""
+  text = prose(chars, seed)
+  label = cells.in_quotes(text)
+  rng = np.random.default_rng(seed)
+  h = rng.standard_normal((chars, 12)).astype(np.float32)
+  h[:, 5] = label + 0.3 * h[:, 5]
+  h[:, 6] = 0.3 * h[:, 6] - label
+  activations = {'layer0/h': h, 'layer1/c': rng.standard_normal((chars, 12)).astype(np.float32)}
+  return text, cells.Label('in_quotes', cells.BINARY, label), activations
+
+
+def test_a_cell_that_is_the_label_plus_noise_ranks_first():
+  text, label, activations = quote_text_and_cells()
+  scores = cells.score_cells(activations, [label], len(text) // 2, chunk=5, threads=2)
+  assert cells.cell_table(activations)[5] == (0, 'h', 5)
+  held_out = scores.held_out[:, 0]
+  assert held_out[5] > 0.97 and held_out[6] > 0.97
+  assert (scores.sign[5, 0], scores.sign[6, 0]) == (1, -1)
+  noise = np.delete(held_out, [5, 6])
+  assert np.all(np.abs(noise - 0.5) < 0.06)
+  one_thread = cells.score_cells(activations, [label], len(text) // 2, threads=1)
+  np.testing.assert_allclose(one_thread.held_out, scores.held_out, atol=1e-6)
+
+
+def test_shuffled_labels_score_near_chance():
+  text, label, activations = quote_text_and_cells()
+  split, rng = len(text) // 2, np.random.default_rng(0)
+  shuffled = [cells.Label('in_quotes', cells.BINARY, np.concatenate([
+      cells.block_shuffle(label.values[:split], 100, rng),
+      cells.block_shuffle(label.values[split:], 100, rng)])) for _ in range(3)]
+  scores = cells.score_cells(activations, shuffled, split)
+  assert scores.held_out.max() < 0.6
+
+
+def test_direction_is_fitted_on_the_first_half():
+  n = 4000
+  label = cells.Label('flag', cells.BINARY, np.arange(n) % 50 < 10)
+  flips = np.where(np.arange(n) < n // 2, 1.0, -1.0)  # Rises with the label, then falls.
+  values = (label.values * flips + 0.1 * np.random.default_rng(0).standard_normal(n))
+  scores = cells.score_cells({'layer0/h': values[:, None].astype(np.float32)}, [label], n // 2)
+  assert scores.fitted[0, 0] > 0.95 and scores.held_out[0, 0] < 0.05
+
+
+def test_correlation_scores_a_cell_tracking_the_column():
+  text = prose(5000, seed=1)
+  column = cells.Label('column', cells.SCALAR, cells.column(text))
+  rng = np.random.default_rng(1)
+  h = rng.standard_normal((len(text), 3)).astype(np.float32)
+  h[:, 0] = column.values / 20 + 0.2 * h[:, 0]
+  h[:, 1] = -column.values / 20 + 0.2 * h[:, 1]
+  h[:, 2] = 0.5  # Constant: r is 0, not an error.
+  scores = cells.score_cells({'layer0/h': h}, [column], len(text) // 2)
+  assert scores.held_out[0, 0] > 0.9 and scores.held_out[1, 0] > 0.9
+  assert scores.sign[:2, 0].tolist() == [1, -1]
+  assert scores.held_out[2, 0] == 0
+
+
+def test_block_shuffle_moves_whole_blocks():
+  values = np.arange(1050)
+  shuffled = cells.block_shuffle(values, 100, np.random.default_rng(0))
+  assert sorted(shuffled) == values.tolist() and not np.array_equal(shuffled, values)
+  where = np.argsort(shuffled)  # The position each value went to.
+  for block in np.split(where, range(100, 1050, 100)):
+    assert np.all(np.diff(block) == 1)
+
+
+def test_constant_halves_are_reported():
+  label = cells.Label('x', cells.BINARY, np.array([0, 0, 1, 0, 1], bool))
+  assert cells.constant_half(label, 2) == 'constant on the first half'
+  assert cells.constant_half(label, 3) is None
+  assert cells.constant_half(label, 4) == 'constant on the second half'
