@@ -197,3 +197,41 @@ def test_constant_halves_are_reported():
   assert cells.constant_half(label, 2) == 'constant on the first half'
   assert cells.constant_half(label, 3) is None
   assert cells.constant_half(label, 4) == 'constant on the second half'
+
+
+# The sparse probe.
+
+def test_sparse_probe_finds_the_two_cells_that_carry_a_label():
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((8000, 40)).astype(np.float32)
+  x[:, 5] = x[:, 3] + 0.05 * x[:, 5]  # A near copy of cell 3: it adds nothing to it.
+  y = (x[:, 3] + x[:, 17] > 0)[:, None]
+  constant = np.zeros_like(y)
+  result, nothing = cells.sparse_probe(x[:4000], np.hstack([y[:4000], constant[:4000]]),
+                                       x[4000:], np.hstack([y[4000:], constant[4000:]]))
+  assert nothing is None
+  assert result['sizes'] == [1, 2, 4, 8, 16, 32, 40]
+  first_two = set(result['order'][:2])  # 17 and one of 3 and its copy, not both copies.
+  assert 17 in first_two and len(first_two & {3, 5}) == 1
+  accuracy = dict(zip(result['sizes'], result['accuracy'], strict=True))
+  assert accuracy[1] < 0.85 and accuracy[2] > 0.97 and accuracy[40] > 0.95
+  assert result['cells_needed'] == 2 and result['majority'] == pytest.approx(0.5, abs=0.05)
+
+
+def test_gradient_fits_of_large_sets_agree_with_newton():
+  rng = np.random.default_rng(1)
+  x = rng.standard_normal((6000, 24)).astype(np.float32)
+  x[:, 10:] += x[:, :14]  # Correlated cells, as in a network.
+  y = np.stack([x[:, 0] - x[:, 12] + 0.5 * rng.standard_normal(6000) > 0,
+                x[:, 4] > 1], axis=1)
+  newton = cells.sparse_probe(x[:3000], y[:3000], x[3000:], y[3000:], newton_max=24)
+  gradient = cells.sparse_probe(x[:3000], y[:3000], x[3000:], y[3000:], newton_max=2)
+  for by_newton, by_gradient in zip(newton, gradient, strict=True):
+    assert by_gradient['order'] == by_newton['order']  # Same fits, so the same cells join.
+    np.testing.assert_allclose(by_gradient['accuracy'], by_newton['accuracy'], atol=0.01)
+
+
+def test_probe_sizes():
+  assert cells.probe_sizes(1) == [1]
+  assert cells.probe_sizes(4) == [1, 2, 4]
+  assert cells.probe_sizes(3072)[-3:] == [1024, 2048, 3072]
