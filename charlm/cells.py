@@ -30,6 +30,8 @@ from typing import NamedTuple
 import numpy as np
 
 BINARY, SCALAR = 'binary', 'scalar'
+GATE_KINDS = ('i', 'f', 'o', 'z', 'r')  # Sigmoid outputs, in [0, 1].
+TANH_KINDS = ('h', 'g')  # tanh outputs (h of an LSTM is o * tanh(c)), in [-1, 1].
 _KEY = re.compile(r'layer(\d+)/(\w+)')
 
 
@@ -577,3 +579,70 @@ def sparse_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                     'majority': majority, 'best': best, 'cells_needed': int(needed),
                     'order': order[j]})
   return results
+
+
+# What the reported cells do: contexts, histograms; and how saturated the gates are.
+
+def snippets(text: str, values: np.ndarray, count: int = 10, width: int = 40,
+             sign: int = 1) -> list[dict]:
+  """The `count` characters where sign * values peaks, at least `width` apart, each in a
+  window of `width` characters (three quarters of it before the character, as the state
+  depends on what came before): {'position' in the text, 'offset' of the character in the
+  window, 'text', 'activations' of the window, 'activation' at the character}."""
+  values = np.asarray(values, np.float32)
+  n = len(values)
+  chosen = []
+  for pool in (min(n, 4 * count * width), n):
+    candidates = np.argpartition(-sign * values, pool - 1)[:pool] if pool < n else np.arange(n)
+    candidates = candidates[np.lexsort((candidates, -sign * values[candidates]))]
+    chosen = []
+    for position in candidates:
+      if all(abs(position - other) >= width for other in chosen):
+        chosen.append(int(position))
+        if len(chosen) == count:
+          break
+    if len(chosen) == count or pool == n:
+      break
+  windows = []
+  for position in chosen:
+    start = min(max(position - width * 3 // 4, 0), max(n - width, 0))
+    stop = min(start + width, n)
+    windows.append({'position': position, 'offset': position - start,
+                    'text': text[start:stop], 'activation': _round(values[position]),
+                    'activations': [_round(v) for v in values[start:stop]]})
+  return windows
+
+
+def histogram(values: np.ndarray, kind: str, bins: int = 30) -> dict:
+  """{'edges', 'counts'} of `values` over [0, 1] for a gate, [-1, 1] for h and g, and the
+  values' own range otherwise (c)."""
+  values = np.asarray(values, np.float32)
+  if kind in GATE_KINDS:
+    lo, hi = 0.0, 1.0
+  elif kind in TANH_KINDS:
+    lo, hi = -1.0, 1.0
+  else:
+    lo, hi = float(values.min()), float(values.max())
+    if lo == hi:
+      lo, hi = lo - 0.5, hi + 0.5
+  counts, edges = np.histogram(np.clip(values, lo, hi), bins=bins, range=(lo, hi))
+  return {'edges': [_round(e) for e in edges], 'counts': [int(c) for c in counts]}
+
+
+def saturation(activations: Mapping[str, np.ndarray], low: float = 0.1,
+               high: float = 0.9) -> list[dict]:
+  """For every gate kind of every layer, per unit the share of characters it spends below
+  `low` ('below', left-saturated) and above `high` ('above', right-saturated)."""
+  result = []
+  for key, values in activations.items():
+    layer, kind = _parse_key(key)
+    if kind in GATE_KINDS:
+      values = np.asarray(values)
+      result.append({'layer': layer, 'kind': kind,
+                     'below': [_round(v) for v in np.mean(values < low, axis=0)],
+                     'above': [_round(v) for v in np.mean(values > high, axis=0)]})
+  return result
+
+
+def _round(value, digits=4):
+  return round(float(value), digits)

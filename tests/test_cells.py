@@ -235,3 +235,37 @@ def test_probe_sizes():
   assert cells.probe_sizes(1) == [1]
   assert cells.probe_sizes(4) == [1, 2, 4]
   assert cells.probe_sizes(3072)[-3:] == [1024, 2048, 3072]
+
+
+# Snippets, histograms, saturation.
+
+def test_snippets_are_the_peaks_in_windows():
+  text = ''.join(chr(ord('a') + i % 26) for i in range(500))
+  values = np.zeros(500, np.float32)
+  values[[2, 100, 101, 300, 498]] = [5, 4, 3.5, 2, 1]
+  found = cells.snippets(text, values, count=4, width=40)
+  assert [s['position'] for s in found] == [2, 100, 300, 498]  # 101 is too near 100.
+  for snippet in found:
+    assert len(snippet['text']) == 40 == len(snippet['activations'])
+    assert snippet['text'][snippet['offset']] == text[snippet['position']]
+    assert snippet['activations'][snippet['offset']] == snippet['activation']
+  assert found[0]['offset'] == 2 and found[1]['offset'] == 30 and found[3]['offset'] == 38
+  assert cells.snippets(text, -values, count=1, sign=-1)[0]['position'] == 2
+
+
+def test_histograms_cover_the_range_of_each_kind():
+  values = np.linspace(0, 1, 101, dtype=np.float32)
+  gate = cells.histogram(values, 'f', bins=30)
+  assert len(gate['counts']) == 30 and len(gate['edges']) == 31
+  assert (gate['edges'][0], gate['edges'][-1]) == (0, 1) and sum(gate['counts']) == 101
+  assert cells.histogram(values, 'h')['edges'][0] == -1
+  cell = cells.histogram(values * 7 - 2, 'c', bins=10)
+  assert (cell['edges'][0], cell['edges'][-1]) == (-2, 5) and sum(cell['counts']) == 101
+  assert sum(cells.histogram(np.ones(3), 'c')['counts']) == 3
+
+
+def test_gate_saturation_fractions():
+  gates = np.array([[0.05, 0.95, 0.5], [0.05, 0.5, 0.0], [0.05, 0.95, 1.0], [0.05, 0.5, 0.5]])
+  found = cells.saturation({'layer1/f': gates, 'layer1/c': gates, 'layer0/z': gates[:, :1]})
+  assert [(s['layer'], s['kind']) for s in found] == [(1, 'f'), (0, 'z')]
+  assert found[0]['below'] == [1, 0, 0.25] and found[0]['above'] == [0, 0.5, 0.25]
