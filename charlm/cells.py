@@ -18,6 +18,14 @@ the label?) chosen on the first half: max(auc, 1 - auc) as the first half decide
 the second, so it can fall below 0.5. A scalar label scores by Pearson's r with the sign
 fitted on the first half, times the second half's r: |r| when the sign holds, negative when
 it flips. A label constant on either half is skipped, and listed as such.
+
+Chance is measured twice: the best score any cell of a randomly initialised model of the same
+shape reaches, and the best score any cell of this one reaches against the labels shuffled in
+blocks (which keeps their runs). A cell is interpretable when its score on some label beats
+the higher of the two by a margin (0.05 unless told, for AUROC and r alike); the headline is
+the share of cells that are, over all cells and per kind.
+
+find_cells bundles it all into plain dicts, lists and numbers, ready for json.dump.
 """
 import concurrent.futures
 import dataclasses
@@ -32,6 +40,7 @@ import numpy as np
 BINARY, SCALAR = 'binary', 'scalar'
 GATE_KINDS = ('i', 'f', 'o', 'z', 'r')  # Sigmoid outputs, in [0, 1].
 TANH_KINDS = ('h', 'g')  # tanh outputs (h of an LSTM is o * tanh(c)), in [-1, 1].
+PROBE_CELLS_LISTED = 64  # find_cells names at most this many of the cells a probe needs.
 _KEY = re.compile(r'layer(\d+)/(\w+)')
 
 
@@ -646,3 +655,164 @@ def saturation(activations: Mapping[str, np.ndarray], low: float = 0.1,
 
 def _round(value, digits=4):
   return round(float(value), digits)
+
+
+# Everything together.
+
+def find_cells(text: str, activations: Mapping[str, np.ndarray],
+               control_activations: Mapping[str, np.ndarray] | None,
+               probes: Mapping[str, str] | Sequence[str] = (), top: int = 5,
+               margin: float = 0.05, shuffles: int = 4, block: int = 250, seed: int = 0,
+               probe_rows: tuple[int, int] = (4000, 20000), snippet_count: int = 10,
+               snippet_width: int = 40, bins: int = 30) -> dict:
+  """The interpretable cells of a network over `text`: see the module docstring.
+
+  control_activations: the same text through a randomly initialised model of the same shape
+  (None: no random-model control). Chance is the best score any cell reaches (a) in the
+  random model and (b) in this model against the labels shuffled in blocks of `block`
+  characters within each half (`shuffles` shuffles; a half of few blocks leaves some in
+  place, so `block` should be small against N / 2); a cell is interpretable when its
+  held-out score on some label beats that label's best control score, the higher of (a) and
+  (b), by more than `margin` (AUROC or r alike). probe_rows: the training rows (from the first
+  half) and test rows (from the second) of the sparse probe, drawn at random.
+
+  Returns {'chars', 'split', 'cells' (how many), 'margin',
+  'labels': {name: {'type': 'binary' | 'scalar', 'score': 'auroc' | 'pearson', 'stats',
+    'top': [{'cell': 'layer{L}/{kind}/{index}', 'layer', 'kind', 'index', 'score',
+             'fitted' (first-half score), 'sign', 'beats_control'}],
+    'control': {'random_model', 'shuffled', 'threshold'}, 'interpretable' (cells beating it),
+    'probe' (binary labels: sparse_probe's dict, but for 'order' 'cells': the names of the
+             first cells_needed (at most PROBE_CELLS_LISTED) to enter; None if the label is
+             constant on the probe's training rows)}},
+  'skipped': {name: why}, 'headline': {'cells', 'interpretable', 'share',
+    'by_kind': {kind: {'cells', 'interpretable', 'share'}}},
+  'interpretable': [{'cell', 'label', 'score', 'threshold'}, best excess first],
+  'reported': {cell: {'layer', 'kind', 'index', 'histogram', 'snippets': {'high' and/or 'low':
+    snippets()}}} for the cells in the labels' top lists, 'saturation': saturation()}.
+  """
+  n = len(text)
+  for what, acts in (('activations', activations), ('control_activations', control_activations)):
+    for key, values in (acts or {}).items():
+      _parse_key(key)
+      if np.ndim(values) != 2 or len(values) != n:
+        raise ValueError(f'{what}[{key!r}]: expected [{n}, hidden], got {np.shape(values)}')
+  split = n // 2
+  labels, skipped = [], {}
+  for label in text_labels(text, probes).values():
+    why = constant_half(label, split)
+    if why:
+      skipped[label.name] = why
+    else:
+      labels.append(label)
+  rng = np.random.default_rng(seed)
+  shuffled = [Label(label.name, label.kind,
+                     np.concatenate([block_shuffle(label.values[:split], block, rng),
+                                     block_shuffle(label.values[split:], block, rng)]))
+              for _ in range(shuffles) for label in labels]
+  table = cell_table(activations)
+  names = [f'layer{layer}/{kind}/{index}' for layer, kind, index in table]
+  count = len(labels)
+  scores = score_cells(activations, labels + shuffled, split)
+  held_out = scores.held_out[:, :count]
+  shuffled_best = np.full(count, -np.inf)
+  if shuffles:
+    shuffled_best = scores.held_out[:, count:].reshape(len(table), shuffles, count).max(axis=(0, 1))
+  random_best = np.full(count, -np.inf)
+  if control_activations:
+    random_best = score_cells(control_activations, labels, split).held_out.max(axis=0)
+  threshold = np.maximum(shuffled_best, random_best) + margin
+  beats = held_out > threshold
+
+  binary = [j for j, label in enumerate(labels) if label.kind == BINARY]
+  probe_results = _probe_labels(activations, [labels[j] for j in binary], split, probe_rows,
+                                rng)
+  result_labels, reported = {}, {}
+  for j, label in enumerate(labels):
+    ranking = np.argsort(-held_out[:, j], kind='stable')[:top]
+    top_cells = []
+    for c in ranking:
+      layer, kind, index = table[c]
+      sign = int(scores.sign[c, j])
+      top_cells.append({'cell': names[c], 'layer': layer, 'kind': kind, 'index': index,
+                        'score': _round(held_out[c, j]), 'fitted': _round(scores.fitted[c, j]),
+                        'sign': sign, 'beats_control': bool(beats[c, j])})
+      reported.setdefault(c, set()).add(sign)
+    entry = {'type': label.kind, 'score': 'auroc' if label.kind == BINARY else 'pearson',
+             'stats': _label_stats(label), 'top': top_cells,
+             'control': {'random_model': _finite(random_best[j]),
+                         'shuffled': _finite(shuffled_best[j]),
+                         'threshold': _finite(threshold[j])},
+             'interpretable': int(beats[:, j].sum())}
+    if label.kind == BINARY:
+      found = probe_results[binary.index(j)]
+      if found is not None:
+        carriers = found.pop('order')[:min(found['cells_needed'], PROBE_CELLS_LISTED)]
+        found = dict(found, cells=[names[c] for c in carriers],
+                     accuracy=[_round(a) for a in found['accuracy']])
+      entry['probe'] = found
+    result_labels[label.name] = entry
+  return {'chars': n, 'split': split, 'cells': len(table), 'margin': margin,
+          'labels': result_labels, 'skipped': skipped,
+          'headline': _headline(table, beats),
+          'interpretable': _interpretable(names, labels, held_out, threshold, beats),
+          'reported': _reported(text, activations, table, names, reported, snippet_count,
+                                snippet_width, bins),
+          'saturation': saturation(activations)}
+
+
+def _finite(value):
+  return _round(value) if np.isfinite(value) else None
+
+
+def _label_stats(label: Label) -> dict:
+  values = label.values
+  if label.kind == BINARY:
+    return {'share': _round(values.mean())}
+  return {'mean': _round(values.mean()), 'std': _round(values.std()), 'max': _round(values.max())}
+
+
+def _probe_labels(activations, labels, split, probe_rows, rng):
+  """sparse_probe on random rows: training rows from the first half, test rows the second."""
+  if not labels:
+    return []
+  n = len(labels[0].values)
+  train_rows = np.sort(rng.choice(split, min(split, probe_rows[0]), replace=False))
+  test_rows = split + np.sort(rng.choice(n - split, min(n - split, probe_rows[1]), replace=False))
+  gather = lambda rows: np.concatenate(
+      [np.asarray(values, np.float32)[rows] for values in activations.values()], axis=1)
+  truth = np.stack([label.values for label in labels], axis=1)
+  return sparse_probe(gather(train_rows), truth[train_rows], gather(test_rows), truth[test_rows])
+
+
+def _headline(table, beats) -> dict:
+  interpretable = beats.any(axis=1)
+  kinds = np.array([kind for _, kind, _ in table])
+  share = lambda mask: {'cells': int(mask.sum()), 'interpretable': int(interpretable[mask].sum()),
+                        'share': _round(interpretable[mask].mean()) if mask.any() else 0.0}
+  by_kind = {kind: share(kinds == kind) for kind in dict.fromkeys(kinds)}
+  return dict(share(np.ones(len(table), bool)), by_kind=by_kind)
+
+
+def _interpretable(names, labels, held_out, threshold, beats) -> list[dict]:
+  """Each cell that beats a control, with the label it beats it by most on."""
+  if not labels:
+    return []
+  excess = np.where(beats, held_out - threshold, -np.inf)
+  best = excess.argmax(axis=1)
+  cells = np.flatnonzero(beats.any(axis=1))
+  cells = cells[np.argsort(-excess[cells, best[cells]], kind='stable')]
+  return [{'cell': names[c], 'label': labels[best[c]].name, 'score': _round(held_out[c, best[c]]),
+           'threshold': _round(threshold[best[c]])} for c in cells]
+
+
+def _reported(text, activations, table, names, signs, count, width, bins) -> dict:
+  keys = {_parse_key(key): key for key in activations}
+  reported = {}
+  for c in sorted(signs):
+    layer, kind, index = table[c]
+    values = np.asarray(activations[keys[layer, kind]][:, index], np.float32)
+    reported[names[c]] = {
+        'layer': layer, 'kind': kind, 'index': index, 'histogram': histogram(values, kind, bins),
+        'snippets': {('high' if sign > 0 else 'low'): snippets(text, values, count, width, sign)
+                     for sign in sorted(signs[c], reverse=True)}}
+  return reported

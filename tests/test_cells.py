@@ -1,5 +1,6 @@
 """The interpretable-cell finder: labels on hand-made strings, scores against brute force and
 planted cells, the controls, the sparse probe, snippets, histograms, saturation, find_cells."""
+import json
 import random
 
 import numpy as np
@@ -269,3 +270,63 @@ def test_gate_saturation_fractions():
   found = cells.saturation({'layer1/f': gates, 'layer1/c': gates, 'layer0/z': gates[:, :1]})
   assert [(s['layer'], s['kind']) for s in found] == [(1, 'f'), (0, 'z')]
   assert found[0]['below'] == [1, 0, 0.25] and found[0]['above'] == [0, 0.5, 0.25]
+
+
+# Everything together.
+
+def lstm_like(text, seed, planted=None):
+  rng = np.random.default_rng(seed)
+  activations = {}
+  for kind in 'hcifgo':
+    values = rng.standard_normal((len(text), 8)).astype(np.float32)
+    if kind in 'ifo':
+      values = 1 / (1 + np.exp(-values))
+    activations[f'layer0/{kind}'] = values
+  if planted is not None:
+    activations['layer0/c'][:, 2] = planted + 0.3 * activations['layer0/c'][:, 2]
+  return activations
+
+
+def test_find_cells_reports_the_planted_cell():
+  text = prose(4000, seed=2)
+  activations = lstm_like(text, 0, planted=cells.in_quotes(text))
+  result = cells.find_cells(text, activations, lstm_like(text, 1), probes={'love': 'love'},
+                            top=3, shuffles=2, block=50, snippet_count=4)
+  json.dumps(result, allow_nan=False)
+  assert result['cells'] == 48 and result['split'] == 2000
+  assert {'in_comment', 'in_link', 'in_braces', 'brace_depth'} <= set(result['skipped'])
+  quotes = result['labels']['in_quotes']
+  best = quotes['top'][0]
+  assert (best['cell'], best['sign'], best['beats_control']) == ('layer0/c/2', 1, True)
+  assert best['score'] > 0.95 and quotes['control']['threshold'] < 0.65
+  assert quotes['probe']['cells'][0] == 'layer0/c/2' and quotes['probe']['best'] > 0.95
+  assert result['interpretable'][0] == {'cell': 'layer0/c/2', 'label': 'in_quotes',
+                                        'score': best['score'],
+                                        'threshold': quotes['control']['threshold']}
+  headline = result['headline']
+  assert headline['interpretable'] == len(result['interpretable']) >= 1
+  assert headline['share'] == round(headline['interpretable'] / 48, 4)
+  assert headline['by_kind']['c']['interpretable'] >= 1 and headline['by_kind']['c']['cells'] == 8
+  assert result['labels']['love']['type'] == 'binary'
+  assert result['labels']['column']['score'] == 'pearson'
+  reported = result['reported']['layer0/c/2']
+  assert len(reported['histogram']['counts']) == 30
+  in_quotes = cells.in_quotes(text)
+  assert all(in_quotes[s['position']] for s in reported['snippets']['high'])
+  assert [s['kind'] for s in result['saturation']] == ['i', 'f', 'o']
+
+
+def test_a_control_that_does_as_well_leaves_nothing_interpretable():
+  text = prose(3000, seed=3)
+  activations = lstm_like(text, 0, planted=cells.in_quotes(text))
+  result = cells.find_cells(text, activations, activations, shuffles=1, block=50)
+  assert result['headline']['interpretable'] == 0 and result['interpretable'] == []
+  quotes = result['labels']['in_quotes']
+  assert quotes['control']['random_model'] == quotes['top'][0]['score']
+
+
+def test_find_cells_checks_shapes():
+  with pytest.raises(ValueError, match='expected'):
+    cells.find_cells('abc', {'layer0/h': np.zeros((2, 4))}, None)
+  with pytest.raises(ValueError, match='layer'):
+    cells.find_cells('abc', {'h': np.zeros((3, 4))}, None)
