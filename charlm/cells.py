@@ -527,7 +527,7 @@ def probe_sizes(cells: int) -> list[int]:
 
 
 def sparse_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
-                 test_y: np.ndarray, l2: float = 1e-3, iterations: int = 100,
+                 test_y: np.ndarray, l2: float = 1e-3, iterations: int = 60,
                  newton_max: int = 256) -> list[dict | None]:
   """Held-out accuracy of logistic probes on 1, 2, 4, ... all cells, per binary label.
 
@@ -663,7 +663,7 @@ def find_cells(text: str, activations: Mapping[str, np.ndarray],
                control_activations: Mapping[str, np.ndarray] | None,
                probes: Mapping[str, str] | Sequence[str] = (), top: int = 5,
                margin: float = 0.05, shuffles: int = 4, block: int = 250, seed: int = 0,
-               probe_rows: tuple[int, int] = (4000, 20000), snippet_count: int = 10,
+               probe_rows: tuple[int, int] = (3000, 20000), snippet_count: int = 10,
                snippet_width: int = 40, bins: int = 30) -> dict:
   """The interpretable cells of a network over `text`: see the module docstring.
 
