@@ -664,17 +664,18 @@ def find_cells(text: str, activations: Mapping[str, np.ndarray],
                probes: Mapping[str, str] | Sequence[str] = (), top: int = 5,
                margin: float = 0.05, shuffles: int = 4, block: int = 250, seed: int = 0,
                probe_rows: tuple[int, int] = (3000, 20000), snippet_count: int = 10,
-               snippet_width: int = 40, bins: int = 30) -> dict:
+               snippet_width: int = 40, bins: int = 30, threads: int = 2) -> dict:
   """The interpretable cells of a network over `text`: see the module docstring.
 
   control_activations: the same text through a randomly initialised model of the same shape
   (None: no random-model control). Chance is the best score any cell reaches (a) in the
   random model and (b) in this model against the labels shuffled in blocks of `block`
   characters within each half (`shuffles` shuffles; a half of few blocks leaves some in
-  place, so `block` should be small against N / 2); a cell is interpretable when its
-  held-out score on some label beats that label's best control score, the higher of (a) and
-  (b), by more than `margin` (AUROC or r alike). probe_rows: the training rows (from the first
-  half) and test rows (from the second) of the sparse probe, drawn at random.
+  place, so `block` should be small against N / 2); at least one is needed. A cell is
+  interpretable when its held-out score on some label beats that label's best control
+  score, the higher of (a) and (b), by more than `margin` (AUROC or r alike). probe_rows: the
+  training rows (from the first half) and test rows (from the second) of the sparse probe,
+  drawn at random. threads: for score_cells.
 
   Returns {'chars', 'split', 'cells' (how many), 'margin',
   'labels': {name: {'type': 'binary' | 'scalar', 'score': 'auroc' | 'pearson', 'stats',
@@ -691,6 +692,8 @@ def find_cells(text: str, activations: Mapping[str, np.ndarray],
     snippets()}}} for the cells in the labels' top lists, 'saturation': saturation()}.
   """
   n = len(text)
+  if not control_activations and not shuffles:
+    raise ValueError('find_cells needs a control: control_activations, shuffles or both')
   for what, acts in (('activations', activations), ('control_activations', control_activations)):
     for key, values in (acts or {}).items():
       _parse_key(key)
@@ -712,14 +715,15 @@ def find_cells(text: str, activations: Mapping[str, np.ndarray],
   table = cell_table(activations)
   names = [f'layer{layer}/{kind}/{index}' for layer, kind, index in table]
   count = len(labels)
-  scores = score_cells(activations, labels + shuffled, split)
+  scores = score_cells(activations, labels + shuffled, split, threads=threads)
   held_out = scores.held_out[:, :count]
   shuffled_best = np.full(count, -np.inf)
   if shuffles:
     shuffled_best = scores.held_out[:, count:].reshape(len(table), shuffles, count).max(axis=(0, 1))
   random_best = np.full(count, -np.inf)
   if control_activations:
-    random_best = score_cells(control_activations, labels, split).held_out.max(axis=0)
+    random_best = score_cells(control_activations, labels, split,
+                              threads=threads).held_out.max(axis=0)
   threshold = np.maximum(shuffled_best, random_best) + margin
   beats = held_out > threshold
 

@@ -325,8 +325,16 @@ def test_a_control_that_does_as_well_leaves_nothing_interpretable():
   assert quotes['control']['random_model'] == quotes['top'][0]['score']
 
 
-def test_find_cells_checks_shapes():
+def test_a_text_too_short_to_score_skips_every_label():
+  result = cells.find_cells('ab', lstm_like('ab', 0), None)
+  assert set(result['skipped']) == set(cells.LABELS) and result['labels'] == {}
+  assert result['headline']['interpretable'] == 0 and result['headline']['cells'] == 48
+
+
+def test_find_cells_checks_its_arguments():
   with pytest.raises(ValueError, match='expected'):
     cells.find_cells('abc', {'layer0/h': np.zeros((2, 4))}, None)
   with pytest.raises(ValueError, match='layer'):
     cells.find_cells('abc', {'h': np.zeros((3, 4))}, None)
+  with pytest.raises(ValueError, match='control'):
+    cells.find_cells('abc', {'layer0/h': np.zeros((3, 4))}, None, shuffles=0)
