@@ -39,35 +39,40 @@ class Clamp:
 
 def parse_cell(text: str, model, what: str = 'cell') -> tuple[int, str, int]:
   """'LAYER:KIND:INDEX' -> (layer, kind, index), checked against `model` (a CharRNN)."""
-  parts = text.strip().split(':')
-  if len(parts) != 3:
-    raise UserError(f'{what} {text!r}: use LAYER:KIND:INDEX, e.g. 1:c:42')
-  layer, kind, index = (p.strip() for p in parts)
-  return check_cell(_whole(layer, 'LAYER', text, what), kind, _whole(index, 'INDEX', text, what),
-                    model, f'{what} {text!r}')
+  return _parse_cell(text, model, f'{what} {text!r}', 'LAYER:KIND:INDEX, e.g. 1:c:42')
 
 
 def parse(text: str, model) -> Clamp:
   """'LAYER:KIND:INDEX=VALUE' -> a Clamp, checked against `model`; a mistake is a one-line
   UserError that names it."""
+  label = f'clamp {text!r}'
   cell, eq, value = text.partition('=')
   if not eq:
-    raise UserError(f'clamp {text!r}: use {FORMAT}')
-  layer, kind, index = parse_cell(cell, model, what='clamp')
+    raise UserError(f'{label}: use {FORMAT}')
+  layer, kind, index = _parse_cell(cell, model, label, FORMAT)
   try:
     number = float(value)
   except ValueError:
     number = math.nan
   if not math.isfinite(number):
-    raise UserError(f'clamp {text!r}: VALUE {value.strip()!r} is not a finite number')
+    raise UserError(f'{label}: VALUE {value.strip()!r} is not a finite number')
   return Clamp(layer, kind, index, number)
 
 
-def _whole(part: str, name: str, text: str, what: str) -> int:
+def _parse_cell(text: str, model, label: str, form: str) -> tuple[int, str, int]:
+  parts = [p.strip() for p in text.strip().split(':')]
+  if len(parts) != 3:
+    raise UserError(f'{label}: use {form}')
+  layer, kind, index = parts
+  return check_cell(_whole(layer, 'LAYER', label), kind, _whole(index, 'INDEX', label), model,
+                    label)
+
+
+def _whole(part: str, name: str, label: str) -> int:
   try:
     return int(part)
   except ValueError:
-    raise UserError(f'{what} {text!r}: {name} {part!r} is not a whole number') from None
+    raise UserError(f'{label}: {name} {part!r} is not a whole number') from None
 
 
 def check_cell(layer: int, kind: str, index: int, model, what: str) -> tuple[int, str, int]:

@@ -9,8 +9,9 @@ array it returns is what the model computed on reading ids[n]:
                      GRU the gates z and r;
   'logprobs'         float32 [N, vocab], the distribution of the character after ids[n].
 
-It runs in eval mode (no dropout), `chunk` characters per compiled call, carrying the state from
-call to call, so that memory holds one chunk besides the arrays returned. Two loops run it:
+It runs in eval mode (no dropout), `chunk` characters of each stream per compiled call
+(default: about CALL_CHARS in all), carrying the state from call to call, so that memory holds
+one chunk besides the arrays returned. Two loops run it:
 
   'layers'  the model's own forward, CharRNN.apply with its layers sowing their states: the
             loops training runs (the native CPU LSTM loops, say), one layer after the other
@@ -36,7 +37,11 @@ from charlm import model as model_lib
 from charlm import sampling
 from charlm.errors import UserError
 
-CHUNK = 128
+# Characters per compiled call (streams x chunk) when no chunk is given: more per call measured
+# slower (each call's outputs are fresh memory; docs/speed.md), fewer pay the call's overhead.
+CALL_CHARS = 2048
+MIN_CHUNK = 16
+SCORE_CHUNK = 128  # Ablation's held runs: each returns one number per character.
 LOOPS = ('auto', 'layers', 'steps')
 ABLATE_STREAMS = 16
 ABLATE_ROWS = 512  # The most batch rows (ablated cells x streams) of one ablation pass.
@@ -52,7 +57,7 @@ def stream_bounds(length: int, streams: int) -> list[tuple[int, int]]:
 
 
 def activations(model: model_lib.CharRNN, params, ids, *, start_token: int, streams: int = 1,
-                chunk: int = CHUNK, clamp=(), kinds: Sequence[str] | None = None,
+                chunk: int | None = None, clamp=(), kinds: Sequence[str] | None = None,
                 loop: str = 'auto') -> dict[str, np.ndarray]:
   """What `model` computes on reading `ids`, per character and layer (see the module's doc).
 
@@ -66,6 +71,7 @@ def activations(model: model_lib.CharRNN, params, ids, *, start_token: int, stre
   names = [f'layer{layer}/{kind}' for layer in range(model.num_layers)
            for kind in _check_kinds(kinds, model.cell)]
   grid = _Grid(ids, streams, chunk, start_token)
+  chunk = grid.chunk
   reader = _Reader(model, params, loop, clamp_lib.holds(clamps, model.hidden))
   widths = {name: model.hidden for name in names} | {'logprobs': model.vocab_size}
   out = {name: np.empty((grid.streams, grid.per, w), np.float32) for name, w in widths.items()}
@@ -77,7 +83,7 @@ def activations(model: model_lib.CharRNN, params, ids, *, start_token: int, stre
 
 
 def ablate(model: model_lib.CharRNN, params, ids, cells, *, start_token: int, where=None,
-           streams: int = ABLATE_STREAMS, chunk: int = CHUNK) -> list[dict]:
+           streams: int = ABLATE_STREAMS, chunk: int | None = None) -> list[dict]:
   """The loss of the text with each of `cells` held, one at a time, at its mean over the text.
 
   cells: (layer, kind, index) tuples or 'LAYER:KIND:INDEX' strings, kind 'h' or 'c' (LSTM).
@@ -99,7 +105,7 @@ def ablate(model: model_lib.CharRNN, params, ids, cells, *, start_token: int, wh
       raise UserError(f'where must be a boolean array of one entry per character ({len(ids)}), '
                       f'got {where.dtype} {where.shape}')
   means = _means(model, params, ids, cells, start_token, streams, chunk)
-  grid = _Grid(ids, streams, chunk, start_token)
+  grid = _Grid(ids, streams, chunk, start_token, longest=SCORE_CHUNK * streams)
   names = sorted({f'layer{layer}/{kind}' for layer, kind, _ in cells})
   items = [None, *zip(cells, means, strict=True)]  # None: the unheld run.
   per_pass = max(1, ABLATE_ROWS // grid.streams)
@@ -133,12 +139,17 @@ def ablate(model: model_lib.CharRNN, params, ids, cells, *, start_token: int, wh
 class _Grid:
   """A text cut into `streams` rows of `per` characters each (`stream_bounds`), padded with the
   start token to whole chunks: inputs [streams, padded]. Position (k, t) is character
-  k * per + t, real where that is below the text's length."""
+  k * per + t, real where that is below the text's length. chunk None: CALL_CHARS / streams,
+  at most `per` rounded up to a power of two (so that a short text compiles few shapes)."""
 
-  def __init__(self, ids: np.ndarray, streams: int, chunk: int, start_token: int):
+  def __init__(self, ids: np.ndarray, streams: int, chunk: int | None, start_token: int,
+               longest: int = CALL_CHARS):
+    bounds = stream_bounds(len(ids), streams) or [(0, 1)]  # An empty text: one padded row.
+    if chunk is None:
+      chunk = min(max(MIN_CHUNK, longest // int(streams)),
+                  max(MIN_CHUNK, 1 << (bounds[0][1] - 1).bit_length()))
     if int(chunk) != chunk or chunk < 1:
       raise UserError(f'chunk must be a whole number >= 1, got {chunk}')
-    bounds = stream_bounds(len(ids), streams) or [(0, 1)]  # An empty text: one padded row.
     self.streams, self.per, self.chunk = len(bounds), bounds[0][1], int(chunk)
     self.start_token, self.length = int(start_token), len(ids)
     padded = -(-self.per // self.chunk) * self.chunk
