@@ -72,10 +72,10 @@ def activations(model: model_lib.CharRNN, params, ids, *, start_token: int, stre
            for kind in _check_kinds(kinds, model.cell)]
   grid = _Grid(ids, streams, chunk, start_token)
   chunk = grid.chunk
-  reader = _Reader(model, params, loop, clamp_lib.holds(clamps, model.hidden))
+  reader = _Reader(model, params, loop)
   widths = {name: model.hidden for name in names} | {'logprobs': model.vocab_size}
   out = {name: np.empty((grid.streams, grid.per, w), np.float32) for name, w in widths.items()}
-  for begin, logprobs, states in reader.read(grid, names):
+  for begin, logprobs, states in reader.read(grid, names, clamp_lib.holds(clamps, model.hidden)):
     end = min(begin + chunk, grid.per)
     for name, value in [('logprobs', logprobs), *states.items()]:  # Time-major: [T, S, width].
       out[name][:, begin:end] = value[:end - begin].swapaxes(0, 1)
@@ -108,14 +108,14 @@ def ablate(model: model_lib.CharRNN, params, ids, cells, *, start_token: int, wh
   grid = _Grid(ids, streams, chunk, start_token, longest=SCORE_CHUNK * streams)
   names = sorted({f'layer{layer}/{kind}' for layer, kind, _ in cells})
   items = [None, *zip(cells, means, strict=True)]  # None: the unheld run.
-  per_pass = max(1, ABLATE_ROWS // grid.streams)
+  per_pass = min(len(items), max(1, ABLATE_ROWS // grid.streams))
   totals, where_totals = np.zeros(len(items)), np.zeros(len(items))
+  reader = _Reader(model, params, 'steps')
   for first in range(0, len(items), per_pass):
     group = items[first:first + per_pass]
     holds = _group_holds(group + [None] * (per_pass - len(group)), names, grid.streams,
-                         model.hidden)
-    reader = _Reader(model, params, 'steps', holds)
-    scores = reader.scores(grid, ids, per_pass, where)
+                         model.hidden)  # The last pass padded: one shape, one compile.
+    scores = reader.scores(grid, ids, holds, per_pass, where)
     totals[first:first + len(group)] = scores[0][:len(group)]
     where_totals[first:first + len(group)] = scores[1][:len(group)]
   n, m = len(ids), int(where.sum()) if where is not None else 0
@@ -167,39 +167,39 @@ class _Grid:
 
 
 class _Reader:
-  """One loop's compiled calls on a model's parameters, with `holds` (clamp.holds: [H] or
-  [rows, H] masks and values) on the 'steps' loop."""
+  """One loop's compiled calls on a model's parameters. `holds` (clamp.holds: masks and values
+  [H] or [rows, H]) hold cells on the 'steps' loop."""
 
-  def __init__(self, model, params, loop: str, holds: dict):
-    self.model, self.loop, self.holds = model, loop, holds
+  def __init__(self, model, params, loop: str):
+    self.model, self.loop = model, loop
     self.params = params if loop == 'layers' else sampling.step_weights(model, params)
 
-  def call(self, carry, tokens, names, targets=None):
+  def call(self, carry, tokens, names, holds, targets=None):
     if self.loop == 'layers':
       return _layers_chunk(self.model, self.params, carry, tokens, tuple(names))
-    return _steps_chunk(self.model, self.params, carry, tokens, self.holds, tuple(names),
-                        targets)
+    return _steps_chunk(self.model, self.params, carry, tokens, holds, tuple(names), targets)
 
-  def start(self, rows: int, start_token: int, targets=None):
+  def start(self, rows: int, start_token: int, holds, targets=None):
     """The carry after the start token, and its log-probabilities ([1, rows, V], or of
     `targets` [1, rows])."""
     carry, logprobs, _ = self.call(self.model.initial_carry(rows),
-                                   np.full((rows, 1), start_token, np.int32), (), targets)
+                                   np.full((rows, 1), start_token, np.int32), (), holds, targets)
     return carry, logprobs
 
-  def read(self, grid: _Grid, names) -> Iterator[tuple[int, np.ndarray, dict]]:
+  def read(self, grid: _Grid, names, holds) -> Iterator[tuple[int, np.ndarray, dict]]:
     """Yields (begin, log-probabilities [chunk, S, V], states {name: [chunk, S, H]}) per chunk,
     numpy, time-major; the next chunk is dispatched before this one is copied out."""
-    carry, _ = self.start(grid.streams, grid.start_token)
+    carry, _ = self.start(grid.streams, grid.start_token, holds)
     pending = None
     for begin in range(0, grid.per, grid.chunk):
-      carry, logprobs, states = self.call(carry, grid.inputs[:, begin:begin + grid.chunk], names)
+      carry, logprobs, states = self.call(carry, grid.inputs[:, begin:begin + grid.chunk], names,
+                                          holds)
       if pending:
         yield pending[0], np.asarray(pending[1]), jax.tree.map(np.asarray, pending[2])
       pending = begin, logprobs, states
     yield pending[0], np.asarray(pending[1]), jax.tree.map(np.asarray, pending[2])
 
-  def scores(self, grid: _Grid, ids: np.ndarray, copies: int, where) -> tuple:
+  def scores(self, grid: _Grid, ids: np.ndarray, holds, copies: int, where) -> tuple:
     """Sums of log p(ids[n] | ids[:n]) over all n and over the n where `where` holds, for each
     of `copies` stacks of the grid's rows (one per ablated cell): two arrays [copies]."""
     rows = copies * grid.streams
@@ -209,12 +209,13 @@ class _Reader:
     target_grid = np.full((grid.streams, padded), grid.start_token, np.int32)
     target_grid[:, :grid.per] = targets.reshape(grid.streams, grid.per)
     inputs, target_grid = np.tile(grid.inputs, (copies, 1)), np.tile(target_grid, (copies, 1))
-    carry, first = self.start(rows, grid.start_token, np.full((rows, 1), ids[0], np.int32))
+    carry, first = self.start(rows, grid.start_token, holds,
+                              np.full((rows, 1), ids[0], np.int32))
     first = np.asarray(first)[0, ::grid.streams].astype(np.float64)  # Stream 0 reads ids[0].
     total, where_total = first.copy(), first * (where is not None and where[0])
     for begin in range(0, grid.per, grid.chunk):
       span = slice(begin, begin + grid.chunk)
-      carry, logprobs, _ = self.call(carry, inputs[:, span], (), target_grid[:, span])
+      carry, logprobs, _ = self.call(carry, inputs[:, span], (), holds, target_grid[:, span])
       logprobs = np.asarray(logprobs, np.float64).T.reshape(copies, grid.streams, grid.chunk)
       scored = grid.positions(begin) + 1  # The character each position predicts.
       real = (scored > 0) & (scored < len(ids))
@@ -273,7 +274,7 @@ def _means(model, params, ids, cells, start_token, streams, chunk) -> list[float
   grid = _Grid(ids, streams, chunk, start_token)
   names = sorted({f'layer{layer}/{kind}' for layer, kind, _ in cells})
   sums = {name: np.zeros(model.hidden) for name in names}
-  for begin, _, states in _Reader(model, params, 'layers', {}).read(grid, names):
+  for begin, _, states in _Reader(model, params, 'layers').read(grid, names, {}):
     real = (grid.positions(begin) >= 0).T  # States are time-major.
     for name in names:
       sums[name] += states[name][real].sum(axis=0, dtype=np.float64)
