@@ -1,18 +1,20 @@
 """Speed of looking inside: `internals.activations` against training the same model, in one run.
 
     python experiments/bench_internals.py            # 2x256, 1 and 32 streams, both loops
+    python experiments/bench_internals.py --streams 1,16,64 --kinds all,h,none --rounds 5
     python experiments/bench_internals.py --chars 8000 --rounds 1 --out ''   # a quick look
 
 An LSTM of the size given (vocabulary 65, random weights: speed does not depend on them) reads
 random text with `activations`, for each loop ('layers': the model's own forward; 'steps': one
 compiled step per character, as sampling runs), number of streams and set of states returned
-(--kinds: 'all' is h, c, i, f, g, o of every layer; 'h+c' those two; the log-probabilities
-always), each at its default chunk. Then `ablate` holds --ablate_cells cells of the last layer's
-c, one at a time, over --ablate_chars characters (rate: cells x characters per second). In the
-same process, charlm's train step runs on the same model at the size's batch (`common.Charlm`,
-as bench_train.py runs it). Each round times every variant once and then the train step, so
-that machine noise hits both; the table gives medians over rounds, compiling not counted.
-Target: activations at least 3x training's characters per second.
+(--kinds: 'all' is h, c, i, f, g, o of every layer; 'h+c' those two; 'none' no states, so the
+model's plain forward; the log-probabilities always), each at its default chunk. Then `ablate`
+holds --ablate_cells cells of the last layer's c, one at a time, over --ablate_chars characters
+(rate: cells x characters per second). In the same process, charlm's train step runs on the
+same model at the size's batch (`common.Charlm`, as bench_train.py runs it). Each round times
+every variant once and then the train step, so that machine noise hits both; the table gives
+medians over rounds, compiling not counted. Target: activations at least 3x training's
+characters per second.
 """
 import json
 import os
@@ -33,8 +35,8 @@ _SIZE = flags.DEFINE_string('size', '2x256:32x64', 'LxH:BxT: the model, and the 
                             'runs at.')
 _STREAMS = flags.DEFINE_list('streams', ['1', '32'], 'Numbers of streams to read in.')
 _LOOPS = flags.DEFINE_list('loops', ['layers', 'steps'], "activations' loops to time.")
-_KINDS = flags.DEFINE_list('kinds', ['all'], "Sets of states to return: 'all', or kinds joined "
-                          "by '+' (h+c).")
+_KINDS = flags.DEFINE_list('kinds', ['all'], "Sets of states to return: 'all', 'none', or kinds "
+                          "joined by '+' (h+c).")
 _CHARS = flags.DEFINE_integer('chars', 64000, 'Characters of text per activations call.')
 _ABLATE_CELLS = flags.DEFINE_integer('ablate_cells', 32, 'Cells ablate holds (0: no ablation).')
 _ABLATE_CHARS = flags.DEFINE_integer('ablate_chars', 8000, 'Characters of text ablate reads.')
@@ -66,7 +68,7 @@ def main(argv):
               for kinds in _KINDS.value]
   read = lambda text, loop, streams, kinds: internals.activations(
       model, params, text, start_token=0, streams=streams, loop=loop,
-      kinds=None if kinds == 'all' else kinds.split('+'))
+      kinds={'all': None, 'none': ()}.get(kinds, kinds.split('+')))
   cells = [(size['layers'] - 1, 'c', i) for i in range(_ABLATE_CELLS.value)]
   ablate_ids = rng.integers(0, common.VOCAB, _ABLATE_CHARS.value)
   ablate = lambda text: internals.ablate(model, params, text, cells, start_token=0)
