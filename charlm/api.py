@@ -5,6 +5,8 @@
     print(model.sample(prime='ROMEO:', length=300, temperature=0.8, seed=0))
     model.logprobs('To be, or not to be')  # log-probability of each character, in nats
     model.evaluate(split='test')  # {'chars': ..., 'loss': ..., 'bpc': ..., 'perplexity': ...}
+    model.activations('"Hello," she said.')  # {'layer0/c': [N, hidden], ..., 'logprobs', 'ids'}
+    model.sample(prime='ROMEO:', clamp=['1:c:42=0.9'])  # cell 42 of layer 1's c held at 0.9
 """
 import contextlib
 import math
@@ -15,7 +17,7 @@ import tempfile
 import jax
 import numpy as np
 
-from charlm import corpora, evaluation, inference
+from charlm import corpora, evaluation, inference, internals
 from charlm import data as data_lib
 from charlm.errors import UserError
 from charlm.sampling import Sampler, check_unknown_mode, drop_unknown, unknown_error
@@ -46,32 +48,68 @@ class Model:
 
   def sample(self, prime: str = '', length: int = 500, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-             unknown: str = 'error') -> str:
+             unknown: str = 'error', clamp=()) -> str:
     """The prime followed by `length` generated characters (bytes for a byte-level model).
 
     temperature 0 always takes the most likely character; top_k keeps only the k most likely
     (0: all), top_p the fewest whose probability reaches it (1: all). The same seed gives the
     same text; seed None picks one at random. The prime is read as if it followed a newline.
+    clamp: cells held at values while the prime is read and the text written, as
+    'LAYER:KIND:INDEX=VALUE' strings or charlm.clamp.Clamp objects.
     """
-    return self.samples(1, prime, length, temperature, top_k, top_p, seed, unknown)[0]
+    return self.samples(1, prime, length, temperature, top_k, top_p, seed, unknown, clamp)[0]
 
   def samples(self, num_samples: int, prime: str = '', length: int = 500,
               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-              seed: int | None = None, unknown: str = 'error') -> list[str]:
+              seed: int | None = None, unknown: str = 'error', clamp=()) -> list[str]:
     """`num_samples` samples generated in parallel as one batch; see `sample`."""
     prime = drop_unknown(self.vocab, prime, unknown, 'the prime', SKIP_HINT)[0]
     return self._sampler.sample(
         self.params, prime, length, temperature=temperature, top_k=top_k, top_p=top_p,
-        seed=secrets.randbelow(2 ** 31) if seed is None else seed, num_samples=num_samples)
+        seed=secrets.randbelow(2 ** 31) if seed is None else seed, num_samples=num_samples,
+        clamp=clamp)
 
-  def logprobs(self, text: str, unknown: str = 'error') -> np.ndarray:
+  def logprobs(self, text: str, unknown: str = 'error', clamp=()) -> np.ndarray:
     """log p(character i | characters before it) for every character of `text`, in nats.
 
     The text is read as if it followed a newline, as a prime is. One value per byte of the
-    UTF-8 text for a byte-level model.
+    UTF-8 text for a byte-level model. clamp holds cells, as in `sample`.
     """
-    text = drop_unknown(self.vocab, text, unknown, 'the text', SKIP_HINT)[0]
-    return self._sampler.logprobs(self.params, self.vocab.encode(text))
+    return self._sampler.logprobs(self.params, self._ids(text, unknown), clamp)
+
+  def activations(self, text: str, streams: int = 1, clamp=(), unknown: str = 'error',
+                  kinds=None) -> dict:
+    """What the network computes on reading `text`, per character (charlm.internals).
+
+    Returns numpy arrays by name: 'layer{L}/{kind}' float32 [N, hidden] for kind h (and for an
+    LSTM c, i, f, g, o; for a GRU z, r), 'logprobs' float32 [N, vocab] and 'ids' [N], the
+    text's token ids. Row n is the state after reading character n (the text read as if it
+    followed a newline); logprobs[n] is the distribution of the character after it. streams > 1
+    reads the text in that many parts side by side, faster, each part from the start; clamp
+    holds cells ('LAYER:KIND:INDEX=VALUE'), in the slower step-by-step loop; kinds limits what
+    is returned (default all).
+    """
+    ids = self._ids(text, unknown)
+    out = internals.activations(self.module, self.params, ids, start_token=self._start_token,
+                                streams=streams, clamp=clamp, kinds=kinds)
+    out['ids'] = ids
+    return out
+
+  def ablate(self, text: str, cells, where=None, streams: int = internals.ABLATE_STREAMS,
+             unknown: str = 'error') -> list[dict]:
+    """The loss of `text` with each of `cells` ('LAYER:KIND:INDEX' or (layer, kind, index)),
+    one at a time, replaced by its mean over the text at every step; `where`, a boolean per
+    character, picks characters to report the loss of apart. One dict per cell: see
+    charlm.internals.ablate."""
+    return internals.ablate(self.module, self.params, self._ids(text, unknown), cells,
+                            start_token=self._start_token, where=where, streams=streams)
+
+  @property
+  def _start_token(self) -> int:
+    return self._sampler.start_token
+
+  def _ids(self, text: str, unknown: str) -> np.ndarray:
+    return self.vocab.encode(drop_unknown(self.vocab, text, unknown, 'the text', SKIP_HINT)[0])
 
   def evaluate(self, split: str | None = None, file: str | None = None, batch_size: int = 0,
                unknown: str = 'error', skip_hint: str = SKIP_HINT,

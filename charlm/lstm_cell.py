@@ -1,6 +1,7 @@
 """The LSTM cell, once: its gate arithmetic and gradient, the weight-gradient product, the loops.
 
-Gates are ordered i, f, g, o. `step` is the cell as textbooks write it (a sigmoid per gate);
+Gates are ordered i, f, g, o. `step_states` is the cell as textbooks write it (a sigmoid per
+gate), returning the gates too and able to hold cells (charlm.clamp); `step` is it without them.
 impl='scan' (autodiff through lax.scan, the reference) and sampling run it. The fast loops
 (`lstm_kernel` layer by layer, `lstm_wavefront` all layers at once) share `gates` and
 `gates_grad`, the same function written with one tanh over all 4H rows:
@@ -33,13 +34,29 @@ class LoopOptions:
   saved_gates: str = 'float32'
 
 
+def step_states(w_h, carry, gx, hold=None):
+  """One LSTM step as textbooks write it, with what it computed: carry (c, h) [B, H], gx [B, 4H]
+  -> ((c, h), {'h', 'c', 'i', 'f', 'g', 'o'}), the gates after their sigmoid or tanh.
+
+  `hold(kind, x)`, if given, replaces the new c before h is computed from it and then the new h
+  (charlm.clamp), so that a held c reaches h in the same step.
+  """
+  c, h = carry
+  zi, zf, zg, zo = jnp.split(gx + h @ w_h, 4, axis=-1)
+  i, f, g, o = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
+  c = f * c + i * g
+  if hold:
+    c = hold('c', c)
+  h = o * jnp.tanh(c)
+  if hold:
+    h = hold('h', h)
+  return (c, h), {'h': h, 'c': c, 'i': i, 'f': f, 'g': g, 'o': o}
+
+
 def step(w_h, carry, gx):
   """One LSTM step as textbooks write it: carry (c, h) [B, H], gx [B, 4H] -> ((c, h), h)."""
-  c, h = carry
-  i, f, g, o = jnp.split(gx + h @ w_h, 4, axis=-1)
-  c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-  h = jax.nn.sigmoid(o) * jnp.tanh(c)
-  return (c, h), h
+  carry, states = step_states(w_h, carry, gx)
+  return carry, states['h']
 
 
 def gate_scale(hidden: int, feature_major: bool):
@@ -48,11 +65,16 @@ def gate_scale(hidden: int, feature_major: bool):
   return s[:, None] if feature_major else s
 
 
+def gate_values(t, s, axis):
+  """The gates (i, f, g, o) from t = tanh(s * z), as `gates` computes them."""
+  return jnp.split(t * s + (1 - s), 4, axis=axis)
+
+
 def gates(z, s, c, axis):
   """The gate arithmetic of one step from the gate inputs z: the new (c, h) and t = tanh(s * z);
   the gates lie along `axis` (0 feature-major, -1 batch-major), s is `gate_scale`."""
   t = jnp.tanh(z * s)
-  i, f, g, o = jnp.split(t * s + (1 - s), 4, axis=axis)
+  i, f, g, o = gate_values(t, s, axis)
   c = f * c + i * g
   return c, o * jnp.tanh(c), t
 
@@ -60,7 +82,7 @@ def gates(z, s, c, axis):
 def gates_grad(t, s, c, c_prev, dh, dc, axis):
   """`gates` backward from the saved t, this step's c and the previous c_prev: the gradient dz
   of the gate inputs and the gradient that reaches c_prev, given those (dh, dc) of h and c."""
-  i, f, g, o = jnp.split(t * s + (1 - s), 4, axis=axis)
+  i, f, g, o = gate_values(t, s, axis)
   tc = jnp.tanh(c)
   dc = dc + dh * o * (1 - tc * tc)
   da = jnp.concatenate([dc * g, dc * c_prev, dc * i, dh * tc], axis=axis)

@@ -9,13 +9,15 @@ gradient with a small matmul per step and carries it, and it saves more than it 
 the forward loop saves the gate activations and the previous cell state; the backward loop
 carries only (dh, dc) and emits the gate gradients dz of every step; the weight gradient is
 then one large matmul over all timesteps, h_prev^T dz, and dz itself is the gradient of gx,
-so the input projection's gradients are large matmuls too.
+so the input projection's gradients are large matmuls too. `lstm_states` is the forward loop
+alone, returning the gates it saves.
 
 The loops run as `options` (lstm_cell.LoopOptions) says: natively on a CPU (`lstm_cpu`, one
 call per layer and direction), or as XLA's loops over the cell in `lstm_cell`, with the state
 feature-major ([H, B], as CPUs like it) or batch-major ([B, H], as GPUs like it).
 Measurements behind each choice: docs/speed.md.
 """
+import dataclasses
 import functools
 
 import jax
@@ -121,3 +123,23 @@ def _xla_backward(dhs, ts, c_prevs, c_last, dc_last, dh_last, w_h, options, dz_d
 
 
 lstm.defvjp(_lstm_fwd, _lstm_bwd)
+
+
+def lstm_states(gx, w_h, c0, h0, options: LoopOptions):
+  """`lstm`'s forward loop keeping what every step computed, to look inside (charlm.internals).
+
+  Returns (hs, cT, hT, states): states holds 'h' (hs), 'c' (each step's new cell state) and the
+  gates 'i', 'f', 'g', 'o' after their sigmoid or tanh, each [T, B, H] float32. It reuses what
+  the forward pass saves for the backward one (in float32 whatever options.saved_gates says);
+  no gradient.
+  """
+  options = dataclasses.replace(options, saved_gates='float32')
+  if _check_native(gx, w_h, options):
+    hs, c, h, ts, c_prevs = lstm_cpu.forward_saving(gx, w_h, c0, h0)
+  else:
+    (hs, ts, c_prevs), c, h, _ = _forward(gx, w_h, c0, h0, options, save=True)
+    if options.feature_major:  # Saved in the loop's layout, [T, 4H, B] and [T, H, B].
+      ts, c_prevs = jnp.swapaxes(ts, 1, 2), jnp.swapaxes(c_prevs, 1, 2)
+  i, f, g, o = lstm_cell.gate_values(ts, lstm_cell.gate_scale(h0.shape[-1], False), axis=-1)
+  cs = jnp.concatenate([c_prevs[1:], c[None]])
+  return hs, c, h, {'h': hs, 'c': cs, 'i': i, 'f': f, 'g': g, 'o': o}

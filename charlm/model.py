@@ -26,6 +26,9 @@ from charlm.errors import UserError
 from charlm.lstm_cell import LoopOptions
 
 CELLS = ('lstm', 'gru', 'rnn')
+# What each cell's layers compute per step, as they sow it: the hidden state h, an LSTM's cell
+# state c and gates i, f, g, o (after their sigmoid or tanh), a GRU's update and reset gates.
+STATES = {'lstm': ('h', 'c', 'i', 'f', 'g', 'o'), 'gru': ('h', 'z', 'r'), 'rnn': ('h',)}
 IMPLS = ('auto', 'fused', 'scan', 'wavefront')
 DTYPES = ('float32', 'bfloat16')
 GATE_INPUTS = ('auto', 'float32', 'bfloat16')
@@ -44,19 +47,26 @@ DEFAULTS = {'impl': 'auto', 'dtype': 'float32', 'gate_inputs': 'auto', 'saved_ga
             'native_cpu': True}
 
 
-def gru_step(w_h, b_h, carry, gx):
+def gru_step_states(w_h, b_h, carry, gx, hold=None):
+  """One GRU step, with its gates: carry (h,) [B, H], gx [B, 3H] -> ((h,), {'h', 'z', 'r'});
+  `hold(kind, x)`, if given, replaces the new h (charlm.clamp)."""
   (h,) = carry
   xr, xz, xn = jnp.split(gx, 3, axis=-1)
   hr, hz, hn = jnp.split(h @ w_h + b_h, 3, axis=-1)
   r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
   h = (1 - z) * jnp.tanh(xn + r * hn) + z * h
-  return (h,), h
+  if hold:
+    h = hold('h', h)
+  return (h,), {'h': h, 'z': z, 'r': r}
 
 
-def rnn_step(w_h, carry, gx):
+def rnn_step_states(w_h, carry, gx, hold=None):
+  """One tanh RNN step: carry (h,) [B, H], gx [B, H] -> ((h,), {'h'}); `hold` as for a GRU."""
   (h,) = carry
   h = jnp.tanh(gx + h @ w_h)
-  return (h,), h
+  if hold:
+    h = hold('h', h)
+  return (h,), {'h': h}
 
 
 def project_dot_general(x, w, dimension_numbers, precision=None):
@@ -100,7 +110,9 @@ class Recurrent(nn.Module):
   """One recurrent layer over a time-major [T, B, features] sequence.
 
   With `tokens` [T, B], `xs` is instead an embedding table [vocab, features]: the layer
-  projects the table and looks each token's row up.
+  projects the table and looks each token's row up. When the 'intermediates' collection is
+  mutable, the layer sows what its steps computed, STATES[cell], each [T, B, H] (forward only;
+  charlm.internals reads them).
   """
   cell: str
   hidden: int
@@ -120,25 +132,44 @@ class Recurrent(nn.Module):
     if tokens is not None:
       gx = jnp.take(gx, tokens, axis=0, mode='clip')  # Ids are in range; 'fill' costs a select.
     w_h = self.param('recurrent', nn.initializers.orthogonal(), (h, gates * h))
+    recording = self.is_mutable_collection('intermediates')
     if fused:
-      hs, c, h_last = lstm_kernel.lstm(gx.astype(self.gate_inputs), w_h.astype(self.dtype),
-                                       *carry, self.loops)
+      loop_args = (gx.astype(self.gate_inputs), w_h.astype(self.dtype), *carry, self.loops)
+      if recording:
+        hs, c, h_last, states = lstm_kernel.lstm_states(*loop_args)
+        self._record(states)
+      else:
+        hs, c, h_last = lstm_kernel.lstm(*loop_args)
       return (c, h_last), hs
     if self.cell == 'lstm':
-      step = lambda c, x: lstm_cell.step(w_h, c, x)
+      step_states = lambda c, x: lstm_cell.step_states(w_h, c, x)
     elif self.cell == 'gru':
       b_h = self.param('recurrent_bias', nn.initializers.zeros, (gates * h,))
-      step = lambda c, x: gru_step(w_h, b_h, c, x)
+      step_states = lambda c, x: gru_step_states(w_h, b_h, c, x)
     else:
-      step = lambda c, x: rnn_step(w_h, c, x)
-    return jax.lax.scan(step, carry, gx)
+      step_states = lambda c, x: rnn_step_states(w_h, c, x)
+
+    def step(c, x):
+      c, states = step_states(c, x)
+      return c, states if recording else states['h']
+
+    carry, ys = jax.lax.scan(step, carry, gx)
+    if not recording:
+      return carry, ys
+    self._record(ys)
+    return carry, ys['h']
+
+  def _record(self, states):
+    for kind in STATES[self.cell]:
+      self.sow('intermediates', kind, states[kind])
 
 
 class CharRNN(nn.Module):
   """tokens [batch, time] and carry -> logits [batch, time, vocab] and the next carry.
 
   impl, dtype, gate_inputs and loops are what `resolve` made of config.model; `from_config`
-  builds the model with them.
+  builds the model with them. With the 'intermediates' collection mutable, each layer sows its
+  states (`Recurrent`); a wavefront model then runs its layers one by one, as 'fused' does.
   """
   vocab_size: int
   cell: str = 'lstm'
@@ -158,7 +189,8 @@ class CharRNN(nn.Module):
     embed = nn.Embed(self.vocab_size, self.embed or self.hidden,
                      embedding_init=nn.initializers.normal(1.0), name='embed')
     tokens = tokens.T
-    if self.impl == 'wavefront' and self.cell == 'lstm' and self.num_layers > 1:
+    recording = self.is_mutable_collection('intermediates')  # Only the layer loops sow.
+    if self.impl == 'wavefront' and self.cell == 'lstm' and self.num_layers > 1 and not recording:
       x, new_carry = self._wavefront(embed, tokens, carry, train)
     else:
       x, new_carry = self._layer_by_layer(embed, tokens, carry, train)

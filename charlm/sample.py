@@ -2,10 +2,13 @@
 
     python -m charlm.sample --workdir runs/shakespeare_small [--prime "ROMEO:"] [--length 1000]
         [--temperature 0.8] [--top_k K] [--top_p P] [--num_samples N] [--seed S] [--output FILE]
+        [--clamp LAYER:KIND:INDEX=VALUE ...]
 
 The config and vocabulary come from the checkpoint: --step latest, best or a step number
 (default: the best if there is one, else the latest). One sample streams to the terminal as it
 is generated; several are generated in parallel as one batch and printed one after another.
+Each --clamp holds one cell of the network at a value at every step (charlm.clamp), e.g.
+--clamp 1:c:42=0.9 holds cell 42 of layer 1's cell state.
 """
 import secrets
 import sys
@@ -35,6 +38,8 @@ _SEED = flags.DEFINE_integer('seed', None, 'The same seed gives the same text (d
 _OUTPUT = flags.DEFINE_string('output', None, 'Write to this file instead of stdout.')
 _UNKNOWN = flags.DEFINE_enum('unknown', 'error', ['error', 'skip'], 'Prime characters outside '
                              "the model's vocabulary: an error, or skip them with a warning.")
+_CLAMP = flags.DEFINE_multi_string('clamp', [], 'LAYER:KIND:INDEX=VALUE: hold that cell (kind h, '
+                                   'or c for an LSTM) at VALUE while generating; repeatable.')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -54,11 +59,12 @@ def read_prime() -> str:
 
 def main(argv):
   del argv
-  from charlm import data, inference, sampling  # Imports JAX; keep flag errors fast.
+  from charlm import clamp, data, inference, sampling  # Imports JAX; keep flag errors fast.
   prime = read_prime()
   sampling.check_options(_LENGTH.value, _TEMPERATURE.value, _TOP_K.value, _TOP_P.value,
                          _NUM_SAMPLES.value)
   _, vocab, model, params, _ = inference.load_checkpoint(_WORKDIR.value, _STEP.value)
+  clamps = clamp.check(_CLAMP.value, model)
   prime, missing, dropped = sampling.drop_unknown(vocab, prime, _UNKNOWN.value)
   if dropped:
     print(f'warning: dropped {dropped} characters outside the vocabulary from the prime: '
@@ -69,7 +75,7 @@ def main(argv):
     print(f'seed {seed} (--seed {seed} gives this text again)', file=sys.stderr, flush=True)
   sampler = sampling.Sampler(model, vocab)
   options = dict(temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
-                 seed=seed, num_samples=_NUM_SAMPLES.value)
+                 seed=seed, num_samples=_NUM_SAMPLES.value, clamp=clamps)
   out = sys.stdout
   if _OUTPUT.value:
     try:

@@ -7,7 +7,8 @@ function, equal up to float rounding): the first layer's input projection of eve
 is looked up in a table computed once per call, instead of an embedding and a matmul per step.
 It computes in float32 whatever `model.dtype`: for a bfloat16 model, equal up to bf16 rounding.
 Tokens are drawn by inverse CDF from uniforms drawn a chunk at a time; they depend only on the
-seed (chunk c uses fold_in(key, c)), so the same seed gives the same text.
+seed (chunk c uses fold_in(key, c)), so the same seed gives the same text. A clamp
+(charlm.clamp) holds cells at chosen values at every step while a prime is read and text written.
 """
 import codecs
 import functools
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from charlm import clamp as clamp_lib
 from charlm import lstm_cell
 from charlm import model as model_lib
 from charlm.data import Vocab, show_chars
@@ -86,26 +88,40 @@ def _step_weights(model, params, table: bool) -> dict:
   return {'layers': layers, 'output': params['output']}
 
 
-def _cell_step(cell: str, layer: dict, carry, gx):
+def _cell_step(cell: str, layer: dict, carry, gx, hold):
   if cell == 'lstm':
-    return lstm_cell.step(layer['recurrent'], carry, gx)
+    return lstm_cell.step_states(layer['recurrent'], carry, gx, hold)
   if cell == 'gru':
-    return model_lib.gru_step(layer['recurrent'], layer['recurrent_bias'], carry, gx)
-  return model_lib.rnn_step(layer['recurrent'], carry, gx)
+    return model_lib.gru_step_states(layer['recurrent'], layer['recurrent_bias'], carry, gx, hold)
+  return model_lib.rnn_step_states(layer['recurrent'], carry, gx, hold)
 
 
-def step(model: model_lib.CharRNN, weights: dict, carry, tokens):
-  """tokens [B] -> logits [B, V] and the next carry: `model.apply` on tokens[:, None]."""
-  x, new_carry = None, []
+def step_states(model: model_lib.CharRNN, weights: dict, carry, tokens, holds=None):
+  """`step` with what each layer computed and cells held: (logits, next carry, states), states
+  a list of {kind: [B, H]} per layer (model.STATES); `holds` as clamp.holds makes them."""
+  x, new_carry, states = None, [], []
   for i, layer in enumerate(weights['layers']):
     if 'table' in layer:
       gx = layer['table'][tokens]
     else:
       gx = (layer['embedding'][tokens] if i == 0 else x) @ layer['kernel'] + layer['bias']
-    layer_carry, x = _cell_step(model.cell, layer, carry[i], gx)
+    layer_carry, layer_states = _cell_step(model.cell, layer, carry[i], gx,
+                                           clamp_lib.hold_fn(holds, i))
+    x = layer_states['h']
     new_carry.append(layer_carry)
+    states.append(layer_states)
   out = weights['output']
-  return x @ out['kernel'] + out['bias'], tuple(new_carry)
+  return x @ out['kernel'] + out['bias'], tuple(new_carry), states
+
+
+def step(model: model_lib.CharRNN, weights: dict, carry, tokens, clamp=()):
+  """tokens [B] -> logits [B, V] and the next carry: `model.apply` on tokens[:, None].
+
+  `clamp`, a tuple of clamp.Clamp (static under jit), holds those cells at every step.
+  """
+  logits, carry, _ = step_states(model, weights, carry, tokens,
+                                 clamp_lib.holds(clamp, model.hidden))
+  return logits, carry
 
 
 def choose(u, logits, temperature, top_k: int = 0, top_p=None):
@@ -132,13 +148,13 @@ def choose(u, logits, temperature, top_k: int = 0, top_p=None):
   return jnp.where(t[:, 0] > 0, drawn, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 7, 8))
-def _generate_chunk(model, weights, carry, last, key, temperature, top_p, top_k, nucleus):
+@functools.partial(jax.jit, static_argnums=(0, 7, 8, 9))
+def _generate_chunk(model, weights, carry, last, key, temperature, top_p, top_k, nucleus, clamp):
   us = 1.0 - jax.random.uniform(key, (CHUNK, last.shape[0]))
 
   def body(state, u):
     carry, last = state
-    logits, carry = step(model, weights, carry, last)
+    logits, carry = step(model, weights, carry, last, clamp)
     token = choose(u, logits, temperature, top_k, top_p if nucleus else None)
     return (carry, token), token
 
@@ -146,15 +162,15 @@ def _generate_chunk(model, weights, carry, last, key, temperature, top_p, top_k,
   return carry, last, tokens.T
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _feed_chunk(model, weights, carry, tokens, valid):
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _feed_chunk(model, weights, carry, tokens, valid, clamp):
   """Reads tokens [B, CHUNK] (steps where `valid` is False leave the carry as it was).
 
   Returns the carry and the log-probabilities [B, CHUNK, V] of the token after each.
   """
   def body(carry, inputs):
     token, ok = inputs
-    logits, new_carry = step(model, weights, carry, token)
+    logits, new_carry = step(model, weights, carry, token, clamp)
     carry = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_carry, carry)
     return carry, jax.nn.log_softmax(logits.astype(jnp.float32))
 
@@ -178,29 +194,33 @@ class Sampler:
     newline = vocab.encode('\n') if not vocab.unknown('\n') else [0]
     self.start_token = int(newline[0])
 
-  def _feed(self, weights, carry, ids: np.ndarray):
+  def _feed(self, weights, carry, ids: np.ndarray, clamp=()):
     """Reads token ids [B, n] from `carry`: the new carry and log-probabilities per chunk."""
     log_probs = []
     for begin in range(0, ids.shape[1], CHUNK):
       piece = ids[:, begin:begin + CHUNK]
       n = piece.shape[1]
       padded = np.pad(piece, ((0, 0), (0, CHUNK - n)))
-      carry, lp = _feed_chunk(self.model, weights, carry, padded, np.arange(CHUNK) < n)
+      carry, lp = _feed_chunk(self.model, weights, carry, padded, np.arange(CHUNK) < n, clamp)
       log_probs.append(lp[:, :n])
     return carry, log_probs
 
   def generate(self, params, prime_ids, length: int, temperature=1.0, top_k: int = 0,
-               top_p: float = 1.0, seed: int = 0, num_samples: int = 1) -> Iterator[np.ndarray]:
+               top_p: float = 1.0, seed: int = 0, num_samples: int = 1,
+               clamp=()) -> Iterator[np.ndarray]:
     """Yields [num_samples, n] arrays of new token ids, chunk by chunk, `length` in total.
 
-    `temperature` is one number or one per sample.
+    `temperature` is one number or one per sample. `clamp` (clamp.Clamp objects or
+    'LAYER:KIND:INDEX=VALUE' strings) holds those cells while the prime is read and the text
+    generated.
     """
     temps = np.broadcast_to(np.asarray(temperature, np.float32), (num_samples,))
     check_options(length, temps, top_k, top_p, num_samples)
+    clamp = clamp_lib.check(clamp, self.model)
     top_k = 0 if top_k >= self.vocab.size else int(top_k)
     weights = step_weights(self.model, params)
     ids = np.concatenate([[self.start_token], np.asarray(prime_ids).reshape(-1)]).astype(np.int32)
-    carry, _ = self._feed(weights, self.model.initial_carry(1), ids[None, :-1])
+    carry, _ = self._feed(weights, self.model.initial_carry(1), ids[None, :-1], clamp)
     carry = jax.tree.map(lambda c: jnp.repeat(c, num_samples, axis=0), carry)
     last = jnp.full((num_samples,), ids[-1], jnp.int32)
     key = jax.random.PRNGKey(seed)
@@ -208,7 +228,7 @@ class Sampler:
     while done < length:
       carry, last, tokens = _generate_chunk(
           self.model, weights, carry, last, jax.random.fold_in(key, index), temps,
-          jnp.float32(top_p), top_k, top_p < 1)
+          jnp.float32(top_p), top_k, top_p < 1, clamp)
       if pending is not None:  # The next chunk is already dispatched while this one is read.
         yield np.asarray(pending[0])[:, :pending[1]]
       n = min(CHUNK, length - done)
@@ -235,14 +255,16 @@ class Sampler:
     pieces = list(self.stream_text(params, prime, length, **kwargs))
     return [prime + ''.join(p[i] for p in pieces) for i in range(num)]
 
-  def logprobs(self, params, ids) -> np.ndarray:
-    """log p(ids[i] | ids[:i]) for every i, in nats; ids[0] is read after the start token."""
+  def logprobs(self, params, ids, clamp=()) -> np.ndarray:
+    """log p(ids[i] | ids[:i]) for every i, in nats; ids[0] is read after the start token.
+    `clamp` holds cells, as in `generate`."""
+    clamp = clamp_lib.check(clamp, self.model)
     ids = np.asarray(ids, np.int32).reshape(-1)
     if len(ids) == 0:
       return np.zeros(0, np.float32)
     inputs = np.concatenate([[self.start_token], ids[:-1]]).astype(np.int32)
     _, chunks = self._feed(step_weights(self.model, params), self.model.initial_carry(1),
-                           inputs[None])
+                           inputs[None], clamp)
     log_probs = np.concatenate([np.asarray(c[0]) for c in chunks])
     return np.take_along_axis(log_probs, ids[:, None], axis=1)[:, 0]
 

@@ -86,6 +86,21 @@ def test_bench_train_times_each_variant(tmp_path):
   assert rows[1]['describe'].startswith("model.impl='wavefront' (XLA's loops")
 
 
+def test_bench_internals_times_each_loop_streams_and_states(tmp_path):
+  out_json = tmp_path / 'internals.json'
+  out = run(['experiments/bench_internals.py', '--size', '2x16:4x8', '--streams', '1,4',
+             '--kinds', 'all,h+c,none', '--chars', '300', '--rounds', '1', '--steps', '2',
+             '--ablate_cells', '3', '--ablate_chars', '100', '--out', str(out_json)]).stdout
+  result = json.loads(out_json.read_text())
+  rows = result['rows']
+  assert [(r['loop'], r['streams'], r['kinds']) for r in rows] == [
+      (loop, streams, kinds) for loop in ('layers', 'steps') for streams in (1, 4)
+      for kinds in ('all', 'h+c', 'none')]
+  assert all(r['chars_per_s'] > 0 and len(r['rounds']) == 1 for r in rows)
+  assert result['training_chars_per_s'] > 0 and result['ablate']['cells'] == 3
+  assert '| layers | 4 | h+c |' in out and 'ablate: 3 cells over 100 characters' in out
+
+
 def test_benchmark_mistakes_are_one_line_errors():
   for args, error in [
       (['experiments/bench_train.py', '--variant', 'model.impl=fused,model.saved_gate=float16'],
