@@ -90,7 +90,7 @@ class Model:
     is returned (default all).
     """
     ids = self._ids(text, unknown)
-    out = internals.activations(self.module, self.params, ids, start_token=self._start_token,
+    out = internals.activations(self.module, self.params, ids, start_token=self.start_token,
                                 streams=streams, clamp=clamp, kinds=kinds)
     out['ids'] = ids
     return out
@@ -102,10 +102,11 @@ class Model:
     character, picks characters to report the loss of apart. One dict per cell: see
     charlm.internals.ablate."""
     return internals.ablate(self.module, self.params, self._ids(text, unknown), cells,
-                            start_token=self._start_token, where=where, streams=streams)
+                            start_token=self.start_token, where=where, streams=streams)
 
   @property
-  def _start_token(self) -> int:
+  def start_token(self) -> int:
+    """The token a text is read after: a newline (token 0 if the vocabulary has none)."""
     return self._sampler.start_token
 
   def _ids(self, text: str, unknown: str) -> np.ndarray:
@@ -135,7 +136,7 @@ class Model:
         split = split or 'test'
         if split not in ('train', 'val', 'test'):
           raise UserError(f'unknown split {split!r}; use train, val or test')
-        tokens = self._split_tokens(split)
+        tokens = self.split_tokens(split)
         what = f'the {split} split'
         result['split'] = split
       if len(tokens) < 2:
@@ -191,7 +192,8 @@ class Model:
     except OSError:
       return tempfile.TemporaryFile(prefix='charlm-evaluate-')
 
-  def _split_tokens(self, split: str) -> np.ndarray:
+  def split_tokens(self, split: str) -> np.ndarray:
+    """The tokens of a split ('train', 'val', 'test') of the run's corpus, prepared again."""
     data = self.config.data
     if data.path and not os.path.isfile(os.path.expanduser(data.path)):
       raise UserError(f'the run was trained on {data.path}, which is not there from here; run '
