@@ -1,20 +1,31 @@
-"""Run logs: TensorBoard events (tensorboardX), metrics.jsonl and samples.md, from process 0."""
+"""Run logs: TensorBoard events (tensorboardX), metrics.jsonl and samples.md, from process 0.
+
+A run that resumes from step N (0 when fresh) first drops what was logged after N, so that the
+steps it replays appear once in every log, even after a kill -9 between checkpoints.
+"""
 import json
 import os
+import re
 
 import jax
+
+from charlm import atomic
 
 
 class MetricWriter:
   """Writes scalars and text; a no-op on every process but the first."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, step: int = 0):
+    """Logs of the run in `workdir` resuming from `step`: later entries are dropped first."""
     self.active = jax.process_index() == 0
     self.workdir = workdir
     self._tb = None
     if self.active:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(logdir=workdir, flush_secs=10)
+      trim_jsonl(os.path.join(workdir, 'metrics.jsonl'), step)
+      trim_samples(os.path.join(workdir, 'samples.md'), step)
+      # Hides older events at steps > `step` from TensorBoard (a SessionLog.START at step+1).
+      self._tb = SummaryWriter(logdir=workdir, flush_secs=10, purge_step=step + 1)
       self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
 
   def scalars(self, step: int, values: dict):
@@ -55,3 +66,50 @@ class MetricWriter:
       self._tb.close()
       self._jsonl.close()
       self.active = False
+
+
+def trim_jsonl(path: str, step: int):
+  """Keeps the rows of metrics.jsonl up to `step`; skips (and reports) undecodable lines, such
+  as a torn or NUL-filled last line, and rewrites the file atomically if anything changed."""
+  if not os.path.exists(path):
+    return
+  with open(path, 'rb') as f:
+    old = f.read()
+  kept, bad = [], 0
+  for line in old.split(b'\n'):
+    clean = line.strip(b' \t\r\0')
+    if not clean:
+      bad += b'\0' in line  # A run of NULs, where a crash lost the data.
+      continue
+    try:
+      row = json.loads(clean.decode('utf-8'))
+      row_step = int(row['step'])
+    except (ValueError, TypeError, KeyError):  # UnicodeDecodeError is a ValueError.
+      bad += 1
+      continue
+    if row_step <= step:
+      kept.append(clean + b'\n')
+  new = b''.join(kept)
+  if bad:
+    print(f'warning: skipped {bad} undecodable line{"s" if bad > 1 else ""} of {path} (torn '
+          'by a crash); the other rows are kept', flush=True)
+  if new != old:
+    atomic.write_bytes(path, new)
+
+
+_STEP_HEADER = re.compile(r'^## step (\d+)', re.MULTILINE)
+
+
+def trim_samples(path: str, step: int):
+  """Keeps the sections of samples.md (each from a `## step N` header) up to `step`."""
+  if not os.path.exists(path):
+    return
+  with open(path, encoding='utf-8', errors='replace') as f:
+    old = f.read()
+  text = old.replace('\0', '')
+  for header in _STEP_HEADER.finditer(text):
+    if int(header.group(1)) > step:
+      text = text[:header.start()]
+      break
+  if text != old:
+    atomic.write_text(path, text)

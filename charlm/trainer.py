@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from charlm import corpora, loop, sharding
+from charlm import atomic, corpora, loop, sharding
 from charlm import data as data_lib
 from charlm import model as model_lib
 from charlm.checkpoint import Checkpoints
@@ -137,17 +137,6 @@ def _check_compatible(meta: dict, vocab, config, workdir):
                     'with the same values or use a new --workdir')
 
 
-def _truncate_metrics(workdir, step):
-  """Drops metrics.jsonl lines logged after the checkpoint a run resumes from."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if jax.process_index() != 0 or not os.path.exists(path):
-    return
-  with open(path) as f:
-    lines = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
-  with open(path, 'w') as f:
-    f.writelines(lines)
-
-
 # ---------------------------------------------------------------------------------------------
 # The loop.
 
@@ -178,22 +167,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_iter.set_state(meta['data'])
     progress.update(meta['progress'])
     print(f'resuming {workdir} from step {start}', flush=True)
-    _truncate_metrics(workdir, start)
   else:
     start = 0
     state = jax.jit(init_state, out_shardings=state_sharding)(jax.random.PRNGKey(tc.seed))
 
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, start)  # Drops what a crash logged after `start`.
   if writer.active:
     platform = mesh.devices.flat[0].platform.upper()
     resolved = model_lib.resolved(model)
     print(f'training on {mesh.size} {platform} device{"s" if mesh.size > 1 else ""}, '
           f'{resolved.describe()}', flush=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:  # With what 'auto' chose.
-      json.dump({**json.loads(config.to_json_best_effort()), 'resolved': {
-          'model': resolved.to_json(), 'train': {'devices': mesh.size}}}, f, indent=2)
-    with open(os.path.join(workdir, 'vocab.json'), 'w') as f:
-      json.dump(corpus.vocab.to_json(), f, ensure_ascii=False)
+    atomic.write_json(os.path.join(workdir, 'config.json'), {  # With what 'auto' chose.
+        **json.loads(config.to_json_best_effort()), 'resolved': {
+            'model': resolved.to_json(), 'train': {'devices': mesh.size}}}, indent=2)
+    atomic.write_json(os.path.join(workdir, 'vocab.json'), corpus.vocab.to_json())
 
   data = sharding.batch_sharding(mesh)
   train_step = jax.jit(make_train_step(model, tx),

@@ -1,0 +1,74 @@
+"""Crash consistency: what a kill -9 or a power loss leaves behind resumes cleanly."""
+import json
+import os
+import shutil
+
+from conftest import smoke_config
+
+from charlm import trainer
+
+LOGS = dict(train__log_every=1, train__eval_every=5, train__ckpt_every=10, train__sample_every=5,
+            train__sample_length=8)
+
+
+def rows(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def steps_of(workdir, key='train/loss'):
+  return [r['step'] for r in rows(workdir) if key in r]
+
+
+def scalar_steps(workdir, tag):
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  events = EventAccumulator(str(workdir))
+  events.Reload()
+  return [e.step for e in events.Scalars(tag)]
+
+
+def sample_steps(workdir):
+  with open(os.path.join(workdir, 'samples.md')) as f:
+    return [int(line.split()[2].rstrip(',')) for line in f if line.startswith('## step ')]
+
+
+def killed_past_its_last_checkpoint(tmp_path):
+  """A run that logged steps 1-15 and was killed before saving its checkpoint at 15."""
+  workdir = tmp_path / 'run'
+  trainer.train_and_evaluate(smoke_config(tmp_path, train__steps=15, **LOGS), str(workdir))
+  shutil.rmtree(workdir / 'checkpoints' / '15')
+  return workdir
+
+
+def test_resume_after_a_kill_shows_each_step_once_in_tensorboard_and_samples(tmp_path):
+  workdir = killed_past_its_last_checkpoint(tmp_path)
+  trainer.train_and_evaluate(smoke_config(tmp_path, train__steps=20, **LOGS), str(workdir))
+  assert steps_of(workdir) == list(range(1, 21))
+  assert scalar_steps(workdir, 'train/loss') == list(range(1, 21))
+  assert scalar_steps(workdir, 'val/loss') == [5, 10, 15, 20]
+  assert sample_steps(workdir) == [5, 10, 15, 20]
+
+
+def test_a_torn_metrics_line_is_skipped_with_a_warning_and_the_file_replaced(tmp_path, capsys):
+  workdir = killed_past_its_last_checkpoint(tmp_path)
+  with open(workdir / 'metrics.jsonl', 'ab') as f:  # Mid-write of a row, then a power loss.
+    f.write(b'{"step": 16, "train/lo' + b'\0' * 64 + b'\n' + b'\0' * 64)
+  inode = os.stat(workdir / 'metrics.jsonl').st_ino
+  capsys.readouterr()
+  trainer.train_and_evaluate(smoke_config(tmp_path, train__steps=20, **LOGS), str(workdir))
+  assert 'warning: skipped 2 undecodable lines of' in capsys.readouterr().out
+  assert os.stat(workdir / 'metrics.jsonl').st_ino != inode  # Rewritten by a rename.
+  assert [p for p in os.listdir(workdir) if p.endswith('.tmp')] == []
+  assert steps_of(workdir) == list(range(1, 21))
+  assert steps_of(workdir, 'val/loss') == [5, 10, 15, 20]
+
+
+def test_a_fresh_start_drops_the_logs_of_a_run_killed_before_its_first_checkpoint(tmp_path):
+  workdir = tmp_path / 'run'
+  config = smoke_config(tmp_path, train__steps=5, **LOGS)
+  trainer.train_and_evaluate(config, str(workdir))
+  shutil.rmtree(workdir / 'checkpoints' / '5')  # Killed before the first save.
+  trainer.train_and_evaluate(config, str(workdir))
+  assert steps_of(workdir) == [1, 2, 3, 4, 5]
+  assert scalar_steps(workdir, 'train/loss') == [1, 2, 3, 4, 5]
+  assert sample_steps(workdir) == [5]
