@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from charlm import atomic
 from charlm.cache import CHUNK_BYTES, default_cache_dir, sha256_file
 from charlm.errors import UserError
 
@@ -267,12 +268,15 @@ def prepare(path: str, level: str = 'char', cache_dir: str = '',
 
   digest = None
   if os.path.exists(meta_path):
-    with open(meta_path) as f:
-      meta = json.load(f)
-    if {k: meta.get(k) for k in fingerprint} == fingerprint:
-      digest = sha256_file(path)
-      if digest == meta['sha256']:
-        return _load(cache, path)
+    try:
+      meta = _read_meta(meta_path)
+      if {k: meta.get(k) for k in fingerprint} == fingerprint:
+        digest = sha256_file(path)
+        if digest == meta.get('sha256'):
+          return _load(cache, path, meta.get('num_tokens'))
+    except _CorruptCache as e:  # Left by a crash: rebuilt from the source, which is here.
+      print(f'warning: the token cache {cache} is corrupt ({e}); rebuilding it from {path}',
+            flush=True)
 
   os.makedirs(root, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f'.{stem}-', dir=root)
@@ -295,16 +299,39 @@ def prepare(path: str, level: str = 'char', cache_dir: str = '',
   return _load(cache, path)
 
 
-def _load(cache: str, source: str) -> Corpus:
-  with open(os.path.join(cache, 'vocab.json')) as f:
-    vocab = Vocab.from_json(json.load(f))
-  tokens = np.memmap(os.path.join(cache, 'tokens.bin'), dtype=vocab.dtype, mode='r')
+class _CorruptCache(Exception):
+  """A cache entry that a crash left incomplete; its message says what is wrong."""
+
+
+def _read_meta(meta_path: str) -> dict:
+  try:
+    with open(meta_path, 'rb') as f:
+      meta = json.loads(f.read().decode('utf-8'))
+  except ValueError as e:  # JSONDecodeError and UnicodeDecodeError both are.
+    raise _CorruptCache(f'meta.json is not valid JSON: {e}') from None
+  if not isinstance(meta, dict):
+    raise _CorruptCache('meta.json is not a JSON object')
+  return meta
+
+
+def _load(cache: str, source: str, num_tokens: int | None = None) -> Corpus:
+  """The cached corpus; checks the token file against the length meta.json recorded."""
+  try:
+    with open(os.path.join(cache, 'vocab.json'), 'rb') as f:
+      vocab = Vocab.from_json(json.loads(f.read().decode('utf-8')))
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise _CorruptCache(f'vocab.json is unreadable: {e}') from None
+  tokens_path = os.path.join(cache, 'tokens.bin')
+  size = os.path.getsize(tokens_path) if os.path.exists(tokens_path) else None
+  expected = None if num_tokens is None else int(num_tokens) * np.dtype(vocab.dtype).itemsize
+  if size is None or (expected is not None and size != expected):
+    raise _CorruptCache(f'tokens.bin has {size} bytes, meta.json records {expected}')
+  tokens = np.memmap(tokens_path, dtype=vocab.dtype, mode='r')
   return Corpus(tokens=tokens, vocab=vocab, source=source, cache=cache)
 
 
 def _write_json(path, obj):
-  with open(path, 'w') as f:
-    json.dump(obj, f, ensure_ascii=False)
+  atomic.write_json(path, obj)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,12 +3,19 @@ import json
 import os
 import shutil
 
+import numpy as np
+import pytest
 from conftest import smoke_config
 
-from charlm import trainer
+from charlm import data, trainer
 
 LOGS = dict(train__log_every=1, train__eval_every=5, train__ckpt_every=10, train__sample_every=5,
             train__sample_length=8)
+
+
+def current_umask():
+  with open('/proc/self/status') as f:
+    return next(int(line.split()[1], 8) for line in f if line.startswith('Umask:'))
 
 
 def rows(workdir):
@@ -68,7 +75,45 @@ def test_a_fresh_start_drops_the_logs_of_a_run_killed_before_its_first_checkpoin
   config = smoke_config(tmp_path, train__steps=5, **LOGS)
   trainer.train_and_evaluate(config, str(workdir))
   shutil.rmtree(workdir / 'checkpoints' / '5')  # Killed before the first save.
+  inodes = {name: os.stat(workdir / name).st_ino for name in ('config.json', 'vocab.json')}
   trainer.train_and_evaluate(config, str(workdir))
+  for name, inode in inodes.items():  # Replaced by a rename, never truncated in place.
+    assert os.stat(workdir / name).st_ino != inode, name
+    assert os.stat(workdir / name).st_mode & 0o777 == 0o666 & ~current_umask(), name
   assert steps_of(workdir) == [1, 2, 3, 4, 5]
   assert scalar_steps(workdir, 'train/loss') == [1, 2, 3, 4, 5]
   assert sample_steps(workdir) == [5]
+
+
+# The token cache.
+
+def cache_entry(tmp_path, text_file):
+  corpus = data.prepare(text_file, cache_dir=str(tmp_path / 'cache'))
+  return corpus, corpus.cache
+
+
+@pytest.mark.parametrize('damage', ['torn', 'nul', 'empty'])
+def test_a_corrupt_cache_meta_json_is_rebuilt_with_a_warning(tmp_path, text_file, capsys, damage):
+  corpus, cache = cache_entry(tmp_path, text_file)
+  meta = os.path.join(cache, 'meta.json')
+  content = open(meta, 'rb').read()
+  damaged = {'torn': content[:len(content) // 2], 'nul': b'\0' * len(content), 'empty': b''}
+  with open(meta, 'wb') as f:
+    f.write(damaged[damage])
+  capsys.readouterr()
+  again = data.prepare(text_file, cache_dir=str(tmp_path / 'cache'))
+  assert 'is corrupt (meta.json is not valid JSON' in capsys.readouterr().out
+  assert np.array_equal(again.tokens, corpus.tokens)
+  assert json.load(open(meta)) == json.loads(content)
+
+
+def test_a_short_token_file_is_rebuilt_with_a_warning(tmp_path, text_file, capsys):
+  corpus, cache = cache_entry(tmp_path, text_file)
+  expected = np.array(corpus.tokens)
+  tokens = os.path.join(cache, 'tokens.bin')
+  os.truncate(tokens, os.path.getsize(tokens) // 2)
+  capsys.readouterr()
+  again = data.prepare(text_file, cache_dir=str(tmp_path / 'cache'))
+  assert 'tokens.bin has' in capsys.readouterr().out
+  assert np.array_equal(again.tokens, expected)
+

@@ -196,9 +196,10 @@ def test_stream_rows_select_this_process_share():
 
 
 @pytest.mark.parametrize('module,allowed', [
-    ('charlm.data', {'charlm.cache', 'charlm.errors'}),
-    ('charlm.corpora', {'charlm.cache', 'charlm.errors'}),
-    ('charlm.cache', {'charlm.errors'})])
+    ('charlm.data', {'charlm.atomic', 'charlm.cache', 'charlm.errors'}),
+    ('charlm.corpora', {'charlm.atomic', 'charlm.cache', 'charlm.errors'}),
+    ('charlm.cache', {'charlm.errors'}),
+    ('charlm.atomic', set())])
 def test_data_corpora_and_cache_do_not_import_each_other(module, allowed):
   """In a fresh interpreter: data and corpora share only the leaf module cache."""
   code = f'import sys, {module}; print(*sys.modules)'
