@@ -30,6 +30,7 @@ class Checkpoints:
     options = ocp.CheckpointManagerOptions(
         best_fn=best, best_mode='min', create=not read_only, read_only=read_only,
         enable_async_checkpointing=not read_only, save_interval_steps=0 if read_only else 1,
+        cleanup_tmp_directories=not read_only,  # What a kill left of an unfinished save.
         preservation_policy=None if read_only else policies.AnyPreservationPolicy([
             policies.LatestN(n=max(1, keep)),
             policies.BestN(get_metric_fn=best, reverse=True, n=1,

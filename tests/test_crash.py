@@ -117,3 +117,15 @@ def test_a_short_token_file_is_rebuilt_with_a_warning(tmp_path, text_file, capsy
   assert 'tokens.bin has' in capsys.readouterr().out
   assert np.array_equal(again.tokens, expected)
 
+
+
+# Checkpoints.
+
+def test_the_leftovers_of_an_interrupted_save_are_removed_on_resume(tmp_path):
+  workdir = tmp_path / 'run'
+  trainer.train_and_evaluate(smoke_config(tmp_path, train__steps=10, **LOGS), str(workdir))
+  checkpoints = workdir / 'checkpoints'
+  leftover = checkpoints / '20.orbax-checkpoint-tmp-1700000000000000'
+  shutil.copytree(checkpoints / '10', leftover)  # As a kill in the middle of a save leaves it.
+  trainer.train_and_evaluate(smoke_config(tmp_path, train__steps=20, **LOGS), str(workdir))
+  assert sorted(os.listdir(checkpoints)) == ['10', '20']
