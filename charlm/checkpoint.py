@@ -37,6 +37,7 @@ class Checkpoints:
                            keep_checkpoints_without_metrics=False),
         ]))
     self.directory = os.path.abspath(directory)
+    self.unreadable = set()  # Steps found corrupt; a save of the same step replaces them.
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=('arrays', 'meta'))
 
@@ -50,6 +51,9 @@ class Checkpoints:
     return list(self.manager.all_steps())
 
   def save(self, step: int, arrays, meta: dict, val_loss: float | None = None):
+    if step in self.unreadable:
+      self.manager.delete(step)
+      self.unreadable.discard(step)
     self.manager.save(
         step,
         args=ocp.args.Composite(arrays=ocp.args.StandardSave(arrays),

@@ -35,7 +35,10 @@ def load_checkpoint(workdir: str, step='latest'):
     if not steps:
       raise untrained
     chosen = _choose_step(ckpts, steps, step, workdir)
-    meta = ckpts.restore_meta(chosen)
+    try:
+      meta = ckpts.restore_meta(chosen)
+    except Exception as e:  # Whatever Orbax or tensorstore raise on bad bytes.
+      raise _unreadable(chosen, steps, workdir, e) from None
     config = ml_collections.ConfigDict(meta['config'])
     if config.model.get('impl') == 'cudnn':
       config.model.impl = 'fused'  # The same parameters, on any device.
@@ -47,10 +50,21 @@ def load_checkpoint(workdir: str, step='latest'):
     replicated = sharding.replicated(sharding.create_mesh(jax.local_devices()[:1]))
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
                           abstract)
-    params = ckpts.restore_part(chosen, {'params': target})['params']
+    try:
+      params = ckpts.restore_part(chosen, {'params': target})['params']
+    except Exception as e:
+      raise _unreadable(chosen, steps, workdir, e) from None
   finally:
     ckpts.close()
   return config, vocab, model, params, chosen
+
+
+def _unreadable(step, steps, workdir, error) -> UserError:
+  others = ', '.join(str(s) for s in sorted(steps) if s != step) or 'none'
+  reason = (str(error).strip().splitlines() or [''])[0][:160]
+  return UserError(f'the checkpoint at step {step} in {workdir} is unreadable (corrupt or '
+                   f'truncated: {type(error).__name__}: {reason}); pass --step with another '
+                   f'step (there: {others})')
 
 
 def _choose_step(ckpts, steps, step, workdir) -> int:

@@ -137,6 +137,38 @@ def _check_compatible(meta: dict, vocab, config, workdir):
                     'with the same values or use a new --workdir')
 
 
+def _restore_newest_readable(ckpts, target, vocab, config, workdir):
+  """(step, state, meta) of the newest checkpoint that reads back, None when there is none.
+
+  One that a crash or a bad disk left unreadable is reported and skipped, never deleted (the
+  save of the same step replaces it)."""
+  steps = sorted(ckpts.all_steps(), reverse=True)
+  for step in steps:
+    try:
+      meta = ckpts.restore_meta(step)
+    except Exception as e:  # Whatever Orbax or tensorstore raise on bad bytes.
+      _report_unreadable(ckpts, step, workdir, e)
+      continue
+    _check_compatible(meta, vocab, config, workdir)
+    try:
+      state, meta = ckpts.restore(step, target)
+    except Exception as e:
+      _report_unreadable(ckpts, step, workdir, e)
+      continue
+    return step, state, meta
+  if steps:
+    raise UserError(f'no checkpoint in {workdir} is readable (steps {", ".join(map(str, steps))} '
+                    f'are corrupt or truncated); move {ckpts.directory} away to start over')
+  return None
+
+
+def _report_unreadable(ckpts, step, workdir, error):
+  ckpts.unreadable.add(step)
+  reason = (str(error).strip().splitlines() or [''])[0][:160]
+  print(f'warning: the checkpoint at step {step} in {workdir} is unreadable (corrupt or '
+        f'truncated: {type(error).__name__}: {reason}); falling back to an older one', flush=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop.
 
@@ -158,12 +190,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   ckpts = Checkpoints(os.path.join(workdir, 'checkpoints'), keep=tc.keep_checkpoints)
   progress = {'best_val_loss': None, 'evals_since_best': 0}
-  start = ckpts.latest_step()
-  if start is not None:
-    _check_compatible(ckpts.restore_meta(start), corpus.vocab, config, workdir)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, state_sharding)
-    state, meta = ckpts.restore(start, target)
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, state_sharding)
+  restored = _restore_newest_readable(ckpts, target, corpus.vocab, config, workdir)
+  if restored is not None:
+    start, state, meta = restored
     train_iter.set_state(meta['data'])
     progress.update(meta['progress'])
     print(f'resuming {workdir} from step {start}', flush=True)

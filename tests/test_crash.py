@@ -5,7 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import smoke_config
+from conftest import run_cli, smoke_config
 
 from charlm import data, trainer
 
@@ -129,3 +129,45 @@ def test_the_leftovers_of_an_interrupted_save_are_removed_on_resume(tmp_path):
   shutil.copytree(checkpoints / '10', leftover)  # As a kill in the middle of a save leaves it.
   trainer.train_and_evaluate(smoke_config(tmp_path, train__steps=20, **LOGS), str(workdir))
   assert sorted(os.listdir(checkpoints)) == ['10', '20']
+
+
+def corrupt(checkpoint):
+  """Truncates the array files of a checkpoint, as a crash or a full disk can leave them."""
+  for root, _, files in os.walk(checkpoint / 'arrays'):
+    for name in files:
+      if '/d' in root[len(str(checkpoint)):]:
+        path = os.path.join(root, name)
+        os.truncate(path, os.path.getsize(path) // 2)
+
+
+def test_resume_falls_back_from_a_corrupt_latest_checkpoint(tmp_path, capsys):
+  workdir = tmp_path / 'run'
+  config = smoke_config(tmp_path, train__steps=20, **LOGS)
+  trainer.train_and_evaluate(smoke_config(tmp_path, train__steps=10, **LOGS), str(workdir))
+  straight = trainer.train_and_evaluate(config, str(tmp_path / 'straight'))
+  trainer.train_and_evaluate(smoke_config(tmp_path, train__steps=15, **LOGS), str(workdir))
+  corrupt(workdir / 'checkpoints' / '15')
+  capsys.readouterr()
+  summary = trainer.train_and_evaluate(config, str(workdir))
+  out = capsys.readouterr().out
+  assert 'warning: the checkpoint at step 15 in' in out and 'is unreadable' in out
+  assert f'resuming {workdir} from step 10' in out
+  assert summary['step'] == 20 and summary['val_loss'] == straight['val_loss']
+  assert steps_of(workdir) == list(range(1, 21))
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['10', '15', '20']  # 15 rewritten.
+  assert 'unreadable' not in capsys.readouterr().out + str(
+      trainer.train_and_evaluate(config, str(workdir)))
+
+
+def test_inference_of_a_corrupt_checkpoint_is_one_line(tmp_path):
+  workdir = tmp_path / 'run'
+  trainer.train_and_evaluate(smoke_config(tmp_path, train__steps=20, **LOGS), str(workdir))
+  corrupt(workdir / 'checkpoints' / '20')
+  for module in ('charlm.sample', 'charlm.evaluate'):
+    result = run_cli(module, f'--workdir={workdir}', '--step=20')
+    assert result.returncode == 1, result.stderr
+    # tensorstore's reads still in flight may print 'Event loop is closed' after it.
+    errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith('error: the checkpoint at step 20 in'), result.stderr
+    assert 'is unreadable' in errors[0] and '(there: 10)' in errors[0]
