@@ -13,7 +13,6 @@ page shows, and more, for notebooks.
 import json
 import os
 import re
-import tempfile
 
 from absl import flags
 
@@ -77,24 +76,14 @@ def read_text(model, split, file, chars: int) -> str:
   return text
 
 
-def write_atomically(path: str, text: str):
-  """Writes `path` through a temporary file beside it, so that a crash leaves the old file."""
-  directory = os.path.dirname(os.path.abspath(path))
+def write_file(path: str, text: str):
+  """Writes `path` atomically (charlm.atomic): a crash leaves the old file or the new one."""
+  from charlm import atomic
   try:
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '-', dir=directory)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic.write_text(path, text)
   except OSError as e:
     raise UserError(f'cannot write {path}: {e.strerror}') from None
-  try:
-    with os.fdopen(fd, 'w', encoding='utf-8') as f:
-      f.write(text)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # As open() would have made it, not mkstemp's 0600.
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
 
 
 def main(argv):
@@ -105,9 +94,9 @@ def main(argv):
   text = read_text(model, _SPLIT.value, _FILE.value, _CHARS.value)
   report = inspection.inspect(model, text, probes=probes, top=_TOP.value, seed=_SEED.value)
   out = _OUT.value or os.path.join(_WORKDIR.value, 'visualize.html')
-  write_atomically(out, page.render(report['page']))
+  write_file(out, page.render(report['page']))
   if _JSON.value:
-    write_atomically(_JSON.value, json.dumps(report, ensure_ascii=False))
+    write_file(_JSON.value, json.dumps(report, ensure_ascii=False))
   headline = report['page']['headline']
   print(f'{len(report["page"]["text"]):,} characters, {headline["cells"]:,} cells: '
         f'{headline["share"]:.1%} interpretable (a random model judged the same way: '
