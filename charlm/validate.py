@@ -213,7 +213,7 @@ def check_splits(config, splits: dict):
     if have < least:
       raise UserError(
           f'data.split {tuple(config.data.split)} gives the {name} split {have:,} tokens, too few '
-          f'for train.batch_size={tc.batch_size}' + (
+          f'for one batch of train.batch_size={tc.batch_size}' + (
               f' x train.seq_len={tc.seq_len}' if name == 'train' else '')
           + f' (needs at least {least:,}); give it a larger share, a larger file, or a smaller '
           'batch')
