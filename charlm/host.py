@@ -4,6 +4,7 @@ import os
 import sys
 
 from charlm.errors import UserError
+from charlm.validate import check_environment
 
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
@@ -77,6 +78,7 @@ def cpu_devices(config) -> int:
   if count:
     return count
   if os.environ.get('JAX_NUM_CPU_DEVICES'):
+    check_environment()
     return int(os.environ['JAX_NUM_CPU_DEVICES'])
   split = (os.cpu_count() or 1) >= 2 and config.model.hidden <= 256
   if not split or config.train.batch_size % 2 or _native_lstm_loops(config.model):

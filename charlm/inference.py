@@ -10,7 +10,7 @@ import ml_collections
 
 from charlm import data as data_lib
 from charlm import model as model_lib
-from charlm import sharding
+from charlm import sharding, validate
 from charlm.checkpoint import Checkpoints
 from charlm.errors import UserError
 
@@ -39,6 +39,7 @@ def load_checkpoint(workdir: str, step='latest'):
       meta = ckpts.restore_meta(chosen)
     except Exception as e:  # Whatever Orbax or tensorstore raise on bad bytes.
       raise _unreadable(chosen, steps, workdir, e) from None
+    validate.check_meta(meta, workdir, keys=('config', 'vocab'), sections=('model', 'train'))
     config = ml_collections.ConfigDict(meta['config'])
     if config.model.get('impl') == 'cudnn':
       config.model.impl = 'fused'  # The same parameters, on any device.

@@ -53,6 +53,11 @@ def read_prime() -> str:
       return f.read()
   except FileNotFoundError:
     raise UserError(f'prime file not found: {_PRIME_FILE.value}') from None
+  except IsADirectoryError:
+    raise UserError(f'--prime_file {_PRIME_FILE.value} is a directory; give a UTF-8 text '
+                    'file') from None
+  except OSError as e:
+    raise UserError(f'cannot read --prime_file {_PRIME_FILE.value}: {e.strerror}') from None
   except UnicodeDecodeError:
     raise UserError(f'prime file {_PRIME_FILE.value} is not UTF-8 text') from None
 

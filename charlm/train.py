@@ -27,9 +27,12 @@ flags.mark_flags_as_required(['config'])
 
 def main(argv):
   del argv
+  from charlm import validate
+  validate.check_environment()  # Before JAX reads the environment.
   from charlm import host, sharding, trainer  # Imports JAX; keep flag errors fast.
   host.keep_freed_memory()  # Before JAX starts its threads; see host.py.
   config = _CONFIG.value
+  validate.validate(config, _WORKDIR.value or trainer.default_workdir(config))  # Before any work.
   host.use_cpu_devices(host.cpu_devices(config))  # The mesh takes every device; see host.py.
   sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                   auto=_DISTRIBUTED.value)

@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from charlm import atomic, corpora, loop, sharding
+from charlm import atomic, corpora, loop, sharding, validate
 from charlm import data as data_lib
 from charlm import model as model_lib
 from charlm.checkpoint import Checkpoints
@@ -124,6 +124,7 @@ def _shape(config) -> dict:
 
 
 def _check_compatible(meta: dict, vocab, config, workdir):
+  validate.check_meta(meta, workdir)
   if meta['vocab'] != vocab.to_json():
     raise UserError(f'{workdir} holds checkpoints made with another vocabulary (another text '
                     'or data.level); use a new --workdir or delete the old one')
@@ -135,6 +136,10 @@ def _check_compatible(meta: dict, vocab, config, workdir):
   if old_batch != (config.train.batch_size, config.train.seq_len):
     raise UserError(f'{workdir} was trained with batch_size, seq_len = {old_batch}; resume '
                     'with the same values or use a new --workdir')
+  old_optim = meta['config']['optim'].get('name')
+  if old_optim != config.optim.name:
+    raise UserError(f'{workdir} holds checkpoints made with optim.name={old_optim!r}, now '
+                    f'{config.optim.name!r}; resume with the same optimizer or use a new --workdir')
 
 
 def _restore_newest_readable(ckpts, target, vocab, config, workdir):
@@ -174,10 +179,14 @@ def _report_unreadable(ckpts, step, workdir, error):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the run in `workdir`; returns its final metrics."""
+  validate.validate(config, workdir)
   tc = config.train
-  corpus = data_lib.prepare(corpora.text_path(config.data), config.data.level,
-                            config.data.cache_dir)
+  text = corpora.text_path(config.data)
+  validate.check_text_file(text, config.data.level)
+  corpus = data_lib.prepare(text, config.data.level, config.data.cache_dir)
+  validate.warn_if_blank(corpus.vocab, corpus.tokens, text)
   splits = data_lib.split(corpus.tokens, config.data.split)
+  validate.check_splits(config, splits)
   mesh = sharding.create_mesh()
   sharding.check_batch_size(tc.batch_size, mesh)
   rows = sharding.process_rows(mesh, tc.batch_size)
@@ -259,9 +268,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           writer.scalars(step, row)
           bar.update(step, train_loss, rate)
 
+        # Evaluate, save, then sample: the checkpoint records this evaluation (its val loss
+        # ranks the best checkpoint, its progress makes resume exact), and an error while
+        # evaluating first saves the steps without a val loss, so an error loses nothing.
         val_loss = None
         if due(tc.eval_every):
-          result = evaluator(state['params'], splits['val'], tc.eval_batches)
+          try:
+            result = evaluator(state['params'], splits['val'], tc.eval_batches)
+          except Exception:
+            ckpts.save(step, state, meta_for_checkpoint())
+            bar.note(f'evaluation at step {step} failed; checkpoint saved without a val loss')
+            raise
           val_loss = result['loss']
           writer.scalars(step, {'val/loss': val_loss, 'val/bpc': result['bpc']})
           bar.note(f'step {step}: val loss {val_loss:.4f} nats, {result["bpc"]:.4f} bpc')
@@ -271,12 +288,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           else:
             progress['evals_since_best'] += 1
           summary['val_loss'], summary['val_bpc'] = val_loss, result['bpc']
-        if writer.active and tc.sample_every and due(tc.sample_every):
-          _write_samples(writer, sampler, sharding.local_copy(state['params']), config, step,
-                         summary.get('val_loss'))
         patience_over = tc.patience and progress['evals_since_best'] >= tc.patience
         if due(tc.ckpt_every) or patience_over or stopping:
           ckpts.save(step, state, meta_for_checkpoint(), val_loss)
+        if writer.active and tc.sample_every and due(tc.sample_every):
+          _write_samples(writer, sampler, sharding.local_copy(state['params']), config, step,
+                         summary.get('val_loss'))
         writer.flush()
         if step == start + 1 or pending == []:  # Keep compile, eval and saves out of chars/s.
           jax.block_until_ready(state['step'])

@@ -80,7 +80,7 @@ def test_other_cells_train(tmp_path, cell):
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
   workdir = str(tmp_path / 'run')
   trainer.train_and_evaluate(smoke_config(tmp_path, train__steps=10), workdir)
-  config = smoke_config(tmp_path, train__steps=20, optim__lr=float('inf'), optim__clip=0.0,
+  config = smoke_config(tmp_path, train__steps=20, optim__lr=1e30, optim__clip=0.0,
                         train__log_every=1)
   with pytest.raises(trainer.TrainingDiverged, match=r'non-finite at step 1\d'):
     trainer.train_and_evaluate(config, workdir)
@@ -92,7 +92,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_early_stopping_with_patience(tmp_path):
   config = smoke_config(tmp_path, train__steps=100, train__eval_every=2, train__patience=2,
-                        optim__name='sgd', optim__lr=0.0)
+                        optim__name='sgd', optim__lr=1e-30)  # Below float32's resolution.
   summary = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
   assert summary['step'] == 6  # Evals at 2 (best), 4 and 6 (no improvement twice).
 
