@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from charlm import corpora, loop, sharding
+from charlm import corpora, locks, loop, sharding
 from charlm import data as data_lib
 from charlm import model as model_lib
 from charlm.checkpoint import Checkpoints
@@ -152,6 +152,15 @@ def _truncate_metrics(workdir, step):
 # The loop.
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns its final metrics. Process 0 holds the
+  workdir's lock throughout, so a second run of the same workdir stops before doing anything."""
+  if jax.process_index() != 0:
+    return _train_and_evaluate(config, workdir)
+  with locks.workdir_lock(workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the run in `workdir`; returns its final metrics."""
   tc = config.train
   corpus = data_lib.prepare(corpora.text_path(config.data), config.data.level,

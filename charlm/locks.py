@@ -1,0 +1,56 @@
+"""Advisory file locks (fcntl.flock) that the kernel releases when their process dies.
+
+A lock lives as long as its open file: closing it, or the process ending in any way (kill -9
+included), releases it, so a crash never leaves a stale lock. Lock files are never deleted:
+deleting one while another process waits on it would let two processes hold "the" lock.
+"""
+import contextlib
+import fcntl
+import json
+import os
+import socket
+
+from charlm.errors import UserError
+
+
+@contextlib.contextmanager
+def flock(path: str, exclusive: bool = True):
+  """Holds a shared or exclusive lock on `path` (created if missing), waiting for it."""
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    yield fd
+  finally:
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+  """Holds `workdir/.lock` exclusively, recording this process; another run of the same
+  workdir is a UserError naming the process that holds it, raised before anything is written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    fd = os.open(os.path.join(workdir, '.lock'), os.O_RDWR | os.O_CREAT, 0o666)
+  except OSError as e:
+    raise UserError(f'cannot use workdir {workdir}: {e.strerror}; give a writable directory '
+                    'with --workdir') from None
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise UserError(f'{workdir} is in use by another run ({_holder(fd)}); wait for it to '
+                      'finish or stop it, or use another --workdir') from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({'pid': os.getpid(), 'host': socket.gethostname()}).encode(), 0)
+    yield
+  finally:
+    os.close(fd)
+
+
+def _holder(fd: int) -> str:
+  """Who holds the lock, as its holder recorded it: 'PID n on host h'."""
+  try:
+    info = json.loads(os.pread(fd, 4096, 0))
+    return f'PID {info["pid"]} on host {info["host"]}'
+  except (OSError, ValueError, KeyError, TypeError):
+    return 'a process that has not yet recorded its PID'
