@@ -5,16 +5,18 @@ it, so memory does not grow with the corpus. Batches follow char-rnn: the split 
 `batch_size` contiguous streams and consecutive batches continue every stream, so the model's
 hidden state can be carried from one batch to the next.
 """
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from charlm import locks
 from charlm.cache import CHUNK_BYTES, default_cache_dir, sha256_file
 from charlm.errors import UserError
 
@@ -252,7 +254,15 @@ def _encode_file(path: str, out_path: str, level: str, chunk_bytes: int) -> Voca
 def prepare(path: str, level: str = 'char', cache_dir: str = '',
             chunk_bytes: int = CHUNK_BYTES) -> Corpus:
   """Encodes `path` into a cached token file (reused while the source is unchanged), reading
-  it `chunk_bytes` at a time (0: CHUNK_BYTES)."""
+  it `chunk_bytes` at a time (0: CHUNK_BYTES).
+
+  Many processes may prepare one file at once (a sweep, a multi-process run): the entry's lock
+  file lets one build while the others wait, then find its build. Each build is a new
+  directory inside the entry, named by meta.json (replaced atomically); older builds are
+  deleted only under the exclusive lock, when no process is between reading meta.json and
+  mapping the files, and a process that has mapped an old build keeps reading it (an unlinked
+  file lives until its last mapping closes). Files get the umask's permissions.
+  """
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.isfile(path):
     raise UserError(f'text file not found: {path}; set --config.data.path to an existing file')
@@ -262,37 +272,63 @@ def prepare(path: str, level: str = 'char', cache_dir: str = '',
   key = hashlib.sha1(f'{path}|{level}'.encode()).hexdigest()[:12]
   stem = os.path.splitext(os.path.basename(path))[0]
   root = default_cache_dir(cache_dir)
-  cache = os.path.join(root, f'{stem}-{level}-{key}')
-  meta_path = os.path.join(cache, 'meta.json')
-
-  digest = None
-  if os.path.exists(meta_path):
-    with open(meta_path) as f:
-      meta = json.load(f)
-    if {k: meta.get(k) for k in fingerprint} == fingerprint:
-      digest = sha256_file(path)
-      if digest == meta['sha256']:
-        return _load(cache, path)
-
+  entry = os.path.join(root, f'{stem}-{level}-{key}')
   os.makedirs(root, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f'.{stem}-', dir=root)
-  os.chmod(tmp, 0o755)
+  with locks.flock(entry + '.lock', exclusive=False):
+    corpus = _cached(entry, path, fingerprint)
+  if corpus is None:
+    with locks.flock(entry + '.lock'):
+      corpus = _cached(entry, path, fingerprint)  # Another process may have built it meanwhile.
+      if corpus is None:
+        corpus = _build(entry, path, level, fingerprint, chunk_bytes or CHUNK_BYTES)
+  return corpus
+
+
+def _cached(entry: str, source: str, fingerprint: dict) -> Corpus | None:
+  """The entry's build if it was made from `source` as it is now; call under the entry's lock."""
+  meta_path = os.path.join(entry, 'meta.json')
+  if not os.path.exists(meta_path):
+    return None
+  with open(meta_path) as f:
+    meta = json.load(f)
+  if {k: meta.get(k) for k in fingerprint} != fingerprint or sha256_file(source) != meta['sha256']:
+    return None
+  # Caches from before builds had their own directories hold the files in the entry itself.
+  return _load(os.path.join(entry, meta['build']) if 'build' in meta else entry, source)
+
+
+def _build(entry: str, source: str, level: str, fingerprint: dict, chunk_bytes: int) -> Corpus:
+  """Encodes `source` into a new build of `entry`, points meta.json at it and deletes the
+  entry's other builds; call under the entry's exclusive lock."""
+  os.makedirs(entry, exist_ok=True)
+  digest = sha256_file(source)
+  name = f'build-{digest[:12]}-{secrets.token_hex(4)}'
+  build = os.path.join(entry, name)
+  os.mkdir(build)  # Mode 0o777 less the umask, so that a private corpus stays private.
   try:
-    vocab = _encode_file(path, os.path.join(tmp, 'tokens.bin'), level,
-                         chunk_bytes or CHUNK_BYTES)
-    meta = {**fingerprint, 'sha256': digest or sha256_file(path), 'source': path,
-            'level': level, 'dtype': np.dtype(vocab.dtype).name,
-            'num_tokens': os.path.getsize(os.path.join(tmp, 'tokens.bin'))
-                          // np.dtype(vocab.dtype).itemsize}
-    _write_json(os.path.join(tmp, 'vocab.json'), vocab.to_json())
-    _write_json(os.path.join(tmp, 'meta.json'), meta)
-    if os.path.exists(cache):
-      shutil.rmtree(cache)
-    os.replace(tmp, cache)
+    tokens = os.path.join(build, 'tokens.bin')
+    vocab = _encode_file(source, tokens, level, chunk_bytes)
+    meta = {**fingerprint, 'sha256': digest, 'source': source, 'level': level,
+            'dtype': np.dtype(vocab.dtype).name, 'build': name,
+            'num_tokens': os.path.getsize(tokens) // np.dtype(vocab.dtype).itemsize}
+    _write_json(os.path.join(build, 'vocab.json'), vocab.to_json())
+    pending = os.path.join(entry, f'.meta-{name}.json')
+    _write_json(pending, meta)
+    os.replace(pending, os.path.join(entry, 'meta.json'))
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(build, ignore_errors=True)
+    with contextlib.suppress(OSError):
+      os.rmdir(entry)  # Only if empty: a failed first build leaves no entry.
     raise
-  return _load(cache, path)
+  for other in os.listdir(entry):  # Older builds, a crashed build's leftovers, the old layout.
+    if other not in ('meta.json', name):
+      other = os.path.join(entry, other)
+      if os.path.isdir(other) and not os.path.islink(other):
+        shutil.rmtree(other, ignore_errors=True)
+      else:
+        with contextlib.suppress(OSError):
+          os.unlink(other)
+  return _load(build, source)
 
 
 def _load(cache: str, source: str) -> Corpus:
