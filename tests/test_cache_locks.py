@@ -22,7 +22,7 @@ for i, path in enumerate(paths):
     time.sleep(0.001)
   corpus = data.prepare(path, 'char', cache)
   print(json.dumps([path, hashlib.sha256(corpus.tokens.tobytes()).hexdigest(),
-                    corpus.vocab.chars]), flush=True)
+                    corpus.vocab.chars, corpus.cache]), flush=True)
 '''
 
 
@@ -37,6 +37,8 @@ def prepare_at_once(cache, paths, workers=6):
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     results.append([json.loads(line) for line in out.splitlines()])
+  for rows in results:  # One process encoded each file; the others found its build.
+    assert [row[3] for row in rows] == [row[3] for row in results[0]]
   return results
 
 
@@ -53,7 +55,7 @@ def test_processes_preparing_one_file_at_once_all_succeed_and_agree(tmp_path):
   for path, corpus in held.items():
     assert corpus.vocab.decode(corpus.tokens) == open(path).read()
   for rows in first:
-    assert [(p, h, chars) for p, h, chars in rows] == [
+    assert [(p, h, chars) for p, h, chars, _ in rows] == [
         (p, before[p][0], held[p].vocab.chars) for p in paths]
 
   for i, path in enumerate(paths):  # New texts: every worker finds the cache stale at once.
@@ -63,7 +65,7 @@ def test_processes_preparing_one_file_at_once_all_succeed_and_agree(tmp_path):
   for path in paths:
     rebuilt = data.prepare(path, 'char', cache)
     assert rebuilt.vocab.decode(rebuilt.tokens) == open(path).read()
-    assert all(dict((p, h) for p, h, _ in rows)[path] == digest(rebuilt) for rows in second)
+    assert all({p: h for p, h, *_ in rows}[path] == digest(rebuilt) for rows in second)
     entry = os.path.dirname(rebuilt.cache)
     assert sorted(os.listdir(entry)) == sorted(['meta.json', os.path.basename(rebuilt.cache)])
     # The rebuilds deleted the old build this process has mapped; its tokens read the same.
