@@ -27,24 +27,53 @@ def flock(path: str, exclusive: bool = True):
 @contextlib.contextmanager
 def workdir_lock(workdir: str):
   """Holds `workdir/.lock` exclusively, recording this process; another run of the same
-  workdir is a UserError naming the process that holds it, raised before anything is written."""
+  workdir is a UserError naming the process that holds it, raised before anything is written.
+  A workdir this made that holds nothing else at the end is removed, lock and all: a run that
+  fails on its input leaves nothing behind."""
+  path = os.path.join(workdir, '.lock')
+  made = not os.path.lexists(workdir)
+  fd = _lock_exclusively(workdir, path)
   try:
-    os.makedirs(workdir, exist_ok=True)
-    fd = os.open(os.path.join(workdir, '.lock'), os.O_RDWR | os.O_CREAT, 0o666)
-  except OSError as e:
-    raise UserError(f'cannot use workdir {workdir}: {e.strerror}; give a writable directory '
-                    'with --workdir') from None
-  try:
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      raise UserError(f'{workdir} is in use by another run ({_holder(fd)}); wait for it to '
-                      'finish or stop it, or use another --workdir') from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps({'pid': os.getpid(), 'host': socket.gethostname()}).encode(), 0)
     yield
   finally:
+    try:
+      if made and os.listdir(workdir) == ['.lock']:
+        os.unlink(path)  # While locked: whoever opened it before sees it is gone and retries.
+        os.rmdir(workdir)
+    except OSError:
+      pass
+    finally:
+      os.close(fd)
+
+
+def _lock_exclusively(workdir: str, path: str) -> int:
+  """A descriptor of `path` holding its exclusive lock, or a UserError if another holds it.
+  Retries while the lock file it locked was meanwhile deleted by the previous holder."""
+  for _ in range(100):
+    try:
+      os.makedirs(workdir, exist_ok=True)
+      fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except FileNotFoundError:
+      continue  # The workdir was removed between the two calls.
+    except OSError as e:
+      raise UserError(f'cannot use workdir {workdir}: {e.strerror}; give a writable directory '
+                      'with --workdir') from None
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = _holder(fd)
+      os.close(fd)
+      raise UserError(f'{workdir} is in use by another run ({holder}); wait for it to finish '
+                      'or stop it, or use another --workdir') from None
+    try:
+      if os.stat(path).st_ino == os.fstat(fd).st_ino:
+        return fd
+    except FileNotFoundError:
+      pass
     os.close(fd)
+  raise UserError(f'cannot lock workdir {workdir}: its lock file keeps changing; try again')
 
 
 def _holder(fd: int) -> str:

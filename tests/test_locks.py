@@ -18,9 +18,9 @@ def test_a_held_workdir_stops_a_second_run_before_it_writes(tmp_path):
   with locks.workdir_lock(workdir):
     with pytest.raises(UserError) as e:
       trainer.train_and_evaluate(config, workdir)
+    assert os.listdir(workdir) == ['.lock']
   message = str(e.value)
   assert workdir in message and f'PID {os.getpid()} on host' in message and '\n' not in message
-  assert os.listdir(workdir) == ['.lock']
   assert not os.path.exists(config.data.cache_dir)  # Stopped before preparing the corpus.
 
 
@@ -28,8 +28,13 @@ def test_the_workdir_lock_is_released_when_a_run_fails(tmp_path):
   workdir = str(tmp_path / 'run')
   with pytest.raises(UserError, match='not found'):
     trainer.train_and_evaluate(smoke_config(tmp_path, str(tmp_path / 'missing.txt')), workdir)
+  assert not os.path.exists(workdir)  # It made the workdir, so it removed it, lock and all.
+  os.makedirs(workdir)
+  with pytest.raises(UserError, match='not found'):
+    trainer.train_and_evaluate(smoke_config(tmp_path, str(tmp_path / 'missing.txt')), workdir)
   with locks.workdir_lock(workdir):  # Would raise if the failed run still held it.
     pass
+  assert os.listdir(workdir) == ['.lock']  # A workdir it did not make stays.
 
 
 def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
