@@ -7,6 +7,7 @@ hidden state can be carried from one batch to the next.
 """
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -258,10 +259,9 @@ def prepare(path: str, level: str = 'char', cache_dir: str = '',
 
   Many processes may prepare one file at once (a sweep, a multi-process run): the entry's lock
   file lets one build while the others wait, then find its build. Each build is a new
-  directory inside the entry, named by meta.json (replaced atomically); older builds are
-  deleted only under the exclusive lock, when no process is between reading meta.json and
-  mapping the files, and a process that has mapped an old build keeps reading it (an unlinked
-  file lives until its last mapping closes). Files get the umask's permissions.
+  directory inside the entry, named by meta.json (replaced atomically); a build is deleted only
+  under the exclusive lock and only when no process has it loaded: a process holds a shared
+  lock on a build's token file while its tokens live. Files get the umask's permissions.
   """
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.isfile(path):
@@ -320,22 +320,50 @@ def _build(entry: str, source: str, level: str, fingerprint: dict, chunk_bytes: 
     with contextlib.suppress(OSError):
       os.rmdir(entry)  # Only if empty: a failed first build leaves no entry.
     raise
-  for other in os.listdir(entry):  # Older builds, a crashed build's leftovers, the old layout.
-    if other not in ('meta.json', name):
-      other = os.path.join(entry, other)
-      if os.path.isdir(other) and not os.path.islink(other):
-        shutil.rmtree(other, ignore_errors=True)
-      else:
-        with contextlib.suppress(OSError):
-          os.unlink(other)
+  _sweep(entry, keep=name)
   return _load(build, source)
+
+
+def _sweep(entry: str, keep: str) -> None:
+  """Deletes the entry's builds but `keep` that no process has loaded: older builds, a crashed
+  build's leftovers, the files of the old layout; call under the entry's exclusive lock, so
+  that no process is between reading meta.json and loading a build."""
+  kept = {'meta.json', keep}
+  if _in_use(os.path.join(entry, 'tokens.bin')):  # The old layout's build, in the entry itself.
+    kept |= {'tokens.bin', 'vocab.json'}
+  for other in os.listdir(entry):
+    other = os.path.join(entry, other)
+    if os.path.basename(other) in kept:
+      continue
+    if os.path.isdir(other) and not os.path.islink(other):
+      if not _in_use(os.path.join(other, 'tokens.bin')):
+        shutil.rmtree(other, ignore_errors=True)
+    else:
+      with contextlib.suppress(OSError):
+        os.unlink(other)
 
 
 def _load(cache: str, source: str) -> Corpus:
   with open(os.path.join(cache, 'vocab.json')) as f:
     vocab = Vocab.from_json(json.load(f))
   tokens = np.memmap(os.path.join(cache, 'tokens.bin'), dtype=vocab.dtype, mode='r')
+  # A shared lock on the token file while any view of the tokens lives (views keep the memmap
+  # alive, and it the open file): a rebuild deletes only builds no process holds this way.
+  tokens._charlm_lock = open(os.path.join(cache, 'tokens.bin'), 'rb')
+  fcntl.flock(tokens._charlm_lock, fcntl.LOCK_SH)
   return Corpus(tokens=tokens, vocab=vocab, source=source, cache=cache)
+
+
+def _in_use(tokens: str) -> bool:
+  """Whether some process has the token file `tokens` loaded (see _load)."""
+  try:
+    with open(tokens, 'rb') as f:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except FileNotFoundError:
+    return False
+  except OSError:
+    return True
+  return False
 
 
 def _write_json(path, obj):

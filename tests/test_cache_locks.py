@@ -1,5 +1,6 @@
 """The token cache under concurrency: many processes preparing one file, rebuilds under
 readers, old cache layouts, and the umask's permissions."""
+import gc
 import hashlib
 import json
 import os
@@ -50,7 +51,7 @@ def test_processes_preparing_one_file_at_once_all_succeed_and_agree(tmp_path):
   cache = str(tmp_path / 'cache')
   paths = [write_text(tmp_path / f't{i}.txt', lines=3000, seed=i) for i in range(4)]
   first = prepare_at_once(cache, paths)
-  held = {path: data.prepare(path, 'char', cache) for path in paths}  # Mapped by this process.
+  held = {path: data.prepare(path, 'char', cache) for path in paths}  # Loaded by this process.
   before = {path: (digest(c), c.vocab.decode(c.tokens)) for path, c in held.items()}
   for path, corpus in held.items():
     assert corpus.vocab.decode(corpus.tokens) == open(path).read()
@@ -66,10 +67,25 @@ def test_processes_preparing_one_file_at_once_all_succeed_and_agree(tmp_path):
     rebuilt = data.prepare(path, 'char', cache)
     assert rebuilt.vocab.decode(rebuilt.tokens) == open(path).read()
     assert all({p: h for p, h, *_ in rows}[path] == digest(rebuilt) for rows in second)
-    entry = os.path.dirname(rebuilt.cache)
-    assert sorted(os.listdir(entry)) == sorted(['meta.json', os.path.basename(rebuilt.cache)])
-    # The rebuilds deleted the old build this process has mapped; its tokens read the same.
+    builds = [rebuilt.cache, held[path].cache]  # The old one is in use here, so it stays.
+    assert sorted(os.listdir(os.path.dirname(rebuilt.cache))) == sorted(
+        ['meta.json', *map(os.path.basename, builds)])
     assert (digest(held[path]), held[path].vocab.decode(held[path].tokens)) == before[path]
+
+  # Once no process has a build loaded, the next rebuild deletes it; a view of the tokens
+  # (the train split, say) keeps its build in use as the whole corpus does.
+  view, in_use = held[paths[0]].tokens[:1000], held[paths[0]].cache
+  del held, rebuilt, corpus
+  gc.collect()
+  for path in paths:
+    with open(path, 'a') as f:
+      f.write('and more\n')
+    newest = data.prepare(path, 'char', cache)
+    kept = [newest.cache, *([in_use] if path == paths[0] else [])]
+    assert sorted(os.listdir(os.path.dirname(newest.cache))) == sorted(
+        ['meta.json', *map(os.path.basename, kept)])
+  assert hashlib.sha256(view.tobytes()).hexdigest() == hashlib.sha256(
+      open(os.path.join(in_use, 'tokens.bin'), 'rb').read()[:1000]).hexdigest()
 
 
 def test_a_cache_of_the_old_layout_is_found_then_replaced(tmp_path):
@@ -90,8 +106,15 @@ def test_a_cache_of_the_old_layout_is_found_then_replaced(tmp_path):
     f.write('~\n')
   new = data.prepare(path, 'char', cache)
   assert new.vocab.decode(new.tokens) == open(path).read()
-  assert sorted(os.listdir(entry)) == sorted(['meta.json', os.path.basename(new.cache)])
-  np.testing.assert_array_equal(old.tokens[:100], new.tokens[:100])  # Still readable.
+  np.testing.assert_array_equal(old.tokens[:100], new.tokens[:100])  # In use, so kept.
+  assert sorted(os.listdir(entry)) == sorted(
+      ['meta.json', 'tokens.bin', 'vocab.json', os.path.basename(new.cache)])
+  del old, new
+  gc.collect()
+  with open(path, 'a') as f:
+    f.write('~\n')
+  newest = data.prepare(path, 'char', cache)
+  assert sorted(os.listdir(entry)) == sorted(['meta.json', os.path.basename(newest.cache)])
 
 
 def test_the_cache_keeps_the_umask_private(tmp_path):
