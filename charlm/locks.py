@@ -5,6 +5,7 @@ included), releases it, so a crash never leaves a stale lock. Lock files are nev
 deleting one while another process waits on it would let two processes hold "the" lock.
 """
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -15,8 +16,19 @@ from charlm.errors import UserError
 
 @contextlib.contextmanager
 def flock(path: str, exclusive: bool = True):
-  """Holds a shared or exclusive lock on `path` (created if missing), waiting for it."""
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+  """Holds a shared or exclusive lock on `path` (created if missing), waiting for it. A shared
+  lock where this process cannot write (a read-only cache, which it can only read) opens the
+  lock file to read, or holds nothing where there is none."""
+  try:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+  except OSError as e:
+    if exclusive or e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+      raise
+    try:
+      fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+      yield None
+      return
   try:
     fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
     yield fd

@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from conftest import ROOT, write_text
 
 from charlm import data
@@ -130,3 +131,18 @@ def test_the_cache_keeps_the_umask_private(tmp_path):
           *(os.path.join(entry, n) for n in os.listdir(entry))]
   for made_path in made:
     assert stat.S_IMODE(os.stat(made_path).st_mode) & 0o077 == 0, made_path
+
+
+@pytest.mark.skipif(os.getuid() == 0, reason='root writes to read-only directories')
+def test_a_read_only_cache_is_still_read(tmp_path):
+  path = write_text(tmp_path / 't.txt')
+  cache = tmp_path / 'cache'
+  data.prepare(path, 'char', str(cache))
+  for lock in cache.glob('*.lock'):
+    lock.unlink()  # As if an older charlm, which had no lock files, had prepared it.
+  cache.chmod(0o555)
+  try:
+    corpus = data.prepare(path, 'char', str(cache))
+    assert corpus.vocab.decode(corpus.tokens) == open(path).read()
+  finally:
+    cache.chmod(0o755)
