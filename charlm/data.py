@@ -5,17 +5,19 @@ it, so memory does not grow with the corpus. Batches follow char-rnn: the split 
 `batch_size` contiguous streams and consecutive batches continue every stream, so the model's
 hidden state can be carried from one batch to the next.
 """
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from charlm import atomic
+from charlm import atomic, locks
 from charlm.cache import CHUNK_BYTES, default_cache_dir, sha256_file
 from charlm.errors import UserError
 
@@ -253,7 +255,14 @@ def _encode_file(path: str, out_path: str, level: str, chunk_bytes: int) -> Voca
 def prepare(path: str, level: str = 'char', cache_dir: str = '',
             chunk_bytes: int = CHUNK_BYTES) -> Corpus:
   """Encodes `path` into a cached token file (reused while the source is unchanged), reading
-  it `chunk_bytes` at a time (0: CHUNK_BYTES)."""
+  it `chunk_bytes` at a time (0: CHUNK_BYTES).
+
+  Many processes may prepare one file at once (a sweep, a multi-process run): the entry's lock
+  file lets one build while the others wait, then find its build. Each build is a new
+  directory inside the entry, named by meta.json (replaced atomically); a build is deleted only
+  under the exclusive lock and only when no process has it loaded: a process holds a shared
+  lock on a build's token file while its tokens live. Files get the umask's permissions.
+  """
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.isfile(path):
     raise UserError(f'text file not found: {path}; set --config.data.path to an existing file')
@@ -263,40 +272,83 @@ def prepare(path: str, level: str = 'char', cache_dir: str = '',
   key = hashlib.sha1(f'{path}|{level}'.encode()).hexdigest()[:12]
   stem = os.path.splitext(os.path.basename(path))[0]
   root = default_cache_dir(cache_dir)
-  cache = os.path.join(root, f'{stem}-{level}-{key}')
-  meta_path = os.path.join(cache, 'meta.json')
-
-  digest = None
-  if os.path.exists(meta_path):
-    try:
-      meta = _read_meta(meta_path)
-      if {k: meta.get(k) for k in fingerprint} == fingerprint:
-        digest = sha256_file(path)
-        if digest == meta.get('sha256'):
-          return _load(cache, path, meta.get('num_tokens'))
-    except _CorruptCache as e:  # Left by a crash: rebuilt from the source, which is here.
-      print(f'warning: the token cache {cache} is corrupt ({e}); rebuilding it from {path}',
-            flush=True)
-
+  entry = os.path.join(root, f'{stem}-{level}-{key}')
   os.makedirs(root, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f'.{stem}-', dir=root)
-  os.chmod(tmp, 0o755)
+  with locks.flock(entry + '.lock', exclusive=False):
+    corpus = _cached(entry, path, fingerprint)
+  if corpus is None:
+    with locks.flock(entry + '.lock'):
+      # Another process may have built it meanwhile.
+      corpus = _cached(entry, path, fingerprint, warn=False)
+      if corpus is None:
+        corpus = _build(entry, path, level, fingerprint, chunk_bytes or CHUNK_BYTES)
+  return corpus
+
+
+def _cached(entry: str, source: str, fingerprint: dict, warn: bool = True) -> Corpus | None:
+  """The entry's build if it was made from `source` as it is now; call under the entry's lock.
+  A build a crash left damaged counts as none (rebuilt from the source, which is here), with a
+  warning unless `warn` is off."""
+  meta_path = os.path.join(entry, 'meta.json')
+  if not os.path.exists(meta_path):
+    return None
   try:
-    vocab = _encode_file(path, os.path.join(tmp, 'tokens.bin'), level,
-                         chunk_bytes or CHUNK_BYTES)
-    meta = {**fingerprint, 'sha256': digest or sha256_file(path), 'source': path,
-            'level': level, 'dtype': np.dtype(vocab.dtype).name,
-            'num_tokens': os.path.getsize(os.path.join(tmp, 'tokens.bin'))
-                          // np.dtype(vocab.dtype).itemsize}
-    _write_json(os.path.join(tmp, 'vocab.json'), vocab.to_json())
-    _write_json(os.path.join(tmp, 'meta.json'), meta)
-    if os.path.exists(cache):
-      shutil.rmtree(cache)
-    os.replace(tmp, cache)
+    meta = _read_meta(meta_path)
+    if ({k: meta.get(k) for k in fingerprint} != fingerprint
+        or sha256_file(source) != meta.get('sha256')):
+      return None
+    # Caches from before builds had their own directories hold the files in the entry itself.
+    build = os.path.join(entry, meta['build']) if 'build' in meta else entry
+    return _load(build, source, meta.get('num_tokens'))
+  except _CorruptCache as e:
+    if warn:
+      print(f'warning: the token cache {entry} is corrupt ({e}); rebuilding it from {source}',
+            flush=True)
+    return None
+
+
+def _build(entry: str, source: str, level: str, fingerprint: dict, chunk_bytes: int) -> Corpus:
+  """Encodes `source` into a new build of `entry`, points meta.json at it and deletes the
+  entry's other builds; call under the entry's exclusive lock."""
+  os.makedirs(entry, exist_ok=True)
+  digest = sha256_file(source)
+  name = f'build-{digest[:12]}-{secrets.token_hex(4)}'
+  build = os.path.join(entry, name)
+  os.mkdir(build)  # Mode 0o777 less the umask, so that a private corpus stays private.
+  try:
+    tokens = os.path.join(build, 'tokens.bin')
+    vocab = _encode_file(source, tokens, level, chunk_bytes)
+    meta = {**fingerprint, 'sha256': digest, 'source': source, 'level': level,
+            'dtype': np.dtype(vocab.dtype).name, 'build': name,
+            'num_tokens': os.path.getsize(tokens) // np.dtype(vocab.dtype).itemsize}
+    _write_json(os.path.join(build, 'vocab.json'), vocab.to_json())
+    _write_json(os.path.join(entry, 'meta.json'), meta)  # Atomic: the switch to this build.
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(build, ignore_errors=True)
+    with contextlib.suppress(OSError):
+      os.rmdir(entry)  # Only if empty: a failed first build leaves no entry.
     raise
-  return _load(cache, path)
+  _sweep(entry, keep=name)
+  return _load(build, source, meta['num_tokens'])
+
+
+def _sweep(entry: str, keep: str) -> None:
+  """Deletes the entry's builds but `keep` that no process has loaded: older builds, a crashed
+  build's leftovers, the files of the old layout; call under the entry's exclusive lock, so
+  that no process is between reading meta.json and loading a build."""
+  kept = {'meta.json', keep}
+  if _in_use(os.path.join(entry, 'tokens.bin')):  # The old layout's build, in the entry itself.
+    kept |= {'tokens.bin', 'vocab.json'}
+  for other in os.listdir(entry):
+    other = os.path.join(entry, other)
+    if os.path.basename(other) in kept:
+      continue
+    if os.path.isdir(other) and not os.path.islink(other):
+      if not _in_use(os.path.join(other, 'tokens.bin')):
+        shutil.rmtree(other, ignore_errors=True)
+    else:
+      with contextlib.suppress(OSError):
+        os.unlink(other)
 
 
 class _CorruptCache(Exception):
@@ -327,7 +379,23 @@ def _load(cache: str, source: str, num_tokens: int | None = None) -> Corpus:
   if size is None or (expected is not None and size != expected):
     raise _CorruptCache(f'tokens.bin has {size} bytes, meta.json records {expected}')
   tokens = np.memmap(tokens_path, dtype=vocab.dtype, mode='r')
+  # A shared lock on the token file while any view of the tokens lives (views keep the memmap
+  # alive, and it the open file): a rebuild deletes only builds no process holds this way.
+  tokens._charlm_lock = open(tokens_path, 'rb')
+  fcntl.flock(tokens._charlm_lock, fcntl.LOCK_SH)
   return Corpus(tokens=tokens, vocab=vocab, source=source, cache=cache)
+
+
+def _in_use(tokens: str) -> bool:
+  """Whether some process has the token file `tokens` loaded (see _load)."""
+  try:
+    with open(tokens, 'rb') as f:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except FileNotFoundError:
+    return False
+  except OSError:
+    return True
+  return False
 
 
 def _write_json(path, obj):

@@ -1,15 +1,18 @@
 """The LSTM loops as native CPU code (lstm_cpu.cc), built on first use and called through XLA's FFI.
 
 `available()` compiles lstm_cpu.cc with the machine's C++ compiler the first time (a few
-seconds), caches the library under $CHARLM_CACHE or ~/.cache/charlm (one per source, jaxlib
-version, compiler and CPU, since it is built for this CPU's instruction set) and registers its
-FFI targets. Without a compiler it logs one warning and returns False; lstm_kernel then runs
-XLA's loops, which give the same results more slowly.
+seconds), caches the library under `native/` of $CHARLM_CACHE or ~/.cache/charlm (one per
+source, jaxlib version, compiler and CPU, since it is built for this CPU's instruction set) and
+registers its FFI targets. It loads only a library no other user can have written: in a
+directory of this user's that no one else can write, neither a symlink. Without a compiler, or
+with such a library, it logs one warning and returns False; lstm_kernel then runs XLA's loops,
+which give the same results more slowly.
 
 `forward` and `backward` take time-major float32 arrays as lstm_cpu.cc describes. Under a
 sharded jit each device runs the batch rows it holds: a sharding rule names the batch axis of
 every operand and result, and nothing else may be split.
 """
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -17,6 +20,7 @@ import os
 import pathlib
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 
@@ -46,39 +50,79 @@ def _cpu() -> str:
     return platform.processor() + platform.machine()
 
 
-def build() -> pathlib.Path:
-  """Compiles lstm_cpu.cc unless a library built from the same inputs is cached; its path."""
+class UnsafeLibrary(RuntimeError):
+  """The library's directory or file could be written by someone else: it is not loaded."""
+
+
+def _check_private(path, st: os.stat_result, kind: str, is_kind) -> None:
+  """An UnsafeLibrary unless `st` (of `path`, not followed) is a `kind` of this user that no
+  one else can write: another user able to change it could run code as this one."""
+  fix = 'delete it, or set $CHARLM_CACHE to a directory of your own'
+  if not is_kind(st.st_mode):
+    raise UnsafeLibrary(f'{path} is not a {kind} (a symlink?); {fix}')
+  if st.st_uid != os.getuid():
+    raise UnsafeLibrary(f'{path} is owned by uid {st.st_uid}, not by this user; {fix}')
+  if st.st_mode & 0o022:
+    raise UnsafeLibrary(f'{path} is writable by others (mode {oct(st.st_mode & 0o777)}); {fix}')
+
+
+def build(cache_dir: str = '') -> pathlib.Path:
+  """Compiles lstm_cpu.cc unless a library built from the same inputs is cached; its path.
+
+  The library lives in `native/` of the cache (`cache_dir`, else $CHARLM_CACHE or
+  ~/.cache/charlm), made 0700: a directory or library that is a symlink, another user's or
+  writable by others is an UnsafeLibrary.
+  """
   compiler = os.environ.get('CXX') or shutil.which('c++') or shutil.which('g++')
   if not compiler:
     raise RuntimeError('no C++ compiler found (install g++, or set $CXX)')
   key = repr((SOURCE.read_bytes(), jaxlib.__version__, compiler, FLAGS, _cpu()))
   digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-  path = pathlib.Path(cache.default_cache_dir()) / f'lstm_cpu-{digest}.so'
-  if path.exists():
+  directory = pathlib.Path(cache.default_cache_dir(cache_dir)) / 'native'
+  directory.parent.mkdir(parents=True, exist_ok=True)
+  with contextlib.suppress(FileExistsError):
+    directory.mkdir(mode=0o700)
+  _check_private(directory, os.lstat(directory), 'directory', stat.S_ISDIR)
+  path = directory / f'lstm_cpu-{digest}.so'
+  if os.path.lexists(path):
+    _check_private(path, os.lstat(path), 'regular file', stat.S_ISREG)
     return path
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # Other processes may build too.
+  with tempfile.TemporaryDirectory(dir=directory) as tmp:  # Other processes may build too.
     built = os.path.join(tmp, path.name)
     command = [compiler, *FLAGS, '-I', jax.ffi.include_dir(), str(SOURCE), '-o', built]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
       error = ' '.join(result.stderr.split())[-300:]
       raise RuntimeError(f'{" ".join(command)} failed: {error}')
+    os.chmod(built, 0o700)
     os.replace(built, path)
   return path
+
+
+def _load(path: pathlib.Path) -> ctypes.CDLL:
+  """Loads the library through a descriptor checked as build checked the path, so that a file
+  swapped in after the check is not the one loaded (Linux; elsewhere, the checked path)."""
+  fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+  try:
+    _check_private(path, os.fstat(fd), 'regular file', stat.S_ISREG)
+    by_fd = f'/proc/self/fd/{fd}'
+    return ctypes.cdll.LoadLibrary(by_fd if os.path.exists(by_fd) else str(path))
+  finally:
+    os.close(fd)
 
 
 @functools.cache
 def available() -> bool:
   """Whether the native loops are built and registered (builds them the first time)."""
   try:
-    library = ctypes.cdll.LoadLibrary(str(build()))
+    library = _load(build())
     for name, symbol in _TARGETS.items():
       jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)),
                                   platform='cpu')
   except (OSError, RuntimeError, AttributeError) as e:
+    hint = '' if isinstance(e, UnsafeLibrary) else ' Install a C++ compiler (g++) to get them.'
     logging.warning('charlm: no native CPU LSTM loops (%s); training runs XLA loops instead, '
-                    'which are slower. Install a C++ compiler (g++) to get them.', e)
+                    'which are slower.%s', e, hint)
     return False
   return True
 

@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from charlm import atomic, corpora, loop, sharding, validate
+from charlm import atomic, corpora, locks, loop, sharding, validate
 from charlm import data as data_lib
 from charlm import model as model_lib
 from charlm.checkpoint import Checkpoints
@@ -178,8 +178,17 @@ def _report_unreadable(ckpts, step, workdir, error):
 # The loop.
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (or resumes) the run in `workdir`; returns its final metrics."""
-  validate.validate(config, workdir)
+  """Trains (or resumes) the run in `workdir`; returns its final metrics. Process 0 holds the
+  workdir's lock throughout, so a second run of the same workdir stops before doing anything."""
+  validate.validate(config, workdir)  # Before the lock, which would make the workdir.
+  if jax.process_index() != 0:
+    return _train_and_evaluate(config, workdir)
+  with locks.workdir_lock(workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes) the run in `workdir`, validated, under its lock."""
   tc = config.train
   text = corpora.text_path(config.data)
   validate.check_text_file(text, config.data.level)

@@ -18,11 +18,14 @@ SMOKE = ['--config', 'configs/default.py:smoke', '--config.train.final_sample_le
 
 
 def snapshot(*dirs) -> dict:
-  """Every file under `dirs` with its size and mtime: what a failed run must leave alone."""
+  """Every file under `dirs` with its size and mtime: what a failed run must leave alone
+  (the workdir lock aside)."""
   files = {}
   for d in dirs:
     for root, _, names in os.walk(d):
       for name in names:
+        if name == '.lock':  # The workdir lock: it records the last run's PID.
+          continue
         st = os.stat(os.path.join(root, name))
         files[os.path.join(root, name)] = (st.st_size, st.st_mtime_ns)
   return files
