@@ -16,7 +16,6 @@ every variant once and then the train step, so that machine noise hits both; the
 medians over rounds, compiling not counted. Target: activations at least 3x training's
 characters per second.
 """
-import json
 import os
 import statistics
 import sys
@@ -126,11 +125,7 @@ def main(argv):
               'size': size, 'resolved': model_lib.resolved(model).to_json(),
               'chars_per_call': len(ids), 'training_chars_per_s': train_rate,
               'training_rounds': train, 'rows': rows, 'ablate': ablation}
-    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-    with open(_OUT.value, 'w') as f:
-      json.dump(result, f, indent=2)
-      f.write('\n')
-    print(f'\nwrote {_OUT.value}')
+    common.write_results(_OUT.value, result)
 
 
 if __name__ == '__main__':

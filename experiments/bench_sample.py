@@ -171,11 +171,7 @@ def main(argv):
                   'cell': 'lstm', 'layers': _LAYERS.value, 'hidden': _HIDDEN.value,
                   'vocab': _VOCAB.value, 'flops_per_char': flops_per_char()},
               'matmul_gflops': matmul, 'rows': rows}
-    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-    with open(_OUT.value, 'w') as f:
-      json.dump(result, f, indent=2)
-      f.write('\n')
-    print(f'\nwrote {_OUT.value}')
+    common.write_results(_OUT.value, result)
 
 
 if __name__ == '__main__':

@@ -287,3 +287,12 @@ def peer_run(python: str, size: dict, steps: int, peer_dir: str = PEER_DIR) -> d
   result = json.loads(out.stdout.strip().splitlines()[-1])
   result['max_rss_mb'] = int(out.stderr.strip().splitlines()[-1]) / 1024
   return result
+
+
+def write_results(path: str, result: dict) -> None:
+  """Writes a benchmark's JSON results to `path` (its folder made if missing) and says so."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(result, f, indent=2)
+    f.write('\n')
+  print(f'\nwrote {path}')
