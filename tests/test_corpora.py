@@ -338,7 +338,7 @@ def test_unreachable_download_says_what_to_get_and_where_to_put_it(tmp_path):
   cache = str(tmp_path / 'cache')
   message = one_line_error(corpora.fetch, 'wikipedia', cache)
   dest = os.path.join(cache, 'corpora', 'wikipedia', 'enwik8.zip')
-  assert 'http://mattmahoney.net/dc/enwik8.zip' in message and dest in message
+  assert 'https://mattmahoney.net/dc/enwik8.zip' in message and dest in message
   assert 'prepare wikipedia --source PATH' in message
   assert os.listdir(os.path.dirname(dest)) == []  # No partial download left behind.
   linux = dataclasses.replace(corpora.get('linux'), local=lambda: [])  # No copy on this machine.
@@ -545,3 +545,9 @@ def test_the_index_is_the_one_pip_is_configured_with(tmp_path, monkeypatch):
   assert core.index_url() == 'https://config.example/simple'
   monkeypatch.setenv('PIP_CONFIG_FILE', os.devnull)  # pip then reads no configuration file.
   assert core.index_url() == 'https://pypi.org/simple'
+
+
+def test_every_download_is_https_and_every_index_download_is_pinned():
+  for recipe in corpora.RECIPES.values():
+    assert not recipe.url or recipe.url.startswith('https://'), recipe.url
+    assert not recipe.pypi or len(recipe.sha256) == 64, recipe.name
