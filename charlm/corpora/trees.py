@@ -90,6 +90,8 @@ LATEX = Recipe(
     filename='stacks-project-master.tar.gz',
     hint='or clone https://github.com/stacks/stacks-project and pass its directory with --source')
 
+# No sha256 pinned yet (none verified against a copy; Debian's linux-source-6.1 tarball is another
+# file); the first fetch's is recorded and kept.
 _LINUX_URL = 'https://cdn.kernel.org/pub/linux/kernel/v6.x/linux-6.1.tar.xz'
 _LINUX_HINT = ('or `apt-get install linux-source-6.1` (Debian; it installs '
                '/usr/src/linux-source-6.1.tar.xz, which is then found by itself)')
