@@ -3,8 +3,12 @@
 Keeps the latest `keep` checkpoints and the best one by validation loss; the newest is never
 deleted. Saves are asynchronous; `close()` waits for them.
 """
+import contextlib
 import logging
 import os
+import sys
+import threading
+import time
 
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
@@ -21,6 +25,42 @@ class _QuietMissingMetrics(logging.Filter):
 
 
 logging.getLogger('absl').addFilter(_QuietMissingMetrics())
+
+
+@contextlib.contextmanager
+def _quiet_orphaned_reads(settle_s: float = 0.2, limit_s: float = 5.0):
+  """Drops the noise of a failed restore: Orbax runs its reads in a fresh event loop and closes
+  it when the first read fails, so each tensorstore read still in flight ends by scheduling its
+  result on a closed loop, which Python prints as an unraisable 'RuntimeError: Event loop is
+  closed' traceback, after the caller's error or before it. While restoring, and after a
+  failure until no such error has come for `settle_s` (at most `limit_s`), those (only) are
+  dropped; the previous sys.unraisablehook comes back after."""
+  previous, last = sys.unraisablehook, [time.monotonic()]
+  lock = threading.Lock()
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == 'Event loop is closed':
+      with lock:
+        last[0] = time.monotonic()
+      return
+    previous(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    yield
+  except BaseException:
+    start = last[0] = time.monotonic()
+    while True:
+      with lock:
+        quiet = time.monotonic() - last[0]
+      if quiet >= settle_s or time.monotonic() - start >= limit_s:
+        break
+      time.sleep(settle_s - quiet)
+    raise
+  finally:
+    if sys.unraisablehook is hook:
+      sys.unraisablehook = previous
 
 
 class Checkpoints:
@@ -62,20 +102,24 @@ class Checkpoints:
         force=True)
 
   def restore_meta(self, step: int) -> dict:
-    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    with _quiet_orphaned_reads():
+      return self.manager.restore(
+          step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
   def restore(self, step: int, abstract_arrays):
     """Restores arrays onto `abstract_arrays` (ShapeDtypeStructs with shardings) and meta."""
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        arrays=ocp.args.StandardRestore(abstract_arrays), meta=ocp.args.JsonRestore()))
+    with _quiet_orphaned_reads():
+      out = self.manager.restore(step, args=ocp.args.Composite(
+          arrays=ocp.args.StandardRestore(abstract_arrays), meta=ocp.args.JsonRestore()))
     return out['arrays'], out['meta']
 
   def restore_part(self, step: int, abstract_part: dict) -> dict:
     """Restores only the entries of the arrays that `abstract_part` names (ShapeDtypeStructs
     with shardings), such as {'params': ...} for inference, without the optimizer state."""
     restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_part)
-    out = self.manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.PyTreeRestore(
-        item=abstract_part, restore_args=restore_args, partial_restore=True)))
+    with _quiet_orphaned_reads():
+      out = self.manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.PyTreeRestore(
+          item=abstract_part, restore_args=restore_args, partial_restore=True)))
     return out['arrays']
 
   def wait(self):

@@ -222,34 +222,68 @@ def _source_fingerprint(path: str) -> dict:
   return {'size': st.st_size, 'mtime_ns': st.st_mtime_ns}
 
 
-def _file_vocab(path: str, chunk_bytes: int) -> Vocab:
-  """The characters of `path`, sorted by code point; a streaming pass that checks the UTF-8."""
+def _file_vocab(path: str, chunk_bytes: int, digest=None) -> tuple[Vocab, int]:
+  """The characters of `path`, sorted by code point, and how many it has; a streaming pass that
+  checks the UTF-8 and feeds the bytes to `digest` (a hashlib object) if given."""
   present = np.zeros(MAX_CODE_POINT, bool)
-  seen_ascii = b''
+  seen_ascii, count = b'', 0
   for chunk in _utf8_chunks(path, chunk_bytes):
+    if digest is not None:
+      digest.update(chunk)
+    count += len(chunk)
     new = chunk.translate(None, seen_ascii)  # Multi-byte sequences stay whole.
     if new:
+      if not new.isascii():
+        count -= int(np.count_nonzero(np.frombuffer(chunk, np.uint8) & 0xC0 == 0x80))
       points = _code_points(new.decode('utf-8'))
       for i in range(0, len(points), 1 << 22):
         present[points[i:i + (1 << 22)]] = True
       seen_ascii = bytes(np.flatnonzero(present[:128]).tolist())
-  return Vocab('char', [chr(c) for c in np.flatnonzero(present)])
+  return Vocab('char', [chr(c) for c in np.flatnonzero(present)]), count
 
 
-def _encode_file(path: str, out_path: str, level: str, chunk_bytes: int) -> Vocab:
-  """Writes the token file for `path`; two streaming passes in char mode, one in byte mode."""
-  if level == 'byte':
-    with open(path, 'rb') as src, open(out_path, 'wb') as dst:
-      shutil.copyfileobj(src, dst, chunk_bytes)
-    return Vocab('byte')
-  vocab = _file_vocab(path, chunk_bytes)
-  if vocab.size > LARGE_VOCAB_WARNING:
+def _encode_file(path: str, out_path: str, level: str, chunk_bytes: int,
+                 after_first_pass: Callable[[], None] | None = None) -> tuple[Vocab, dict, str]:
+  """Writes the token file for `path`; returns its vocabulary and the fingerprint and sha256 of
+  the source it encoded. Two streaming passes in char mode, one in byte mode.
+
+  A source that changes meanwhile (its size or mtime, a character the first pass did not see,
+  a token count that does not fit) is read again once, then is a UserError: the tokens are
+  never a mix of two versions. `after_first_pass` (for tests) runs between the passes of each
+  try.
+  """
+  for _ in range(2):
+    before, digest = _source_fingerprint(path), hashlib.sha256()
+    changed = False
+    if level == 'byte':
+      vocab, count = Vocab('byte'), 0
+      with open(path, 'rb') as src, open(out_path, 'wb') as dst:
+        while chunk := src.read(chunk_bytes):
+          digest.update(chunk)
+          dst.write(chunk)
+          count += len(chunk)
+      if after_first_pass:
+        after_first_pass()
+    else:
+      vocab, count = _file_vocab(path, chunk_bytes, digest)
+      if after_first_pass:
+        after_first_pass()
+      def on_unknown(chars, dropped):
+        nonlocal changed
+        changed = True
+      with open(out_path, 'wb') as dst:
+        for ids in encode_chunks(path, vocab, chunk_bytes, on_unknown, validate=False):
+          ids.tofile(dst)
+    written = os.path.getsize(out_path) // np.dtype(vocab.dtype).itemsize
+    if not changed and written == count and _source_fingerprint(path) == before:
+      break
+  else:
+    raise UserError(f'{path} changed while it was being encoded, twice; prepare it again once '
+                    'nothing is writing to it')
+  if level != 'byte' and vocab.size > LARGE_VOCAB_WARNING:
     print(f'warning: {path} has {vocab.size:,} distinct characters, so the embedding and output '
           f'layers have {vocab.size:,} rows; consider --config.data.level=byte (256).', flush=True)
-  with open(out_path, 'wb') as dst:
-    for ids in encode_chunks(path, vocab, chunk_bytes, validate=False):
-      ids.tofile(dst)
-  return vocab
+  return vocab, before, digest.hexdigest()
 
 
 def prepare(path: str, level: str = 'char', cache_dir: str = '',
@@ -311,13 +345,13 @@ def _build(entry: str, source: str, level: str, fingerprint: dict, chunk_bytes: 
   """Encodes `source` into a new build of `entry`, points meta.json at it and deletes the
   entry's other builds; call under the entry's exclusive lock."""
   os.makedirs(entry, exist_ok=True)
-  digest = sha256_file(source)
-  name = f'build-{digest[:12]}-{secrets.token_hex(4)}'
+  name = f'build-{secrets.token_hex(6)}'
   build = os.path.join(entry, name)
   os.mkdir(build)  # Mode 0o777 less the umask, so that a private corpus stays private.
   try:
     tokens = os.path.join(build, 'tokens.bin')
-    vocab = _encode_file(source, tokens, level, chunk_bytes)
+    # The source as encoded, which may be newer than `fingerprint`, read before the lock.
+    vocab, fingerprint, digest = _encode_file(source, tokens, level, chunk_bytes)
     meta = {**fingerprint, 'sha256': digest, 'source': source, 'level': level,
             'dtype': np.dtype(vocab.dtype).name, 'build': name,
             'num_tokens': os.path.getsize(tokens) // np.dtype(vocab.dtype).itemsize}

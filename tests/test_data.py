@@ -76,6 +76,48 @@ def test_cache_reused_then_rebuilt_when_source_changes(tmp_path):
   assert changed.vocab.decode(changed.tokens[:3]) == 'abd'
 
 
+# A source rewritten between the vocabulary pass and the encoding pass: the same size with a
+# new character (with its mtime set back: only the characters tell, so char mode only), a longer
+# text of the same characters, a shorter one.
+REWRITES = ['héllo wrld\n' * 50, 'hello world\n' * 80, 'hello\n' * 3]
+
+
+@pytest.mark.parametrize('level,rewrite', [('char', r) for r in REWRITES] +
+                         [('byte', r) for r in REWRITES[1:]])
+def test_a_source_rewritten_during_encoding_is_read_again(tmp_path, level, rewrite):
+  path, out = tmp_path / 'text.txt', tmp_path / 'tokens.bin'
+  path.write_text('hello world\n' * 50)
+  mtime = os.stat(path).st_mtime_ns
+  tries = []
+
+  def rewrite_once():
+    if not tries:
+      path.write_text(rewrite)
+      if len(rewrite.encode()) == 600:
+        os.utime(path, ns=(mtime, mtime))
+    tries.append(1)
+
+  vocab, fingerprint, digest = data._encode_file(str(path), str(out), level, 64, rewrite_once)
+  assert len(tries) == 2
+  tokens = np.fromfile(out, vocab.dtype)
+  assert (vocab.decode(tokens) if level == 'char' else bytes(tokens).decode()) == rewrite
+  assert fingerprint == data._source_fingerprint(str(path))
+  assert digest == data.sha256_file(str(path))
+
+
+@pytest.mark.parametrize('level', ['char', 'byte'])
+def test_a_source_that_keeps_changing_during_encoding_is_one_error(tmp_path, level):
+  path = tmp_path / 'text.txt'
+  path.write_text('hello world\n' * 50)
+
+  def append():
+    with open(path, 'a') as f:
+      f.write('more\n')
+
+  with pytest.raises(UserError, match=r'text.txt changed while it was being encoded, twice'):
+    data._encode_file(str(path), str(tmp_path / 'tokens.bin'), level, 64, append)
+
+
 def test_invalid_utf8_names_offset_and_leaves_no_cache(tmp_path):
   path = tmp_path / 'bad.txt'
   path.write_bytes(b'hello world \xff\xfe more')

