@@ -263,9 +263,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         pending.append((step, metrics))
         window_steps += 1
         due = functools.partial(loop.is_due, step, total_steps=tc.steps)
-        stopping = stop.requested  # Read once: a signal during this step's saves waits a step.
+        synced = due(tc.log_every) or due(tc.eval_every) or due(tc.ckpt_every)
+        stopping = stop.agreed(synced)  # Once: a signal during this step's saves waits a step.
 
-        if due(tc.log_every) or due(tc.eval_every) or due(tc.ckpt_every) or stopping:
+        if synced or stopping:
           fetched = _fetch(pending)
           pending = []
           elapsed = time.perf_counter() - window_start
