@@ -179,12 +179,14 @@ def _report_unreadable(ckpts, step, workdir, error):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the run in `workdir`; returns its final metrics. Process 0 holds the
-  workdir's lock throughout, so a second run of the same workdir stops before doing anything."""
+  workdir's lock throughout, so a second run of the same workdir stops before doing anything;
+  an error in any process of a multi-process run ends them all."""
   validate.validate(config, workdir)  # Before the lock, which would make the workdir.
-  if jax.process_index() != 0:
-    return _train_and_evaluate(config, workdir)
-  with locks.workdir_lock(workdir):
-    return _train_and_evaluate(config, workdir)
+  with sharding.stop_together():  # One process's error stops them all.
+    if jax.process_index() != 0:
+      return _train_and_evaluate(config, workdir)
+    with locks.workdir_lock(workdir):
+      return _train_and_evaluate(config, workdir)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -113,6 +113,24 @@ def test_sigterm_to_one_process_stops_both_at_one_checkpoint_and_resumes(tmp_pat
   assert steps_logged(workdir) == list(range(5, 301, 5))
 
 
+def test_an_error_in_one_process_stops_the_other_with_its_message(tmp_path):
+  # Process 1 alone fails (its copy of the text is UTF-16): process 0 would wait for it in the
+  # first collective until JAX's heartbeat or shutdown timeout (minutes); it exits at once.
+  text = write_text(tmp_path / 'text.txt')
+  utf16 = tmp_path / 'utf16.txt'
+  utf16.write_bytes(open(text).read().encode('utf-16-le'))
+  args = [*SMOKE, f'--config.data.cache_dir={tmp_path}/cache']
+  procs = start_two_processes(args, tmp_path / 'run', extra=(
+      [f'--config.data.path={text}'], [f'--config.data.path={utf16}']))
+  started = time.time()
+  outputs = finish(procs, timeout=90)
+  assert time.time() - started < 20  # Was 30 s (a Gloo timeout) without the message.
+  assert [p.returncode for p in procs] == [1, 1], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+  error = f'{utf16} is 50% NUL bytes: probably UTF-16LE text'
+  assert f'error: {error}' in outputs[1][1]
+  assert f'error: process 1 failed: {error}' in outputs[0][1]
+
+
 def test_resume_a_four_device_checkpoint_on_one_device(four_device_run, tmp_path):
   args, tmp = four_device_run
   workdir = tmp_path / 'run'
