@@ -131,6 +131,29 @@ def test_an_error_in_one_process_stops_the_other_with_its_message(tmp_path):
   assert f'error: process 1 failed: {error}' in outputs[0][1]
 
 
+def test_a_failure_inside_the_loop_of_one_process_stops_the_other(tmp_path):
+  # A second Ctrl-C aborts process 1 mid-run (no step syncs before the end), while process 0
+  # waits for it in a train step's all-reduce: that one exits too, at once and saying why.
+  text = write_text(tmp_path / 'text.txt')
+  args = [*SMOKE, f'--config.data.path={text}', f'--config.data.cache_dir={tmp_path}/cache',
+          '--config.train.steps=1000000', '--config.train.log_every=0',
+          '--config.train.eval_every=0', '--config.train.ckpt_every=0']
+  procs = start_two_processes(args, tmp_path / 'run')
+  for line in procs[0].stdout:  # Then compiles the step and trains.
+    if line.startswith('training on'):
+      break
+  time.sleep(2)
+  procs[1].send_signal(signal.SIGINT)
+  time.sleep(0.5)
+  procs[1].send_signal(signal.SIGINT)
+  started = time.time()
+  outputs = finish(procs, timeout=60)
+  assert time.time() - started < 20
+  assert [p.returncode for p in procs] == [1, 130], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+  assert 'error: interrupted by a second signal' in outputs[1][1]
+  assert 'error: process 1 failed: interrupted by a second signal' in outputs[0][1]
+
+
 def test_resume_a_four_device_checkpoint_on_one_device(four_device_run, tmp_path):
   args, tmp = four_device_run
   workdir = tmp_path / 'run'
