@@ -5,6 +5,8 @@ import threading
 import time
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from charlm.evaluation import LN2
 
@@ -15,13 +17,17 @@ def is_due(step: int, every: int, total_steps: int) -> bool:
 
 
 class StopRequests:
-  """Turns SIGINT/SIGTERM into a flag checked between steps; a second signal interrupts."""
+  """Turns SIGINT/SIGTERM into a stop between steps; a second signal interrupts.
+
+  A signal may reach one process of a multi-process run only: `agreed` all-reduces the flag
+  at the steps where the loop syncs with the host anyway, so every process stops together."""
 
   def __init__(self):
     self.requested, self._old = False, {}
+    self._multi = jax.process_count() > 1
 
   def __enter__(self):
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+    if threading.current_thread() is threading.main_thread():
       for sig in (signal.SIGINT, signal.SIGTERM):
         self._old[sig] = signal.signal(sig, self._handle)
     return self
@@ -30,8 +36,19 @@ class StopRequests:
     if self.requested:
       raise KeyboardInterrupt
     self.requested = True
-    print('\nstopping: saving a checkpoint after this step (signal again to abort)',
+    when = 'at the next logging step' if self._multi else 'after this step'
+    print(f'\nstopping: saving a checkpoint {when} (signal again to abort)',
           file=sys.stderr, flush=True)
+
+  def agreed(self, synced: bool) -> bool:
+    """Whether to stop after this step. `synced`: the step logs, evaluates or saves (the same
+    in every process); only then do several processes exchange their flags."""
+    if not self._multi:
+      return self.requested
+    if not synced:
+      return False
+    flags = multihost_utils.process_allgather(np.int32(self.requested))
+    return bool(np.any(flags))
 
   def __exit__(self, *exc):
     for sig, handler in self._old.items():

@@ -3,7 +3,12 @@
 The batch (and the carried hidden state) is split along the `data` axis; parameters and
 optimizer state are replicated. A later FSDP-style `model` axis would shard parameters too.
 """
+import contextlib
 import os
+import sys
+import threading
+import time
+import traceback
 
 import jax
 import numpy as np
@@ -84,3 +89,78 @@ def initialize_distributed(coordinator_address: str | None = None,
 def local_copy(tree):
   """The first local replica of replicated arrays: usable by this process alone (sampling)."""
   return jax.tree.map(lambda x: x.addressable_data(0), tree)
+
+
+_FAILED = 'charlm/failed'  # The coordination service's key: "<process>\t<message>".
+
+
+@contextlib.contextmanager
+def stop_together():
+  """An exception in one process of a multi-process run ends every process with its message.
+
+  Otherwise the others wait in their next collective until JAX's heartbeat or shutdown timeout
+  (minutes). The failing process posts its message to the coordination service; a thread in
+  each process watches for it, prints it and exits 1 (130 for a second Ctrl-C)."""
+  from jax._src import distributed  # jax.distributed does not expose its client.
+  client = distributed.global_state.client if jax.process_count() > 1 else None
+  if client is None:
+    yield
+    return
+  done = threading.Event()
+  watcher = threading.Thread(target=_watch, args=(client, done), daemon=True)
+  watcher.start()
+  try:
+    yield
+  except BaseException as e:
+    if isinstance(e, SystemExit) and e.code in (0, None):
+      raise
+    code = 130 if isinstance(e, KeyboardInterrupt) else 1
+    if isinstance(e, (UserError, KeyboardInterrupt)):
+      message = str(e) if isinstance(e, UserError) else 'interrupted by a second signal'
+      print(f'error: {message}', file=sys.stderr, flush=True)
+    else:
+      message = traceback.format_exception_only(e)[-1].strip() or type(e).__name__
+      traceback.print_exc()
+    _post_and_exit(client, message, code)
+  finally:  # Not left in a call into JAX at exit, which aborts the process.
+    done.set()
+    watcher.join(timeout=5)
+
+
+def _watch(client, done):
+  me = jax.process_index()
+  while not done.is_set():
+    try:
+      value = client.blocking_key_value_get(_FAILED, 500)
+    except Exception:  # A timeout; or the service is gone, which JAX reports itself.
+      continue
+    sender, message = value.split('\t', 1)
+    if done.is_set() or int(sender) == me:
+      return
+    print(f'error: process {sender} failed: {message}', file=sys.stderr, flush=True)
+    _leave(client, 1)
+
+
+def _post_and_exit(client, message, code):
+  with contextlib.suppress(Exception):  # Another process failed first: its message stands.
+    client.key_value_set(_FAILED, f'{jax.process_index()}\t{message}')
+  _leave(client, code)
+
+
+def _leave(client, code):
+  """Exits at once (a normal exit would wait for the others in jax.distributed's shutdown
+  barrier); process 0 last, as the others abort when its coordination service goes away."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  me = jax.process_index()
+  if me:
+    with contextlib.suppress(Exception):
+      client.key_value_set(f'{_FAILED}/exit/{me}', '1')
+  else:
+    deadline = time.monotonic() + 10
+    for other in range(1, jax.process_count()):
+      with contextlib.suppress(Exception):  # Stuck or gone already: exit anyway.
+        timeout = max(1, int(1000 * (deadline - time.monotonic())))
+        client.blocking_key_value_get(f'{_FAILED}/exit/{other}', timeout)
+    time.sleep(0.2)  # Until they are gone.
+  os._exit(code)

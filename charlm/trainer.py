@@ -179,12 +179,14 @@ def _report_unreadable(ckpts, step, workdir, error):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the run in `workdir`; returns its final metrics. Process 0 holds the
-  workdir's lock throughout, so a second run of the same workdir stops before doing anything."""
+  workdir's lock throughout, so a second run of the same workdir stops before doing anything;
+  an error in any process of a multi-process run ends them all."""
   validate.validate(config, workdir)  # Before the lock, which would make the workdir.
-  if jax.process_index() != 0:
-    return _train_and_evaluate(config, workdir)
-  with locks.workdir_lock(workdir):
-    return _train_and_evaluate(config, workdir)
+  with sharding.stop_together():  # One process's error stops them all.
+    if jax.process_index() != 0:
+      return _train_and_evaluate(config, workdir)
+    with locks.workdir_lock(workdir):
+      return _train_and_evaluate(config, workdir)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -263,9 +265,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         pending.append((step, metrics))
         window_steps += 1
         due = functools.partial(loop.is_due, step, total_steps=tc.steps)
-        stopping = stop.requested  # Read once: a signal during this step's saves waits a step.
+        synced = due(tc.log_every) or due(tc.eval_every) or due(tc.ckpt_every)
+        stopping = stop.agreed(synced)  # Once: a signal during this step's saves waits a step.
 
-        if due(tc.log_every) or due(tc.eval_every) or due(tc.ckpt_every) or stopping:
+        if synced or stopping:
           fetched = _fetch(pending)
           pending = []
           elapsed = time.perf_counter() - window_start

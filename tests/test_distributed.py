@@ -1,9 +1,11 @@
 """Data parallelism across devices and processes, on CPU devices (JAX_NUM_CPU_DEVICES)."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -38,29 +40,118 @@ def four_device_run(tmp_path_factory):
   return args, tmp
 
 
-def test_two_processes_match_one_process_with_four_devices(four_device_run, tmp_path):
-  args, tmp = four_device_run
-  port, workdir = free_port(), tmp_path / 'run'
+def start_two_processes(args, workdir, extra=((), ())):
+  """Two processes of 2 CPU devices each; `extra` holds each one's own further arguments."""
+  port = free_port()
   joins = [  # Process 0 joins through flags, process 1 through the environment.
       ([f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', '--process_id=0'], {}),
       ([], {'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}', 'JAX_NUM_PROCESSES': '2',
             'JAX_PROCESS_ID': '1'})]
-  procs = [subprocess.Popen(
-      [sys.executable, '-m', 'charlm.train', *args, f'--workdir={workdir}', *flags],
+  return [subprocess.Popen(
+      [sys.executable, '-m', 'charlm.train', *args, f'--workdir={workdir}', *flags, *more],
       cwd=ROOT, env=dict(os.environ, **devices_env(2), **env), stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True) for flags, env in joins]
+      stderr=subprocess.PIPE, text=True) for (flags, env), more in zip(joins, extra, strict=True)]
+
+
+def finish(procs, timeout=240):
+  """The (stdout, stderr) of each process; a hung child must not outlive the test."""
   try:
-    outputs = [p.communicate(timeout=240) for p in procs]
+    return [p.communicate(timeout=timeout) for p in procs]
   finally:
-    for p in procs:  # A hung child must not outlive the test.
+    for p in procs:
       if p.poll() is None:
         p.kill()
+        p.communicate()
+
+
+def test_two_processes_match_one_process_with_four_devices(four_device_run, tmp_path):
+  args, tmp = four_device_run
+  workdir = tmp_path / 'run'
+  procs = start_two_processes(args, workdir)
+  outputs = finish(procs)
   assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
   assert 'step 20/20' in outputs[0][0] and 'step 20/20' not in outputs[1][0]  # Process 0 logs.
   single, multi = curve(tmp / 'run'), curve(workdir)
   assert single.keys() == multi.keys() and len(single) == 22
   np.testing.assert_allclose([multi[k] for k in single], list(single.values()), rtol=2e-5)
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['10', '20']
+
+
+def steps_logged(workdir):
+  """The steps of the train rows in metrics.jsonl."""
+  path = workdir / 'metrics.jsonl'
+  rows = [json.loads(line) for line in open(path)] if path.exists() else []
+  return [r['step'] for r in rows if 'train/loss' in r]
+
+
+@pytest.mark.slow  # About 27 s: two processes started twice.
+def test_sigterm_to_one_process_stops_both_at_one_checkpoint_and_resumes(tmp_path):
+  # A preempted host gets the signal alone: both processes agree at the next logged step, save
+  # the same checkpoint and exit 130, as one process does; the same command resumes.
+  text = write_text(tmp_path / 'text.txt')
+  args = [*SMOKE, f'--config.data.path={text}', f'--config.data.cache_dir={tmp_path}/cache',
+          '--config.train.steps=300', '--config.train.ckpt_every=0',
+          '--config.train.eval_every=0', '--config.train.log_every=5']
+  workdir = tmp_path / 'run'
+  procs = start_two_processes(args, workdir)
+  deadline = time.time() + 120
+  while time.time() < deadline and len(steps_logged(workdir)) < 4 and procs[1].poll() is None:
+    time.sleep(0.1)
+  procs[1].send_signal(signal.SIGTERM)
+  outputs = finish(procs, timeout=120)
+  errors = outputs[0][1][-2000:] + outputs[1][1][-2000:]
+  assert [p.returncode for p in procs] == [130, 130], errors
+  stopped = [int(s) for s in os.listdir(workdir / 'checkpoints')]
+  assert len(stopped) == 1 and 0 < stopped[0] < 300 and stopped[0] % 5 == 0, (stopped, errors)
+  assert f'interrupted at step {stopped[0]}' in outputs[0][0]
+  assert 'stopping: saving a checkpoint at the next logging step' in outputs[1][1]
+
+  procs = start_two_processes(args, workdir)
+  outputs = finish(procs)
+  assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+  assert f'resuming {workdir} from step {stopped[0]}' in outputs[0][0]
+  assert steps_logged(workdir) == list(range(5, 301, 5))
+
+
+def test_an_error_in_one_process_stops_the_other_with_its_message(tmp_path):
+  # Process 1 alone fails (its copy of the text is UTF-16): process 0 would wait for it in the
+  # first collective until JAX's heartbeat or shutdown timeout (minutes); it exits at once.
+  text = write_text(tmp_path / 'text.txt')
+  utf16 = tmp_path / 'utf16.txt'
+  utf16.write_bytes(open(text).read().encode('utf-16-le'))
+  args = [*SMOKE, f'--config.data.cache_dir={tmp_path}/cache']
+  procs = start_two_processes(args, tmp_path / 'run', extra=(
+      [f'--config.data.path={text}'], [f'--config.data.path={utf16}']))
+  started = time.time()
+  outputs = finish(procs, timeout=90)
+  assert time.time() - started < 20  # Was 30 s (a Gloo timeout) without the message.
+  assert [p.returncode for p in procs] == [1, 1], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+  error = f'{utf16} is 50% NUL bytes: probably UTF-16LE text'
+  assert f'error: {error}' in outputs[1][1]
+  assert f'error: process 1 failed: {error}' in outputs[0][1]
+
+
+def test_a_failure_inside_the_loop_of_one_process_stops_the_other(tmp_path):
+  # A second Ctrl-C aborts process 1 mid-run (no step syncs before the end), while process 0
+  # waits for it in a train step's all-reduce: that one exits too, at once and saying why.
+  text = write_text(tmp_path / 'text.txt')
+  args = [*SMOKE, f'--config.data.path={text}', f'--config.data.cache_dir={tmp_path}/cache',
+          '--config.train.steps=1000000', '--config.train.log_every=0',
+          '--config.train.eval_every=0', '--config.train.ckpt_every=0']
+  procs = start_two_processes(args, tmp_path / 'run')
+  for line in procs[0].stdout:  # Then compiles the step and trains.
+    if line.startswith('training on'):
+      break
+  time.sleep(2)
+  procs[1].send_signal(signal.SIGINT)
+  time.sleep(0.5)
+  procs[1].send_signal(signal.SIGINT)
+  started = time.time()
+  outputs = finish(procs, timeout=60)
+  assert time.time() - started < 20
+  assert [p.returncode for p in procs] == [1, 130], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+  assert 'error: interrupted by a second signal' in outputs[1][1]
+  assert 'error: process 1 failed: interrupted by a second signal' in outputs[0][1]
 
 
 def test_resume_a_four_device_checkpoint_on_one_device(four_device_run, tmp_path):
