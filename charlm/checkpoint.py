@@ -63,6 +63,14 @@ def _quiet_orphaned_reads(settle_s: float = 0.2, limit_s: float = 5.0):
       sys.unraisablehook = previous
 
 
+def unreadable(step: int, workdir: str, error: Exception) -> str:
+  """What to tell a user about a checkpoint that does not read back: the step, the workdir and
+  the first line of the error, for a warning or an error to go on from."""
+  reason = (str(error).strip().splitlines() or [''])[0][:160]
+  return (f'the checkpoint at step {step} in {workdir} is unreadable (corrupt or truncated: '
+          f'{type(error).__name__}: {reason})')
+
+
 class Checkpoints:
 
   def __init__(self, directory: str, keep: int = 3, read_only: bool = False):

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from charlm import checkpoint, sharding, validate
 from charlm import data as data_lib
 from charlm import model as model_lib
-from charlm import sharding, validate
 from charlm.checkpoint import Checkpoints
 from charlm.errors import UserError
 
@@ -62,9 +62,7 @@ def load_checkpoint(workdir: str, step='latest'):
 
 def _unreadable(step, steps, workdir, error) -> UserError:
   others = ', '.join(str(s) for s in sorted(steps) if s != step) or 'none'
-  reason = (str(error).strip().splitlines() or [''])[0][:160]
-  return UserError(f'the checkpoint at step {step} in {workdir} is unreadable (corrupt or '
-                   f'truncated: {type(error).__name__}: {reason}); pass --step with another '
+  return UserError(f'{checkpoint.unreadable(step, workdir, error)}; pass --step with another '
                    f'step (there: {others})')
 
 

@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from charlm import atomic, corpora, locks, loop, sharding, validate
+from charlm import atomic, checkpoint, corpora, locks, loop, sharding, validate
 from charlm import data as data_lib
 from charlm import model as model_lib
 from charlm.checkpoint import Checkpoints
@@ -169,9 +169,8 @@ def _restore_newest_readable(ckpts, target, vocab, config, workdir):
 
 def _report_unreadable(ckpts, step, workdir, error):
   ckpts.unreadable.add(step)
-  reason = (str(error).strip().splitlines() or [''])[0][:160]
-  print(f'warning: the checkpoint at step {step} in {workdir} is unreadable (corrupt or '
-        f'truncated: {type(error).__name__}: {reason}); falling back to an older one', flush=True)
+  print(f'warning: {checkpoint.unreadable(step, workdir, error)}; falling back to an older one',
+        flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
