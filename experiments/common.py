@@ -1,16 +1,14 @@
 """What the benchmarks share: sizes, config overrides, charlm's train step, rounds and the peer.
 
 A benchmark names what charlm runs with config overrides, 'SECTION.FIELD=VALUE' each, on top
-of configs/default.py (charlm's defaults): `apply_overrides` converts each value to the type of
-the field it replaces, so that a misspelled field or a value of the wrong type fails at once,
-in one line, before anything compiles. Nothing here defines or reads flags: each benchmark
-passes what it was given.
+of configs/default.py (charlm's defaults): `apply_overrides` (`charlm.overrides`) converts each
+value to the type of the field it replaces, so that a misspelled field or a value of the wrong
+type fails at once, in one line, before anything compiles. Nothing here defines or reads flags:
+each benchmark passes what it was given.
 """
-import ast
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -19,6 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # The benchmarks run as scripts: `python experiments/bench_train.py`.
   sys.path.insert(0, ROOT)
 
+from charlm import overrides as overrides_lib  # noqa: E402
 from charlm.errors import UserError  # noqa: E402
 
 PEER_DIR = os.path.join(ROOT, '..', 'shared', 'bench')
@@ -52,65 +51,18 @@ def flops_per_char(size: dict) -> int:
 
 
 def split_overrides(text: str) -> list:
-  """'model.impl=fused,model.dtype=bfloat16' -> one override each; a comma inside a value (a
-  tuple) stays. '' and 'default' are no overrides: charlm's defaults."""
-  if text.strip() in ('', 'default'):
-    return []
-  return [part.strip() for part in re.split(r',(?=\s*[A-Za-z_][\w.]*\s*=)', text)]
-
-
-def _convert(key: str, old, value: str):
-  """`value` as the type of the field's current value `old`."""
-  if isinstance(old, bool):
-    if value.lower() not in ('true', 'false'):
-      raise ValueError('use true or false')
-    return value.lower() == 'true'
-  if isinstance(old, int):
-    return int(value)
-  if isinstance(old, float):
-    return float(value)
-  if isinstance(old, str):
-    return value
-  if isinstance(old, tuple | list):
-    got = ast.literal_eval(value)
-    if not isinstance(got, tuple | list):
-      raise ValueError(f'use a tuple like {old!r}')
-    return type(old)(got)
-  raise ValueError(f'{key} holds {type(old).__name__}, which overrides cannot set')
+  """'model.impl=fused,model.dtype=bfloat16' -> one override each (`charlm.overrides.split`)."""
+  return overrides_lib.split(text)
 
 
 def apply_overrides(config, overrides) -> None:
-  """Sets each 'SECTION.FIELD=VALUE' of `overrides` in `config` (a locked ConfigDict), VALUE
-  converted to the field's type (bool true/false, int, float, str, tuple). An unknown field, a
-  bad value, a field a size sets or a field named twice is a one-line UserError."""
-  seen = set()
+  """Sets each 'SECTION.FIELD=VALUE' of `overrides` in `config` (`charlm.overrides.apply`); a
+  field that a size sets is a one-line UserError too."""
   for override in overrides:
-    key, eq, value = (s.strip() for s in override.partition('='))
-    if not eq or not key:
-      raise UserError(f'override {override!r}: use SECTION.FIELD=VALUE, e.g. '
-                      'model.saved_gates=float16')
+    key, _ = overrides_lib.parse(override)
     if key in SIZE_FIELDS:
       raise UserError(f'override {override!r}: {key} is set by the size (--sizes LxH:BxT)')
-    if key in seen:
-      raise UserError(f'override {override!r}: {key} is set twice')
-    seen.add(key)
-    *path, field = key.split('.')
-    section = config
-    try:
-      for name in path:
-        section = section[name]
-      old = section[field]
-    except (KeyError, AttributeError, TypeError) as e:
-      hint = str(e.args[0] if e.args else e).strip('\'"').splitlines()[-1]
-      hint = f' (d{hint[1:]})' if hint.startswith('Did you mean') else ''
-      raise UserError(f'override {override!r}: the config has no field {key}{hint}') from None
-    if hasattr(old, 'keys'):
-      raise UserError(f'override {override!r}: {key} is a section; name one of its fields')
-    try:
-      section[field] = _convert(key, old, value)
-    except (ValueError, TypeError, SyntaxError) as e:
-      raise UserError(f'override {override!r}: bad value for {key} (type {type(old).__name__}, '
-                      f'now {old!r}): {str(e).splitlines()[0]}') from None
+  overrides_lib.apply(config, overrides)
 
 
 def bench_config(size: dict | None, *overrides):

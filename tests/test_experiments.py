@@ -105,7 +105,7 @@ def test_benchmark_mistakes_are_one_line_errors():
   for args, error in [
       (['experiments/bench_train.py', '--variant', 'model.impl=fused,model.saved_gate=float16'],
        'error: override \'model.saved_gate=float16\': the config has no field model.saved_gate '
-       '(did you mean "saved_gates"'),
+       '(did you mean "model.saved_gates"?)'),
       (['experiments/bench_lstm_loops.py', '--override', 'model.unroll=many'],
        "error: override 'model.unroll=many': bad value for model.unroll"),
       (['experiments/bench_lstm_loops.py', '--override', 'model.saved_gates=float16'],
