@@ -1,4 +1,5 @@
-"""Run logs: TensorBoard events (tensorboardX), metrics.jsonl and samples.md, from process 0.
+"""Run logs: TensorBoard events (tensorboardX) with the run's hyperparameters, metrics.jsonl and
+samples.md, from process 0.
 
 A run that resumes from step N (0 when fresh) first drops what was logged after N, so that the
 steps it replays appear once in every log, even after a kill -9 between checkpoints.
@@ -10,6 +11,10 @@ import re
 import jax
 
 from charlm import atomic
+
+# What the HParams dashboard shows of a run whose config leaves train.hparams empty.
+HPARAMS = ('model.cell', 'model.num_layers', 'model.hidden', 'model.dropout', 'train.batch_size',
+           'train.seq_len', 'optim.name', 'optim.lr')
 
 
 class MetricWriter:
@@ -36,6 +41,18 @@ class MetricWriter:
       self._tb.add_scalar(k, v, step)
     self._jsonl.write(json.dumps({'step': int(step), **values}) + '\n')
     self._jsonl.flush()
+
+  def hparams(self, values: dict):
+    """The run's hyperparameters for TensorBoard's HParams dashboard, in this run's own event
+    file. Only the session's start is written, not an experiment: the dashboard then gathers
+    the hyperparameters of every run under its logdir (a sweep's points and other runs alike)
+    and takes its metrics from the scalars each run logs (val/loss, val/bpc, ...)."""
+    if not self.active:
+      return
+    from tensorboardX.summary import hparams
+    plain = {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in values.items()}
+    _, session_start, _ = hparams(plain, {})
+    self._tb.file_writer.add_summary(session_start)
 
   def text(self, step: int, tag: str, text: str):
     if self.active:  # Indented four spaces, so Markdown renders it as written.
@@ -66,6 +83,18 @@ class MetricWriter:
       self._tb.close()
       self._jsonl.close()
       self.active = False
+
+
+def hparams_of(config) -> dict:
+  """The fields `config.train.hparams` names (default: HPARAMS), dotted name -> value."""
+  names = [n.strip() for n in config.train.get('hparams', '').split(',') if n.strip()]
+  values = {}
+  for name in names or HPARAMS:
+    value = config
+    for part in name.split('.'):
+      value = value[part]
+    values[name] = value
+  return values
 
 
 def trim_jsonl(path: str, step: int):

@@ -20,7 +20,7 @@ from charlm import model as model_lib
 from charlm.checkpoint import Checkpoints
 from charlm.errors import UserError
 from charlm.evaluation import LN2, Evaluator, cross_entropy_sum, reset_where
-from charlm.metrics import MetricWriter
+from charlm.metrics import MetricWriter, hparams_of
 from charlm.sampling import Sampler, drop_unknown
 
 SHAPE_KEYS = ('cell', 'num_layers', 'hidden', 'embed')
@@ -229,7 +229,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
           f'{resolved.describe()}', flush=True)
     atomic.write_json(os.path.join(workdir, 'config.json'), {  # With what 'auto' chose.
         **json.loads(config.to_json_best_effort()), 'resolved': {
-            'model': resolved.to_json(), 'train': {'devices': mesh.size}}}, indent=2)
+            'model': resolved.to_json(), 'train': {
+                'devices': mesh.size, 'params': model_lib.count_params(abstract['params'])}}},
+        indent=2)
+    if start == 0:  # A resumed run keeps the hyperparameters its start wrote.
+      writer.hparams(hparams_of(config))
     atomic.write_json(os.path.join(workdir, 'vocab.json'), corpus.vocab.to_json())
 
   data = sharding.batch_sharding(mesh)

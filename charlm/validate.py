@@ -51,7 +51,8 @@ REALS = [
     ('optim', 'decay_rate', 0, False, 1, True),
     ('optim', 'min_lr_ratio', 0, True, 1, True),
 ]
-STRINGS = [('data', 'name'), ('data', 'path'), ('data', 'cache_dir'), ('train', 'sample_prime')]
+STRINGS = [('data', 'name'), ('data', 'path'), ('data', 'cache_dir'), ('train', 'sample_prime'),
+           ('train', 'hparams')]
 # A file whose first bytes are at least this fraction NUL is not UTF-8 text.
 NUL_FRACTION = 0.25
 HEAD_BYTES = 1 << 16
@@ -118,6 +119,7 @@ def validate(config, workdir: str | None = None):
   if seed is not None and not _is_int(seed):
     raise UserError(f'train.seed is {seed!r}; use a whole number')
   _check_split(_field(config, 'data', 'split'))
+  _check_hparams(config)
   _check_sampling(config.train)
   from charlm import model as model_lib  # Imports JAX (after check_environment).
   model_lib.resolve(config.model, None, backend='tpu')  # Any backend's errors; builds nothing.
@@ -146,6 +148,17 @@ def _check_split(split):
   if not data_lib._is_counts(split) and abs(sum(split) - 1) > 1e-6:
     raise UserError(f'data.split is {tuple(split)}, summing to {sum(split):g}; give fractions '
                     f'summing to 1 or three whole token counts, {example}')
+
+
+def _check_hparams(config):
+  """train.hparams: comma-separated names of the config's own fields."""
+  from charlm import overrides
+  names = [n.strip() for n in (_field(config, 'train', 'hparams') or '').split(',') if n.strip()]
+  fields = overrides.field_names(config)
+  for name in names:
+    if name not in fields:
+      raise UserError(f'train.hparams names {name!r}, which is not a config field; give '
+                      'comma-separated fields: --config.train.hparams=model.hidden,optim.lr')
 
 
 def _check_sampling(train):

@@ -73,6 +73,10 @@ def get_config(arg=None):
   config.train.sample_prime = '\n'  # Text the samples start from.
   config.train.sample_temperatures = (0.5, 1.0)
   config.train.final_sample_length = 500  # Characters printed at the end of training (0: none).
+  # Config fields shown in TensorBoard's HParams dashboard, comma-separated dotted names
+  # ('model.hidden,optim.lr'); '': model.cell, model.num_layers, model.hidden, model.dropout,
+  # train.batch_size, train.seq_len, optim.name, optim.lr. charlm.sweep sets its overrides here.
+  config.train.hparams = ''
 
   config.optim = ml_collections.ConfigDict()
   config.optim.name = 'adam'  # 'adam', 'adamw', 'rmsprop' or 'sgd'.

@@ -90,7 +90,8 @@ CASES = [  # (overrides, what the message says)
     ({'train__sample_every': 5, 'train__sample_temperatures': (0.5, -1.0)},
      'train.sample_temperatures is (0.5, -1.0)'),
     ({'train__sample_every': 5, 'train__sample_temperatures': (NAN,)},
-     'train.sample_temperatures is (nan,)'),
+     'train.sample_temperatures is (nan,)'),    ({'train__hparams': 'model.hidden,model.hiden'},
+     "train.hparams names 'model.hiden', which is not a config field"),
 ]
 
 
