@@ -37,14 +37,15 @@ def flock(path: str, exclusive: bool = True):
 
 
 @contextlib.contextmanager
-def workdir_lock(workdir: str):
-  """Holds `workdir/.lock` exclusively, recording this process; another run of the same
-  workdir is a UserError naming the process that holds it, raised before anything is written.
+def workdir_lock(workdir: str, what: str = 'run', flag: str = '--workdir'):
+  """Holds `workdir/.lock` exclusively, recording this process; another `what` (run, sweep) of
+  the same workdir is a UserError naming the process that holds it and `flag`, the way to give
+  another, raised before anything is written.
   A workdir this made that holds nothing else at the end is removed, lock and all: a run that
   fails on its input leaves nothing behind."""
   path = os.path.join(workdir, '.lock')
   made = not os.path.lexists(workdir)
-  fd = _lock_exclusively(workdir, path)
+  fd = _lock_exclusively(workdir, path, what, flag)
   try:
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps({'pid': os.getpid(), 'host': socket.gethostname()}).encode(), 0)
@@ -60,7 +61,7 @@ def workdir_lock(workdir: str):
       os.close(fd)
 
 
-def _lock_exclusively(workdir: str, path: str) -> int:
+def _lock_exclusively(workdir: str, path: str, what: str, flag: str) -> int:
   """A descriptor of `path` holding its exclusive lock, or a UserError if another holds it.
   Retries while the lock file it locked was meanwhile deleted by the previous holder."""
   for _ in range(100):
@@ -70,15 +71,15 @@ def _lock_exclusively(workdir: str, path: str) -> int:
     except FileNotFoundError:
       continue  # The workdir was removed between the two calls.
     except OSError as e:
-      raise UserError(f'cannot use workdir {workdir}: {e.strerror}; give a writable directory '
-                      'with --workdir') from None
+      raise UserError(f'cannot use workdir {workdir}: {e.strerror}; give a writable directory with '
+                      f'{flag}') from None
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
       holder = _holder(fd)
       os.close(fd)
-      raise UserError(f'{workdir} is in use by another run ({holder}); wait for it to finish '
-                      'or stop it, or use another --workdir') from None
+      raise UserError(f'{workdir} is in use by another {what} ({holder}); wait for it to finish '
+                      f'or stop it, or use another {flag}') from None
     try:
       if os.stat(path).st_ino == os.fstat(fd).st_ino:
         return fd
