@@ -282,6 +282,7 @@ def open_sweep(sweepdir: str, spec: Spec, points: list) -> None:
                       f'{"; ".join(f"{k} was {old.get(k)!r}" for k in differs)}); give the '
                       'same flags to resume it or another --name for a new sweep')
     return
+  os.makedirs(sweepdir, exist_ok=True)
   atomic.write_json(path, record, indent=2)
 
 
