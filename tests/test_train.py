@@ -13,6 +13,7 @@ from conftest import ROOT, run_cli, smoke_config, write_text
 
 from charlm import inference, trainer
 from charlm.errors import UserError
+from charlm.metrics import HPARAMS
 
 
 def read_metrics(workdir):
@@ -247,6 +248,13 @@ def test_cli_smoke_run_leaves_a_readable_workdir(tmp_path):
   assert {'train/loss', 'val/loss', 'val/bpc', 'lr', 'chars_per_sec'} <= set(tags)
   assert [e.step for e in events.Scalars('val/loss')] == [10, 20]
   assert events.Scalars('train/loss')[-1].value == pytest.approx(rows[-2]['train/loss'])
+  # A run that names no train.hparams shows a few notable fields in the HParams dashboard.
+  from tensorboard.plugins.hparams import metadata
+  start = events.PluginTagToContent('hparams')[metadata.SESSION_START_INFO_TAG]
+  hparams = metadata.parse_session_start_info_plugin_data(start).hparams
+  assert set(hparams) == set(HPARAMS) and hparams['model.hidden'].number_value == 32
+  assert hparams['optim.name'].string_value == 'adam'
+  assert config['resolved']['train']['params'] > 0
 
 
 @pytest.mark.parametrize('args,expect', [
