@@ -439,21 +439,37 @@ def _write_json(path, obj):
 # ---------------------------------------------------------------------------------------------
 # Splits and batches.
 
+def check_split(split):
+  """data.split, before the corpus is known: three non-negative fractions summing to 1, or
+  three token counts (None: the reader's default)."""
+  example = 'for example --config.data.split="(0.9,0.05,0.05)"'
+  if split is None:
+    return
+  if not isinstance(split, (tuple, list)) or len(split) != 3 or not all(
+      isinstance(p, (int, float, np.integer, np.floating)) and not isinstance(p, bool)
+      and np.isfinite(p) for p in split):
+    raise UserError(f'data.split is {split!r}; give three train/val/test fractions or token '
+                    f'counts, {example}')
+  if min(split) < 0:
+    raise UserError(f'data.split is {tuple(split)}; its parts must be >= 0, {example}')
+  if not _is_counts(split) and abs(sum(split) - 1) > 1e-6:
+    raise UserError(f'data.split is {tuple(split)}, summing to {sum(split):g}; give fractions '
+                    f'summing to 1 or three whole token counts, {example}')
+
+
 def split(tokens: np.ndarray, fractions) -> dict[str, np.ndarray]:
   """Contiguous train/val/test views of `tokens` by `fractions` (which must sum to 1), or by
   three integer token counts summing to len(tokens): a published split, kept exactly."""
+  check_split(tuple(fractions))
   n = len(tokens)
   if _is_counts(fractions):
     a, b, c = (int(x) for x in fractions)
-    if min(a, b, c) < 0 or a + b + c != n:
+    if a + b + c != n:
       raise UserError(f'data.split gives token counts {(a, b, c)} summing to {a + b + c:,}, but '
                       f'the corpus has {n:,} tokens; give counts that sum to that, or fractions '
                       'such as --config.data.split="(0.9,0.05,0.05)"')
     return {'train': tokens[:a], 'val': tokens[a:a + b], 'test': tokens[a + b:]}
   fractions = tuple(float(f) for f in fractions)
-  if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
-    raise UserError(f'data.split must be three non-negative fractions summing to 1, got '
-                    f'{fractions}; for example --config.data.split="(0.9,0.05,0.05)"')
   a = int(round(n * fractions[0]))
   b = int(round(n * (fractions[0] + fractions[1])))
   return {'train': tokens[:a], 'val': tokens[a:b], 'test': tokens[b:]}

@@ -34,36 +34,51 @@ class TrainingDiverged(UserError):
 # Build: the optimizer, the train step and the train state. The state is one pytree: step,
 # params, opt_state, carry (hidden state), rng.
 
+def _char_rnn_schedule(optim, steps_per_epoch: int, total_steps: int):
+  """char-rnn: after every epoch from `decay_after_epochs` on, lr *= decay_rate."""
+  def schedule(step):
+    decays = jnp.maximum(0, step // steps_per_epoch - optim.decay_after_epochs + 1)
+    return optim.lr * optim.decay_rate ** decays
+  return schedule
+
+
+def _cosine_schedule(optim, steps_per_epoch: int, total_steps: int):
+  warmup = min(optim.warmup_steps, max(total_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(0.0, optim.lr, warmup, max(total_steps, warmup + 1),
+                                            end_value=optim.lr * optim.min_lr_ratio)
+
+
+# optim.schedule and optim.name by name: `validate` checks the names against these keys.
+SCHEDULES = {
+    'constant': lambda optim, steps_per_epoch, total_steps: optax.constant_schedule(optim.lr),
+    'char_rnn': _char_rnn_schedule,
+    'cosine': _cosine_schedule,
+}
+OPTIMIZERS = {
+    'adam': lambda optim, learning_rate: optax.adam(learning_rate),
+    'adamw': lambda optim, learning_rate: optax.adamw(learning_rate,
+                                                      weight_decay=optim.weight_decay),
+    'rmsprop': lambda optim, learning_rate: optax.rmsprop(learning_rate,
+                                                          decay=optim.rmsprop_decay, eps=1e-8),
+    'sgd': lambda optim, learning_rate: optax.sgd(learning_rate, momentum=optim.momentum),
+}
+
+
 def make_schedule(optim, steps_per_epoch: int, total_steps: int):
-  lr = optim.lr
-  if optim.schedule == 'constant':
-    return optax.constant_schedule(lr)
-  if optim.schedule == 'char_rnn':  # char-rnn: after every epoch from `decay_after` on, lr *= rate.
-    def schedule(step):
-      decays = jnp.maximum(0, step // steps_per_epoch - optim.decay_after_epochs + 1)
-      return lr * optim.decay_rate ** decays
-    return schedule
-  if optim.schedule == 'cosine':
-    warmup = min(optim.warmup_steps, max(total_steps - 1, 0))
-    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1),
-                                              end_value=lr * optim.min_lr_ratio)
-  raise UserError(f'unknown optim.schedule {optim.schedule!r}; use constant, char_rnn or cosine')
+  if optim.schedule not in SCHEDULES:
+    *most, last = SCHEDULES
+    raise UserError(f'unknown optim.schedule {optim.schedule!r}; use {", ".join(most)} or {last}')
+  return SCHEDULES[optim.schedule](optim, steps_per_epoch, total_steps)
 
 
 def make_optimizer(optim, steps_per_epoch: int, total_steps: int):
-  makers = {
-      'adam': lambda learning_rate: optax.adam(learning_rate),
-      'adamw': lambda learning_rate: optax.adamw(learning_rate, weight_decay=optim.weight_decay),
-      'rmsprop': lambda learning_rate: optax.rmsprop(learning_rate, decay=optim.rmsprop_decay,
-                                                     eps=1e-8),
-      'sgd': lambda learning_rate: optax.sgd(learning_rate, momentum=optim.momentum),
-  }
-  if optim.name not in makers:
-    raise UserError(f'unknown optim.name {optim.name!r}; use one of {", ".join(makers)}')
+  if optim.name not in OPTIMIZERS:
+    raise UserError(f'unknown optim.name {optim.name!r}; use one of {", ".join(OPTIMIZERS)}')
   schedule = make_schedule(optim, steps_per_epoch, total_steps)
+  maker = functools.partial(OPTIMIZERS[optim.name], optim)
   return optax.chain(
       optax.clip_by_global_norm(optim.clip) if optim.clip > 0 else optax.identity(),
-      optax.inject_hyperparams(makers[optim.name])(learning_rate=schedule))
+      optax.inject_hyperparams(maker)(learning_rate=schedule))
 
 
 def make_train_step(model, tx):
