@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from charlm import atomic, locks
-from charlm.cache import CHUNK_BYTES, default_cache_dir, sha256_file
-from charlm.errors import UserError
+from charlm.cache import CHUNK_BYTES, WHERE, default_cache_dir, sha256_file
+from charlm.errors import UserError, disk_full_is_user_error
 
 MAX_CODE_POINT = 0x110000
 LARGE_VOCAB_WARNING = 5000
@@ -273,7 +273,7 @@ def _encode_file(path: str, out_path: str, level: str, chunk_bytes: int,
         changed = True
       with open(out_path, 'wb') as dst:
         for ids in encode_chunks(path, vocab, chunk_bytes, on_unknown, validate=False):
-          ids.tofile(dst)
+          dst.write(memoryview(ids))  # Not ids.tofile, whose errors drop the errno (ENOSPC).
     written = os.path.getsize(out_path) // np.dtype(vocab.dtype).itemsize
     if not changed and written == count and _source_fingerprint(path) == before:
       break
@@ -307,15 +307,17 @@ def prepare(path: str, level: str = 'char', cache_dir: str = '',
   stem = os.path.splitext(os.path.basename(path))[0]
   root = default_cache_dir(cache_dir)
   entry = os.path.join(root, f'{stem}-{level}-{key}')
-  os.makedirs(root, exist_ok=True)
-  with locks.flock(entry + '.lock', exclusive=False):
-    corpus = _cached(entry, path, fingerprint)
-  if corpus is None:
-    with locks.flock(entry + '.lock'):
-      # Another process may have built it meanwhile.
-      corpus = _cached(entry, path, fingerprint, warn=False)
-      if corpus is None:
-        corpus = _build(entry, path, level, fingerprint, chunk_bytes or CHUNK_BYTES)
+  # A full disk: one line, and no build of it left (see _build).
+  with disk_full_is_user_error(entry, WHERE):
+    os.makedirs(root, exist_ok=True)
+    with locks.flock(entry + '.lock', exclusive=False):
+      corpus = _cached(entry, path, fingerprint)
+    if corpus is None:
+      with locks.flock(entry + '.lock'):
+        # Another process may have built it meanwhile.
+        corpus = _cached(entry, path, fingerprint, warn=False)
+        if corpus is None:
+          corpus = _build(entry, path, level, fingerprint, chunk_bytes or CHUNK_BYTES)
   return corpus
 
 

@@ -18,7 +18,7 @@ from charlm import atomic, checkpoint, corpora, locks, loop, sharding, validate
 from charlm import data as data_lib
 from charlm import model as model_lib
 from charlm.checkpoint import Checkpoints
-from charlm.errors import UserError
+from charlm.errors import UserError, disk_full_is_user_error
 from charlm.evaluation import LN2, Evaluator, cross_entropy_sum, reset_where
 from charlm.metrics import MetricWriter
 from charlm.sampling import Sampler, drop_unknown
@@ -242,10 +242,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     resolved = model_lib.resolved(model)
     print(f'training on {mesh.size} {platform} device{"s" if mesh.size > 1 else ""}, '
           f'{resolved.describe()}', flush=True)
-    atomic.write_json(os.path.join(workdir, 'config.json'), {  # With what 'auto' chose.
-        **json.loads(config.to_json_best_effort()), 'resolved': {
-            'model': resolved.to_json(), 'train': {'devices': mesh.size}}}, indent=2)
-    atomic.write_json(os.path.join(workdir, 'vocab.json'), corpus.vocab.to_json())
+    path = os.path.join(workdir, 'config.json')
+    with disk_full_is_user_error(path):
+      atomic.write_json(path, {  # With what 'auto' chose.
+          **json.loads(config.to_json_best_effort()), 'resolved': {
+              'model': resolved.to_json(), 'train': {'devices': mesh.size}}}, indent=2)
+    path = os.path.join(workdir, 'vocab.json')
+    with disk_full_is_user_error(path):
+      atomic.write_json(path, corpus.vocab.to_json())
 
   data = sharding.batch_sharding(mesh)
   train_step = jax.jit(make_train_step(model, tx),
@@ -332,10 +336,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         if patience_over:
           bar.note(f'early stop at step {step}: no val improvement in {tc.patience} evals')
           break
-  finally:
+  finally:  # Each closes even where another fails (a full disk).
     bar.close()
-    ckpts.close()
-    writer.close()
+    try:
+      ckpts.close()
+    finally:
+      writer.close()
 
   summary['step'] = step
   summary['best_val_loss'] = progress['best_val_loss']
