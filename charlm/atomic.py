@@ -50,3 +50,54 @@ def fsync_directory(directory: str):
   finally:
     os.close(fd)
 
+
+
+class AppendOnly:
+  """A log file grown by whole records only: a write or sync that fails (a full disk) cuts the
+  file back to its last whole record before the error goes on, so it never ends torn."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self._file = open(path, 'ab', buffering=0)  # Each write reaches the file, or raises.
+    self._whole = self._synced = self._file.seek(0, os.SEEK_END)
+
+  def write(self, data: bytes):
+    view = memoryview(data)
+    try:
+      while view:
+        view = view[self._file.write(view):]
+    except BaseException:
+      self._cut(self._whole)
+      raise
+    self._whole += len(data)
+
+  def sync(self):
+    """fsync, where some filesystems (NFS, quotas) first report a full disk."""
+    if self._synced == self._whole:
+      return
+    try:
+      os.fsync(self._file.fileno())
+    except BaseException:
+      self._cut(self._synced)  # What was written since may be lost: drop it whole.
+      raise
+    self._synced = self._whole
+
+  def _cut(self, size: int):
+    try:
+      os.ftruncate(self._file.fileno(), size)
+    except OSError:
+      pass
+    self._whole, self._synced = size, min(self._synced, size)
+
+  def close(self):
+    self._file.close()
+
+
+def append_bytes(path: str, data: bytes):
+  """Appends `data` to `path` whole or, where that fails, not at all."""
+  log = AppendOnly(path)
+  try:
+    log.write(data)
+    log.sync()
+  finally:
+    log.close()

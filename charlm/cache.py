@@ -4,6 +4,7 @@ import hashlib
 import os
 
 CHUNK_BYTES = 16 << 20  # Files are read, hashed and copied this much at a time.
+WHERE = '--config.data.cache_dir (or $CHARLM_CACHE)'  # Where a message says the cache is set.
 
 
 def default_cache_dir(config_dir: str = '') -> str:

@@ -1,17 +1,22 @@
 """Orbax checkpoints of a run: arrays (params, optimizer state, carry, RNG) plus JSON metadata.
 
 Keeps the latest `keep` checkpoints and the best one by validation loss; the newest is never
-deleted. Saves are asynchronous; `close()` waits for them.
+deleted. Saves are asynchronous; `close()` waits for them. A save that meets a full disk is one
+UserError (from `save`, `wait` or `close`, wherever Orbax reports it) and leaves nothing of
+itself: the checkpoints before it stay as they were.
 """
 import contextlib
 import logging
 import os
+import shutil
 import sys
 import threading
 import time
 
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+
+from charlm.errors import disk_full, disk_full_is_user_error
 
 
 class _QuietMissingMetrics(logging.Filter):
@@ -24,7 +29,44 @@ class _QuietMissingMetrics(logging.Filter):
                 or 'read_only=True, setting' in message)
 
 
+class _QuietDiskFull(logging.Filter):
+  """Orbax's threads (and asyncio, of the writes they leave) log each write that a full disk
+  failed, with tracebacks; charlm reports the save's failure itself, in one line."""
+
+  def filter(self, record):
+    error = record.exc_info[1] if record.exc_info else None
+    return disk_full(error) is None and disk_full(Exception(record.getMessage())) is None
+
+
 logging.getLogger('absl').addFilter(_QuietMissingMetrics())
+for _name in ('absl', 'asyncio'):
+  logging.getLogger(_name).addFilter(_QuietDiskFull())
+
+
+class _QuietSaves:
+  """While saves run (installed by the first, until a clean close; for good after a failed
+  one), drops what their writes print as Python collects them once a write failed: Orbax
+  closes the save's event loop at the first error, so each write still in flight ends in an
+  unraisable 'Event loop is closed' traceback; their own errors; imports at interpreter exit."""
+
+  def __init__(self):
+    self.previous = None
+
+  def install(self):
+    if self.previous is None:
+      self.previous = sys.unraisablehook
+      sys.unraisablehook = self.hook
+
+  def uninstall(self):
+    if sys.unraisablehook == self.hook:
+      sys.unraisablehook = self.previous
+    self.previous = None
+
+  def hook(self, unraisable):
+    error, where = unraisable.exc_value, repr(unraisable.object)
+    if not (disk_full(error) is not None or 'orbax' in where or 'tensorstore' in where
+            or (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed')):
+      self.previous(unraisable)
 
 
 @contextlib.contextmanager
@@ -86,6 +128,8 @@ class Checkpoints:
         ]))
     self.directory = os.path.abspath(directory)
     self.unreadable = set()  # Steps found corrupt; a save of the same step replaces them.
+    self.failed = None  # The UserError of a save that a full disk failed.
+    self._quiet = _QuietSaves()
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=('arrays', 'meta'))
 
@@ -102,12 +146,35 @@ class Checkpoints:
     if step in self.unreadable:
       self.manager.delete(step)
       self.unreadable.discard(step)
-    self.manager.save(
-        step,
-        args=ocp.args.Composite(arrays=ocp.args.StandardSave(arrays),
-                                meta=ocp.args.JsonSave(meta)),
-        metrics=None if val_loss is None else {'val_loss': float(val_loss)},
-        force=True)
+    self._quiet.install()
+    with self._disk_full_fails():  # Orbax waits for the previous save first.
+      self.manager.save(
+          step,
+          args=ocp.args.Composite(arrays=ocp.args.StandardSave(arrays),
+                                  meta=ocp.args.JsonSave(meta)),
+          metrics=None if val_loss is None else {'val_loss': float(val_loss)},
+          force=True)
+
+  @contextlib.contextmanager
+  def _disk_full_fails(self):
+    """A full disk met by a save (in this call or in Orbax's threads since) is one UserError
+    naming the directory; the unfinished save's files are removed, and so is the space they
+    took."""
+    if self.failed is not None:
+      raise self.failed
+    try:
+      with disk_full_is_user_error(self.directory):
+        yield
+    except Exception as e:
+      if disk_full(e) is None:
+        raise
+      self.failed = e
+      with contextlib.suppress(Exception):
+        self.manager.close()
+      for name in os.listdir(self.directory):
+        if ocp.utils.TMP_DIR_SUFFIX in name:
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+      raise
 
   def restore_meta(self, step: int) -> dict:
     with _quiet_orphaned_reads():
@@ -131,8 +198,12 @@ class Checkpoints:
     return out['arrays']
 
   def wait(self):
-    self.manager.wait_until_finished()
+    with self._disk_full_fails():
+      self.manager.wait_until_finished()
 
   def close(self):
-    self.manager.wait_until_finished()
+    if self.failed is not None:
+      return  # Closed when the save failed.
+    self.wait()
     self.manager.close()
+    self._quiet.uninstall()

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from charlm import atomic, locks
-from charlm.cache import CHUNK_BYTES, default_cache_dir, sha256_file
-from charlm.errors import UserError
+from charlm.cache import CHUNK_BYTES, WHERE, default_cache_dir, sha256_file
+from charlm.errors import UserError, disk_full_is_user_error
 
 MAX_CODE_POINT = 0x110000
 LARGE_VOCAB_WARNING = 5000
@@ -273,7 +273,7 @@ def _encode_file(path: str, out_path: str, level: str, chunk_bytes: int,
         changed = True
       with open(out_path, 'wb') as dst:
         for ids in encode_chunks(path, vocab, chunk_bytes, on_unknown, validate=False):
-          ids.tofile(dst)
+          dst.write(memoryview(ids))  # Not ids.tofile, whose errors drop the errno (ENOSPC).
     written = os.path.getsize(out_path) // np.dtype(vocab.dtype).itemsize
     if not changed and written == count and _source_fingerprint(path) == before:
       break
@@ -307,15 +307,17 @@ def prepare(path: str, level: str = 'char', cache_dir: str = '',
   stem = os.path.splitext(os.path.basename(path))[0]
   root = default_cache_dir(cache_dir)
   entry = os.path.join(root, f'{stem}-{level}-{key}')
-  os.makedirs(root, exist_ok=True)
-  with locks.flock(entry + '.lock', exclusive=False):
-    corpus = _cached(entry, path, fingerprint)
-  if corpus is None:
-    with locks.flock(entry + '.lock'):
-      # Another process may have built it meanwhile.
-      corpus = _cached(entry, path, fingerprint, warn=False)
-      if corpus is None:
-        corpus = _build(entry, path, level, fingerprint, chunk_bytes or CHUNK_BYTES)
+  # A full disk: one line, and no build of it left (see _build).
+  with disk_full_is_user_error(entry, WHERE):
+    os.makedirs(root, exist_ok=True)
+    with locks.flock(entry + '.lock', exclusive=False):
+      corpus = _cached(entry, path, fingerprint)
+    if corpus is None:
+      with locks.flock(entry + '.lock'):
+        # Another process may have built it meanwhile.
+        corpus = _cached(entry, path, fingerprint, warn=False)
+        if corpus is None:
+          corpus = _build(entry, path, level, fingerprint, chunk_bytes or CHUNK_BYTES)
   return corpus
 
 
@@ -439,21 +441,37 @@ def _write_json(path, obj):
 # ---------------------------------------------------------------------------------------------
 # Splits and batches.
 
+def check_split(split):
+  """data.split, before the corpus is known: three non-negative fractions summing to 1, or
+  three token counts (None: the reader's default)."""
+  example = 'for example --config.data.split="(0.9,0.05,0.05)"'
+  if split is None:
+    return
+  if not isinstance(split, (tuple, list)) or len(split) != 3 or not all(
+      isinstance(p, (int, float, np.integer, np.floating)) and not isinstance(p, bool)
+      and np.isfinite(p) for p in split):
+    raise UserError(f'data.split is {split!r}; give three train/val/test fractions or token '
+                    f'counts, {example}')
+  if min(split) < 0:
+    raise UserError(f'data.split is {tuple(split)}; its parts must be >= 0, {example}')
+  if not _is_counts(split) and abs(sum(split) - 1) > 1e-6:
+    raise UserError(f'data.split is {tuple(split)}, summing to {sum(split):g}; give fractions '
+                    f'summing to 1 or three whole token counts, {example}')
+
+
 def split(tokens: np.ndarray, fractions) -> dict[str, np.ndarray]:
   """Contiguous train/val/test views of `tokens` by `fractions` (which must sum to 1), or by
   three integer token counts summing to len(tokens): a published split, kept exactly."""
+  check_split(tuple(fractions))
   n = len(tokens)
   if _is_counts(fractions):
     a, b, c = (int(x) for x in fractions)
-    if min(a, b, c) < 0 or a + b + c != n:
+    if a + b + c != n:
       raise UserError(f'data.split gives token counts {(a, b, c)} summing to {a + b + c:,}, but '
                       f'the corpus has {n:,} tokens; give counts that sum to that, or fractions '
                       'such as --config.data.split="(0.9,0.05,0.05)"')
     return {'train': tokens[:a], 'val': tokens[a:a + b], 'test': tokens[a + b:]}
   fractions = tuple(float(f) for f in fractions)
-  if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
-    raise UserError(f'data.split must be three non-negative fractions summing to 1, got '
-                    f'{fractions}; for example --config.data.split="(0.9,0.05,0.05)"')
   a = int(round(n * fractions[0]))
   b = int(round(n * (fractions[0] + fractions[1])))
   return {'train': tokens[:a], 'val': tokens[a:b], 'test': tokens[b:]}

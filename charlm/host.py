@@ -3,7 +3,6 @@ import ctypes
 import os
 import sys
 
-from charlm.errors import UserError
 from charlm.validate import check_environment
 
 # glibc's mallopt parameters (malloc.h).
@@ -71,10 +70,7 @@ def cpu_devices(config) -> int:
   on one device. Auto: $JAX_NUM_CPU_DEVICES if set, else 2 for hidden <= 256 with an even
   batch on 2+ cores where the model runs XLA's loops, else 1 (measurements: docs/speed.md).
   """
-  count = config.train.get('cpu_devices', 0)
-  if count < 0:
-    raise UserError(f'train.cpu_devices is {count}; use 0 (chosen by model size) or a count '
-                    '(--config.train.cpu_devices=2)')
+  count = config.train.get('cpu_devices', 0)  # validate.validate checks it is >= 0.
   if count:
     return count
   if os.environ.get('JAX_NUM_CPU_DEVICES'):

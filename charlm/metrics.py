@@ -1,16 +1,22 @@
-"""Run logs: TensorBoard events (tensorboardX) with the run's hyperparameters, metrics.jsonl and
-samples.md, from process 0.
+"""Run logs: TensorBoard events (tensorboardX's protos) with the run's hyperparameters,
+metrics.jsonl and samples.md, from process 0.
 
 A run that resumes from step N (0 when fresh) first drops what was logged after N, so that the
-steps it replays appear once in every log, even after a kill -9 between checkpoints.
+steps it replays appear once in every log, even after a kill -9 between checkpoints. Every
+write happens in the calling thread and adds whole records (`atomic.AppendOnly`), so a full
+disk is one UserError naming the file, which ends with no torn record.
 """
 import json
 import os
 import re
+import socket
+import struct
+import time
 
 import jax
 
 from charlm import atomic
+from charlm.errors import disk_full_is_user_error
 
 # What the HParams dashboard shows of a run whose config leaves train.hparams empty.
 HPARAMS = ('model.cell', 'model.num_layers', 'model.hidden', 'model.dropout', 'train.batch_size',
@@ -24,23 +30,51 @@ class MetricWriter:
     """Logs of the run in `workdir` resuming from `step`: later entries are dropped first."""
     self.active = jax.process_index() == 0
     self.workdir = workdir
-    self._tb = None
     if self.active:
-      from tensorboardX import SummaryWriter
-      trim_jsonl(os.path.join(workdir, 'metrics.jsonl'), step)
-      trim_samples(os.path.join(workdir, 'samples.md'), step)
-      # Hides older events at steps > `step` from TensorBoard (a SessionLog.START at step+1).
-      self._tb = SummaryWriter(logdir=workdir, flush_secs=10, purge_step=step + 1)
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      for trim, filename in ((trim_jsonl, 'metrics.jsonl'), (trim_samples, 'samples.md')):
+        with disk_full_is_user_error(os.path.join(workdir, filename)):
+          trim(os.path.join(workdir, filename), step)
+      self._jsonl = self._open('metrics.jsonl')
+      # Written here rather than by tensorboardX's SummaryWriter, whose thread would meet a
+      # full disk out of reach (a traceback, then a wait on its full queue).
+      self._events = self._open(
+          f'events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}')
+      from tensorboardX.proto.event_pb2 import Event, SessionLog
+      self._event(Event(file_version='brain.Event:2'))
+      # Hides older events at steps > `step` from TensorBoard, as SummaryWriter's purge_step.
+      self._event(Event(step=step + 1, session_log=SessionLog(status=SessionLog.START)))
+
+  def _open(self, filename: str) -> atomic.AppendOnly:
+    path = os.path.join(self.workdir, filename)
+    with disk_full_is_user_error(path):
+      return atomic.AppendOnly(path)
+
+  def _append(self, log: atomic.AppendOnly, data: bytes):
+    with disk_full_is_user_error(log.path):
+      log.write(data)
+
+  def _event(self, event):
+    """One TFRecord: length, its masked CRC32C, the event, its masked CRC32C."""
+    from tensorboardX.record_writer import masked_crc32c
+    if not event.wall_time:
+      event.wall_time = time.time()
+    data = event.SerializeToString()
+    header = struct.pack('Q', len(data))
+    self._append(self._events, header + struct.pack('I', masked_crc32c(header)) + data
+                 + struct.pack('I', masked_crc32c(data)))
+
+  def _summary(self, step: int, summary):
+    from tensorboardX.proto.event_pb2 import Event
+    self._event(Event(step=int(step), summary=summary))
 
   def scalars(self, step: int, values: dict):
     if not self.active:
       return
+    from tensorboardX.summary import scalar
     values = {k: float(v) for k, v in values.items()}
     for k, v in values.items():
-      self._tb.add_scalar(k, v, step)
-    self._jsonl.write(json.dumps({'step': int(step), **values}) + '\n')
-    self._jsonl.flush()
+      self._summary(step, scalar(k, v))
+    self._append(self._jsonl, (json.dumps({'step': int(step), **values}) + '\n').encode())
 
   def hparams(self, values: dict):
     """The run's hyperparameters for TensorBoard's HParams dashboard, in this run's own event
@@ -52,11 +86,12 @@ class MetricWriter:
     from tensorboardX.summary import hparams
     plain = {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in values.items()}
     _, session_start, _ = hparams(plain, {})
-    self._tb.file_writer.add_summary(session_start)
+    self._summary(0, session_start)
 
   def text(self, step: int, tag: str, text: str):
     if self.active:  # Indented four spaces, so Markdown renders it as written.
-      self._tb.add_text(tag, '\n'.join('    ' + line for line in text.split('\n')), step)
+      from tensorboardX.summary import text as text_summary
+      self._summary(step, text_summary(tag, '\n'.join('    ' + line for line in text.split('\n'))))
 
   def samples(self, step: int, temperatures: list, texts: list, val_loss: float | None = None):
     """Samples, one a temperature: TensorBoard text, and a section of samples.md."""
@@ -70,19 +105,28 @@ class MetricWriter:
 
   def append_markdown(self, filename: str, text: str):
     if self.active:
-      with open(os.path.join(self.workdir, filename), 'a') as f:
-        f.write(text)
+      path = os.path.join(self.workdir, filename)
+      with disk_full_is_user_error(path):
+        atomic.append_bytes(path, text.encode('utf-8'))
 
   def flush(self):
+    """Makes what was logged durable (and a disk full that only fsync reports, an error)."""
     if self.active:
-      self._tb.flush()
-      self._jsonl.flush()
+      self._sync()
+
+  def _sync(self):
+    for log in (self._events, self._jsonl):
+      with disk_full_is_user_error(log.path):
+        log.sync()
 
   def close(self):
     if self.active:
-      self._tb.close()
-      self._jsonl.close()
       self.active = False
+      try:
+        self._sync()
+      finally:
+        self._events.close()
+        self._jsonl.close()
 
 
 def hparams_of(config) -> dict:

@@ -19,6 +19,7 @@ from charlm.errors import UserError
 
 DATA_AXIS = 'data'
 MODEL_AXIS = 'model'  # Size 1 today: the axis an FSDP-style parameter sharding would use.
+_INIT_GRACE_S = 10  # JAX's join timeout is this much later than charlm's, which says why.
 
 
 def create_mesh(devices=None) -> jax.sharding.Mesh:
@@ -60,12 +61,16 @@ def to_global(mesh, local: np.ndarray, batch_size: int) -> jax.Array:
 
 def initialize_distributed(coordinator_address: str | None = None,
                            num_processes: int | None = None, process_id: int | None = None,
-                           auto: bool = False) -> bool:
+                           auto: bool = False, init_timeout: int = 300,
+                           heartbeat_timeout: int = 100) -> bool:
   """Joins a multi-process run through jax.distributed; must run before devices are touched.
 
   Explicit arguments (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID in the
   environment) join that run; `auto` lets JAX detect the cluster (SLURM, TPU pods, Kubernetes,
-  Open MPI). Returns whether it joined.
+  Open MPI). Returns whether it joined. A process waits `init_timeout` seconds for all to join,
+  then exits 1 with a one-line error; one that sends no heartbeat for `heartbeat_timeout` seconds
+  (killed, or its host lost) counts as dead, and JAX then aborts the others with its own
+  message (from its runtime, where Python cannot catch it).
   """
   coordinator_address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
   if not (coordinator_address or auto):
@@ -76,13 +81,27 @@ def initialize_distributed(coordinator_address: str | None = None,
     process_id = int(os.environ['JAX_PROCESS_ID'])
   # CPU devices need a collectives library to talk across processes; GPUs and TPUs bring theirs.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  late = (f'not every process of the distributed run joined within --init_timeout='
+          f'{init_timeout} s ({num_processes or "all"} expected at {coordinator_address}); start '
+          'them all, check that none failed before joining, or raise --init_timeout')
+  joined = threading.Event()
+
+  def give_up():  # Before JAX's own timeout, which aborts the process with a stack trace.
+    if not joined.wait(init_timeout):
+      print(f'error: {late}', file=sys.stderr, flush=True)
+      os._exit(1)
+  threading.Thread(target=give_up, daemon=True).start()
   try:
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                               initialization_timeout=init_timeout + _INIT_GRACE_S,
+                               heartbeat_timeout_seconds=heartbeat_timeout)
   except (RuntimeError, ValueError) as e:
     detail = ' '.join(str(e).split())[:300]
     raise UserError(f'could not join the distributed run ({detail}); check --coordinator_address'
                     ', --num_processes and --process_id, or run inside SLURM/TPU with '
                     '--distributed') from None
+  finally:
+    joined.set()
   return True
 
 

@@ -18,7 +18,7 @@ from charlm import atomic, checkpoint, corpora, locks, loop, sharding, validate
 from charlm import data as data_lib
 from charlm import model as model_lib
 from charlm.checkpoint import Checkpoints
-from charlm.errors import UserError
+from charlm.errors import UserError, disk_full_is_user_error
 from charlm.evaluation import LN2, Evaluator, cross_entropy_sum, reset_where
 from charlm.metrics import MetricWriter, hparams_of
 from charlm.sampling import Sampler, drop_unknown
@@ -34,36 +34,51 @@ class TrainingDiverged(UserError):
 # Build: the optimizer, the train step and the train state. The state is one pytree: step,
 # params, opt_state, carry (hidden state), rng.
 
+def _char_rnn_schedule(optim, steps_per_epoch: int, total_steps: int):
+  """char-rnn: after every epoch from `decay_after_epochs` on, lr *= decay_rate."""
+  def schedule(step):
+    decays = jnp.maximum(0, step // steps_per_epoch - optim.decay_after_epochs + 1)
+    return optim.lr * optim.decay_rate ** decays
+  return schedule
+
+
+def _cosine_schedule(optim, steps_per_epoch: int, total_steps: int):
+  warmup = min(optim.warmup_steps, max(total_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(0.0, optim.lr, warmup, max(total_steps, warmup + 1),
+                                            end_value=optim.lr * optim.min_lr_ratio)
+
+
+# optim.schedule and optim.name by name: `validate` checks the names against these keys.
+SCHEDULES = {
+    'constant': lambda optim, steps_per_epoch, total_steps: optax.constant_schedule(optim.lr),
+    'char_rnn': _char_rnn_schedule,
+    'cosine': _cosine_schedule,
+}
+OPTIMIZERS = {
+    'adam': lambda optim, learning_rate: optax.adam(learning_rate),
+    'adamw': lambda optim, learning_rate: optax.adamw(learning_rate,
+                                                      weight_decay=optim.weight_decay),
+    'rmsprop': lambda optim, learning_rate: optax.rmsprop(learning_rate,
+                                                          decay=optim.rmsprop_decay, eps=1e-8),
+    'sgd': lambda optim, learning_rate: optax.sgd(learning_rate, momentum=optim.momentum),
+}
+
+
 def make_schedule(optim, steps_per_epoch: int, total_steps: int):
-  lr = optim.lr
-  if optim.schedule == 'constant':
-    return optax.constant_schedule(lr)
-  if optim.schedule == 'char_rnn':  # char-rnn: after every epoch from `decay_after` on, lr *= rate.
-    def schedule(step):
-      decays = jnp.maximum(0, step // steps_per_epoch - optim.decay_after_epochs + 1)
-      return lr * optim.decay_rate ** decays
-    return schedule
-  if optim.schedule == 'cosine':
-    warmup = min(optim.warmup_steps, max(total_steps - 1, 0))
-    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1),
-                                              end_value=lr * optim.min_lr_ratio)
-  raise UserError(f'unknown optim.schedule {optim.schedule!r}; use constant, char_rnn or cosine')
+  if optim.schedule not in SCHEDULES:
+    *most, last = SCHEDULES
+    raise UserError(f'unknown optim.schedule {optim.schedule!r}; use {", ".join(most)} or {last}')
+  return SCHEDULES[optim.schedule](optim, steps_per_epoch, total_steps)
 
 
 def make_optimizer(optim, steps_per_epoch: int, total_steps: int):
-  makers = {
-      'adam': lambda learning_rate: optax.adam(learning_rate),
-      'adamw': lambda learning_rate: optax.adamw(learning_rate, weight_decay=optim.weight_decay),
-      'rmsprop': lambda learning_rate: optax.rmsprop(learning_rate, decay=optim.rmsprop_decay,
-                                                     eps=1e-8),
-      'sgd': lambda learning_rate: optax.sgd(learning_rate, momentum=optim.momentum),
-  }
-  if optim.name not in makers:
-    raise UserError(f'unknown optim.name {optim.name!r}; use one of {", ".join(makers)}')
+  if optim.name not in OPTIMIZERS:
+    raise UserError(f'unknown optim.name {optim.name!r}; use one of {", ".join(OPTIMIZERS)}')
   schedule = make_schedule(optim, steps_per_epoch, total_steps)
+  maker = functools.partial(OPTIMIZERS[optim.name], optim)
   return optax.chain(
       optax.clip_by_global_norm(optim.clip) if optim.clip > 0 else optax.identity(),
-      optax.inject_hyperparams(makers[optim.name])(learning_rate=schedule))
+      optax.inject_hyperparams(maker)(learning_rate=schedule))
 
 
 def make_train_step(model, tx):
@@ -227,14 +242,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     resolved = model_lib.resolved(model)
     print(f'training on {mesh.size} {platform} device{"s" if mesh.size > 1 else ""}, '
           f'{resolved.describe()}', flush=True)
-    atomic.write_json(os.path.join(workdir, 'config.json'), {  # With what 'auto' chose.
-        **json.loads(config.to_json_best_effort()), 'resolved': {
-            'model': resolved.to_json(), 'train': {
-                'devices': mesh.size, 'params': model_lib.count_params(abstract['params'])}}},
-        indent=2)
+    path = os.path.join(workdir, 'config.json')
+    with disk_full_is_user_error(path):
+      atomic.write_json(path, {  # With what 'auto' chose.
+          **json.loads(config.to_json_best_effort()), 'resolved': {
+              'model': resolved.to_json(), 'train': {
+                  'devices': mesh.size, 'params': model_lib.count_params(abstract['params'])}}},
+          indent=2)
     if start == 0:  # A resumed run keeps the hyperparameters its start wrote.
       writer.hparams(hparams_of(config))
-    atomic.write_json(os.path.join(workdir, 'vocab.json'), corpus.vocab.to_json())
+    path = os.path.join(workdir, 'vocab.json')
+    with disk_full_is_user_error(path):
+      atomic.write_json(path, corpus.vocab.to_json())
 
   data = sharding.batch_sharding(mesh)
   train_step = jax.jit(make_train_step(model, tx),
@@ -321,10 +340,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         if patience_over:
           bar.note(f'early stop at step {step}: no val improvement in {tc.patience} evals')
           break
-  finally:
+  finally:  # Each closes even where another fails (a full disk).
     bar.close()
-    ckpts.close()
-    writer.close()
+    try:
+      ckpts.close()
+    finally:
+      writer.close()
 
   summary['step'] = step
   summary['best_val_loss'] = progress['best_val_loss']

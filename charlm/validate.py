@@ -15,8 +15,6 @@ import sys
 from charlm.cache import default_cache_dir
 from charlm.errors import UserError
 
-OPTIMIZERS = ('adam', 'adamw', 'rmsprop', 'sgd')
-SCHEDULES = ('constant', 'char_rnn', 'cosine')
 LEVELS = ('char', 'byte')
 
 # (section, field, least value, what is allowed) for whole numbers.
@@ -110,18 +108,21 @@ def validate(config, workdir: str | None = None):
     value = _field(config, section, field)
     if value is not None and not isinstance(value, str):
       raise UserError(f'{section}.{field} is {value!r}; use a string')
-  for section, field, choices in (('optim', 'name', OPTIMIZERS),
-                                  ('optim', 'schedule', SCHEDULES), ('data', 'level', LEVELS)):
+  from charlm import trainer  # Its makers name the choices; imports JAX (after check_environment).
+  for section, field, choices in (('optim', 'name', trainer.OPTIMIZERS),
+                                  ('optim', 'schedule', trainer.SCHEDULES),
+                                  ('data', 'level', LEVELS)):
     value = _field(config, section, field)
     if value is not None and value not in choices:
       raise UserError(f'unknown {section}.{field} {value!r}; use one of {", ".join(choices)}')
   seed = _field(config, 'train', 'seed')
   if seed is not None and not _is_int(seed):
     raise UserError(f'train.seed is {seed!r}; use a whole number')
-  _check_split(_field(config, 'data', 'split'))
+  from charlm import data as data_lib
+  data_lib.check_split(_field(config, 'data', 'split'))
   _check_hparams(config)
   _check_sampling(config.train)
-  from charlm import model as model_lib  # Imports JAX (after check_environment).
+  from charlm import model as model_lib
   model_lib.resolve(config.model, None, backend='tpu')  # Any backend's errors; builds nothing.
   path = _field(config, 'data', 'path')
   if path and os.path.isdir(os.path.expanduser(path)):
@@ -131,23 +132,6 @@ def validate(config, workdir: str | None = None):
                  'the cache directory', '--config.data.cache_dir=DIR or $CHARLM_CACHE')
   if workdir is not None:
     check_writable(workdir, 'the workdir', '--workdir=DIR')
-
-
-def _check_split(split):
-  """data.split: three non-negative fractions summing to 1, or three token counts."""
-  from charlm import data as data_lib
-  example = 'for example --config.data.split="(0.9,0.05,0.05)"'
-  if split is None:
-    return
-  if not isinstance(split, (tuple, list)) or len(split) != 3 or not all(
-      _is_real(p) for p in split):
-    raise UserError(f'data.split is {split!r}; give three train/val/test fractions or token '
-                    f'counts, {example}')
-  if min(split) < 0:
-    raise UserError(f'data.split is {tuple(split)}; its parts must be >= 0, {example}')
-  if not data_lib._is_counts(split) and abs(sum(split) - 1) > 1e-6:
-    raise UserError(f'data.split is {tuple(split)}, summing to {sum(split):g}; give fractions '
-                    f'summing to 1 or three whole token counts, {example}')
 
 
 def _check_hparams(config):

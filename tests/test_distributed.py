@@ -154,6 +154,61 @@ def test_a_failure_inside_the_loop_of_one_process_stops_the_other(tmp_path):
   assert 'error: process 1 failed: interrupted by a second signal' in outputs[0][1]
 
 
+def test_a_run_whose_other_processes_never_join_gives_up_after_init_timeout(tmp_path):
+  # Process 1 never starts (or failed before joining): process 0 would wait 300 s in JAX.
+  text = write_text(tmp_path / 'text.txt')
+  args = [*SMOKE, f'--config.data.path={text}', f'--config.data.cache_dir={tmp_path}/cache',
+          '--init_timeout=2']
+  started = time.time()
+  procs = [subprocess.Popen(
+      [sys.executable, '-m', 'charlm.train', *args, f'--workdir={tmp_path}/run',
+       f'--coordinator_address=127.0.0.1:{free_port()}', '--num_processes=2', '--process_id=0'],
+      cwd=ROOT, env=dict(os.environ, **devices_env(2)), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True)]
+  outputs = finish(procs, timeout=60)
+  assert time.time() - started < 30
+  assert procs[0].returncode == 1
+  assert outputs[0][1].startswith('error: not every process of the distributed run joined '
+                                  'within --init_timeout=2 s (2 expected at 127.0.0.1:')
+  assert outputs[0][1].count('\n') == 1 and not (tmp_path / 'run').exists()
+
+
+def test_a_workdir_in_use_stops_every_process_with_the_same_error(tmp_path):
+  from charlm import locks
+  text = write_text(tmp_path / 'text.txt')
+  args = [*SMOKE, f'--config.data.path={text}', f'--config.data.cache_dir={tmp_path}/cache']
+  with locks.workdir_lock(str(tmp_path / 'run')):  # Another run holds it.
+    procs = start_two_processes(args, tmp_path / 'run')
+    started = time.time()
+    outputs = finish(procs, timeout=90)
+  assert time.time() - started < 20
+  assert [p.returncode for p in procs] == [1, 1], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+  error = f'{tmp_path / "run"} is in use by another run (PID {os.getpid()} on host '
+  assert outputs[0][1].startswith(f'error: {error}') and outputs[0][1].count('\n') == 1
+  assert f'error: process 0 failed: {error}' in outputs[1][1]
+  assert 'training on' not in outputs[0][0]
+
+
+@pytest.mark.slow
+def test_a_killed_process_ends_the_others_after_the_heartbeat_timeout(tmp_path):
+  text = write_text(tmp_path / 'text.txt')
+  args = [*SMOKE, f'--config.data.path={text}', f'--config.data.cache_dir={tmp_path}/cache',
+          '--config.train.steps=1000000', '--config.train.log_every=0',
+          '--config.train.eval_every=0', '--config.train.ckpt_every=0', '--heartbeat_timeout=3']
+  procs = start_two_processes(args, tmp_path / 'run')
+  for line in procs[0].stdout:
+    if line.startswith('training on'):
+      break
+  time.sleep(2)
+  procs[1].kill()  # No handler runs: only the missing heartbeats tell process 0.
+  started = time.time()
+  outputs = finish(procs, timeout=90)
+  # JAX aborts it (SIGABRT, its own message) 3 s on. With the default 100 s, Gloo's 30 s
+  # timeout in the next all-reduce ended it first, after 30-45 s here.
+  assert time.time() - started < 15, outputs[0][1][-2000:]
+  assert procs[0].returncode != 0
+
+
 def test_resume_a_four_device_checkpoint_on_one_device(four_device_run, tmp_path):
   args, tmp = four_device_run
   workdir = tmp_path / 'run'

@@ -24,8 +24,8 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 
-from charlm.cache import CHUNK_BYTES, sha256_file
-from charlm.errors import UserError
+from charlm.cache import CHUNK_BYTES, WHERE, sha256_file
+from charlm.errors import UserError, disk_full, disk_full_is_user_error
 
 META_VERSION = 1
 
@@ -97,8 +97,14 @@ def remove_leftovers(recipe: Recipe, cache_dir: str) -> None:
 
 
 def fetch(recipe: Recipe, cache_dir: str, source: str | None = None) -> str:
-  """Returns the text file of `recipe`, building it from `source` (or the usual source)."""
+  """Returns the text file of `recipe`, building it from `source` (or the usual source). A full
+  disk is one UserError; the partial files and extractions it cut short are removed."""
   cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
+  with disk_full_is_user_error(corpus_dir(cache_dir, recipe.name), WHERE):
+    return _fetch(recipe, cache_dir, source)
+
+
+def _fetch(recipe: Recipe, cache_dir: str, source: str | None) -> str:
   remove_leftovers(recipe, cache_dir)
   root = corpus_dir(cache_dir, recipe.name)
   meta = _read_meta(root)
@@ -228,9 +234,13 @@ def _partial(path: str) -> str:
 
 def _write_json(path, obj):
   partial = _partial(path)
-  with open(partial, 'w') as f:
-    json.dump(obj, f, indent=2, ensure_ascii=False)
-  os.replace(partial, path)
+  try:
+    with open(partial, 'w') as f:
+      json.dump(obj, f, indent=2, ensure_ascii=False)
+    os.replace(partial, path)
+  finally:
+    if os.path.exists(partial):
+      os.remove(partial)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,6 +272,8 @@ def _stream(recipe: Recipe, url: str, what: str, dest: str, timeout: float):
           digest.update(chunk)
           f.write(chunk)
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+      if disk_full(e):
+        raise  # Not the network's fault: `fetch` says so.
       reason = getattr(e, 'reason', None) or e
       raise _unreachable(recipe, what, str(reason), dest) from None
     if recipe.sha256 and digest.hexdigest() != recipe.sha256:
