@@ -92,38 +92,60 @@ def levels(train: np.ndarray, vocab_size: int, max_order: int) -> Iterator[Level
   caller that drops each before the next holds one order's tables at a time."""
   if max_order < 1:
     raise UserError(f'the n-gram order is {max_order}; use an order >= 1')
-  tokens = np.asarray(train, dtype=np.int64)
+  tokens = np.asarray(train)
   n = len(tokens)
   if n < max_order + 1:
     raise UserError(f'the training split has {n:,} tokens, too few for n-grams of order '
                     f'{max_order}; use a lower order or a larger text')
   # ranks[j]: the id of the m-gram ending at token j + m - 1; all contexts of order 1 are id 0.
-  keys, ranks, counts = np.unique(tokens, return_inverse=True, return_counts=True)
+  keys, ranks, counts = np.unique(tokens.astype(np.int64), return_inverse=True,
+                                  return_counts=True)
+  ranks = ranks.astype(np.int32 if n < 2 ** 31 else np.int64)
   num_contexts = 1
   for m in range(1, max_order + 1):
-    ctx = keys // vocab_size
     info = {'order': m, 'ngrams': len(keys)}
+    cont, next_keys = None, None
+    if m < max_order:
+      # The (m+1)-grams; the suffix of the one ending at token j + m is the m-gram ranks[j + 1].
+      next_keys, first, next_ranks, next_counts = np.unique(
+          ranks[:-1].astype(np.int64) * vocab_size + tokens[m:], return_index=True,
+          return_inverse=True, return_counts=True)
+      # Continuation counts: distinct left extensions, the text's start counting as one.
+      cont = np.bincount(ranks[1:][first], minlength=len(keys))
+      cont[ranks[0]] += 1
+      del first
+      ranks = next_ranks.astype(ranks.dtype)
+      del next_ranks
+    ctx = keys // vocab_size
     d, fallback = discounts(counts)
     info['kn_discounts'], info['kn_fallback'] = [float(x) for x in d], fallback
     kn = _kn_blend(ctx, counts, num_contexts, d)
     wb = _wb_blend(ctx, counts, num_contexts)
-    kn_lower, next_level = None, None
-    if m < max_order:
-      # The (m+1)-grams; the suffix of the one ending at token j + m is the m-gram ranks[j + 1].
-      next_level = np.unique(ranks[:-1] * vocab_size + tokens[m:], return_index=True,
-                             return_inverse=True, return_counts=True)
-      # Continuation counts: distinct left extensions, the text's start counting as one.
-      cont = np.bincount(ranks[1:][next_level[1]], minlength=len(keys))
-      cont[ranks[0]] += 1
+    kn_lower = None
+    if cont is not None:
       d, fallback = discounts(cont)
       info['kn_lower_discounts'], info['kn_lower_fallback'] = [float(x) for x in d], fallback
       kn_lower = _kn_blend(ctx, cont, num_contexts, d)
-      del cont
-    yield Level(m, keys, kn, kn_lower, wb, info)
-    if next_level is not None:
+    del ctx, cont
+    level = Level(m, keys, kn, kn_lower, wb, info)
+    del kn, kn_lower, wb
+    yield level
+    del level  # The caller's reference is then the only one.
+    if next_keys is not None:
       num_contexts = len(keys)
-      keys, _, ranks, counts = next_level
-      del next_level
+      keys, counts = next_keys, next_counts
+      del next_keys, next_counts
+
+
+def corpus_splits(config):
+  """The corpus of `config` as charlm.train reads it (its data section: text, level, split,
+  cache): (vocabulary, {'train', 'val', 'test': token ids}), memory-mapped."""
+  from charlm import corpora, validate
+  from charlm import data as data_lib
+  text = corpora.text_path(config.data)
+  validate.check_text_file(text, config.data.level)
+  corpus = data_lib.prepare(text, config.data.level, config.data.cache_dir)
+  return corpus.vocab, data_lib.split(corpus.tokens, config.data.split)
 
 
 def _lookup(keys: np.ndarray, query: np.ndarray) -> np.ndarray:

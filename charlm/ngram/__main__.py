@@ -70,16 +70,6 @@ def best(rows: list[dict], method: str) -> dict:
   return min(rows, key=lambda r: r[f'{method}_val_nats'])
 
 
-def load_splits(config):
-  """The corpus of `config` as charlm.train reads it: (vocab, train/val/test token views)."""
-  from charlm import corpora, validate
-  from charlm import data as data_lib
-  text = corpora.text_path(config.data)
-  validate.check_text_file(text, config.data.level)
-  corpus = data_lib.prepare(text, config.data.level, config.data.cache_dir)
-  return corpus.vocab, data_lib.split(corpus.tokens, config.data.split)
-
-
 def main(argv):
   del argv
   from charlm import atomic, ngram, validate
@@ -93,7 +83,7 @@ def main(argv):
   if out and not _SAMPLE.value:
     validate.check_writable(os.path.dirname(os.path.abspath(out)), 'the --json folder',
                             '--json=FILE')
-  vocab, splits = load_splits(config)
+  vocab, splits = ngram.corpus_splits(config)
   if _SAMPLE.value:
     prime = vocab.encode(_PRIME.value)  # Unknown characters are a UserError naming them.
     model = ngram.Model(splits['train'], vocab.size, _SAMPLE_ORDER.value, _METHOD.value)
