@@ -114,6 +114,17 @@ def test_order_one_is_the_unigram_where_every_character_is_common():
   assert np.all(p[:6] < np.bincount(train) / len(train))
 
 
+@pytest.mark.parametrize('high', [50, 2 ** 60])  # Packed into one sort; too large, an argsort.
+def test_dense_is_np_unique(high):
+  keys = np.random.default_rng(0).integers(0, high, 5000)
+  got_keys, index, inverse, counts = ngram._dense(keys, np.int32)
+  want_keys, want_inverse, want_counts = np.unique(keys, return_inverse=True, return_counts=True)
+  np.testing.assert_array_equal(got_keys, want_keys)
+  np.testing.assert_array_equal(keys[index], want_keys)
+  np.testing.assert_array_equal(inverse, want_inverse)
+  np.testing.assert_array_equal(counts, np.append(want_counts, 0))
+
+
 def test_discounts_fall_back_without_singletons():
   assert ngram.discounts(np.array([5, 7, 9, 12])) == (ngram.DISCOUNT_FALLBACK, True)
   counts = np.array([1] * 40 + [2] * 15 + [3] * 8 + [4] * 5 + [9] * 3)
@@ -124,14 +135,15 @@ def test_discounts_fall_back_without_singletons():
 def markov_text(length, order=3, symbols=12, seed=0):
   """Token ids from a random sparse Markov chain of `order`: each context allows 3 symbols."""
   rng = np.random.default_rng(seed)
-  table = {}
-  out = list(rng.integers(0, symbols, order))
-  for _ in range(length - order):
-    ctx = tuple(out[-order:])
-    if ctx not in table:
-      table[ctx] = (rng.choice(symbols, 3, replace=False), rng.dirichlet([1.0] * 3))
-    choices, p = table[ctx]
-    out.append(int(rng.choice(choices, p=p)))
+  contexts = symbols ** order
+  choices = [rng.choice(symbols, 3, replace=False).tolist() for _ in range(contexts)]
+  cumulative = np.cumsum(rng.dirichlet([1.0] * 3, contexts), axis=1).tolist()
+  out, ctx = [], 0
+  for u in rng.random(length).tolist():
+    cum = cumulative[ctx]
+    token = choices[ctx][(u > cum[0]) + (u > cum[1])]
+    out.append(token)
+    ctx = (ctx * symbols + token) % contexts
   return np.array(out, np.int64)
 
 
@@ -198,7 +210,8 @@ def test_cli_samples(cli_run):
   r = run_cli('charlm.ngram', *common, '--sample', '300', '--sample_order', '6', '--seed', '1',
               '--prime', 'abra')
   assert r.returncode == 0, r.stderr
-  assert len(r.stdout) == 300 and set(r.stdout) <= set(TRAIN + '\n')
+  assert r.stdout.startswith('abra') and len(r.stdout) == 4 + 300 + 1
+  assert set(r.stdout) <= set(TRAIN + '\n')
   assert not (tmp / 'runs').exists()
 
 

@@ -30,14 +30,21 @@ METHODS = ('kn', 'wb')
 
 @dataclasses.dataclass
 class Blend:
-  """One order of an interpolated model: p(w|h) = alpha[hw] + gamma[h] * p_lower(w|h').
+  """One order of an interpolated model: p(w|h) = alpha(hw) + gamma[h] * p_lower(w|h'), where
+  alpha(g) = (counts[g] - discount[min(counts[g], 3)]) / scale[h].
 
-  `alpha` has one entry per n-gram of the order and a last one, 0, for an n-gram never seen;
-  `gamma` one per context (the previous order's n-grams) and a last one, 1, for a context never
-  seen, which hands its whole mass to the lower order. Index -1 is "unseen" for both.
+  `counts` has one entry per n-gram of the order and a last one, 0, for an n-gram never seen;
+  `scale` and `gamma` one per context (the previous order's n-grams) and a last one, 1, for a
+  context never seen, which hands its whole mass to the lower order. Index -1 is "unseen".
   """
-  alpha: np.ndarray
+  counts: np.ndarray
+  discount: np.ndarray  # [0, D1, D2, D3+] for Kneser-Ney, zeros for Witten-Bell.
+  scale: np.ndarray
   gamma: np.ndarray
+
+  def alpha(self, grams: np.ndarray, contexts) -> np.ndarray:
+    c = self.counts[grams]
+    return (c - self.discount[np.minimum(c, 3)]) / self.scale[contexts]
 
 
 @dataclasses.dataclass
@@ -65,26 +72,50 @@ def discounts(counts: np.ndarray) -> tuple[tuple[float, float, float], bool]:
   return d, False
 
 
-def _kn_blend(ctx: np.ndarray, counts: np.ndarray, num_contexts: int, d) -> Blend:
-  """Absolute discounting of `counts` (n-grams whose contexts are `ctx`) by D1, D2, D3+."""
-  discount = np.array([0.0, *d])[np.minimum(counts, 3)]
-  total = np.bincount(ctx, weights=counts, minlength=num_contexts)
-  mass = np.bincount(ctx, weights=discount, minlength=num_contexts)
-  seen = total > 0
-  safe = np.where(seen, total, 1.0)
-  gamma = np.where(seen, mass / safe, 1.0)
-  alpha = (counts - discount) / safe[ctx]
-  return Blend(np.append(alpha, 0.0), np.append(gamma, 1.0))
+def _blend(ctx: np.ndarray, counts: np.ndarray, num_contexts: int, d=None) -> Blend:
+  """Kneser-Ney's absolute discounting of `counts` (of the n-grams whose contexts are `ctx`, and
+  a last 0) by d = (D1, D2, D3+), or with d None Witten-Bell's blend, whose context h keeps
+  T(h) / (c(h) + T(h)) for the lower order, T(h) the distinct characters seen after it."""
+  c = counts[:-1]
+  size = num_contexts + 1  # Bincounts end in a 0 for the unseen context.
+  if d is None:
+    discount = np.zeros(4)
+    mass = np.bincount(ctx, minlength=size).astype(np.float64)
+    scale = np.bincount(ctx, weights=c, minlength=size) + mass
+  else:
+    discount = np.array([0.0, *d])
+    mass = np.bincount(ctx, weights=discount[np.minimum(c, 3)], minlength=size)
+    scale = np.bincount(ctx, weights=c, minlength=size)
+  seen = scale > 0
+  scale = np.where(seen, scale, 1.0)
+  return Blend(counts, discount, scale, np.where(seen, mass / scale, 1.0))
 
 
-def _wb_blend(ctx: np.ndarray, counts: np.ndarray, num_contexts: int) -> Blend:
-  total = np.bincount(ctx, weights=counts, minlength=num_contexts)
-  types = np.bincount(ctx, minlength=num_contexts).astype(np.float64)
-  seen = total > 0
-  safe = np.where(seen, total + types, 1.0)
-  gamma = np.where(seen, types / safe, 1.0)
-  alpha = counts / safe[ctx]
-  return Blend(np.append(alpha, 0.0), np.append(gamma, 1.0))
+def _dense(keys: np.ndarray, rank_dtype) -> tuple:
+  """np.unique(keys, return_index, return_inverse, return_counts), faster: one np.sort of the
+  keys with each position packed into their low bits where both fit in 63 bits (numpy sorts
+  plain integers with SIMD, many times faster than argsort), else one argsort. The index is of
+  some occurrence of each key, not necessarily the first; the inverse is `rank_dtype`; the
+  counts end in an extra 0, the count of an n-gram never seen."""
+  n = len(keys)
+  shift = max(1, int(n - 1).bit_length())
+  if int(keys.max(initial=0)) < 1 << (63 - shift):
+    packed = np.sort((keys << shift) | np.arange(n, dtype=np.int64))
+    perm = packed & ((1 << shift) - 1)
+    ordered = packed >> shift
+    del packed
+  else:
+    perm = np.argsort(keys)
+    ordered = keys[perm]
+  new = np.empty(n, bool)
+  new[:1] = True
+  np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+  starts = np.flatnonzero(new)
+  inverse = np.empty(n, rank_dtype)
+  inverse[perm] = np.cumsum(new, dtype=rank_dtype) - 1
+  counts = np.zeros(len(starts) + 1, np.int64)  # A last 0: the unseen n-gram's.
+  counts[:-1] = np.diff(starts, append=n)
+  return ordered[starts], perm[starts], inverse, counts
 
 
 def levels(train: np.ndarray, vocab_size: int, max_order: int) -> Iterator[Level]:
@@ -98,34 +129,31 @@ def levels(train: np.ndarray, vocab_size: int, max_order: int) -> Iterator[Level
     raise UserError(f'the training split has {n:,} tokens, too few for n-grams of order '
                     f'{max_order}; use a lower order or a larger text')
   # ranks[j]: the id of the m-gram ending at token j + m - 1; all contexts of order 1 are id 0.
-  keys, ranks, counts = np.unique(tokens.astype(np.int64), return_inverse=True,
-                                  return_counts=True)
-  ranks = ranks.astype(np.int32 if n < 2 ** 31 else np.int64)
+  rank_dtype = np.int32 if n < 2 ** 31 else np.int64
+  keys, _, ranks, counts = _dense(tokens.astype(np.int64), rank_dtype)
   num_contexts = 1
   for m in range(1, max_order + 1):
     info = {'order': m, 'ngrams': len(keys)}
     cont, next_keys = None, None
     if m < max_order:
       # The (m+1)-grams; the suffix of the one ending at token j + m is the m-gram ranks[j + 1].
-      next_keys, first, next_ranks, next_counts = np.unique(
-          ranks[:-1].astype(np.int64) * vocab_size + tokens[m:], return_index=True,
-          return_inverse=True, return_counts=True)
+      next_keys, first, next_ranks, next_counts = _dense(
+          ranks[:-1].astype(np.int64) * vocab_size + tokens[m:], rank_dtype)
       # Continuation counts: distinct left extensions, the text's start counting as one.
-      cont = np.bincount(ranks[1:][first], minlength=len(keys))
+      cont = np.bincount(ranks[1:][first], minlength=len(keys) + 1)
       cont[ranks[0]] += 1
-      del first
-      ranks = next_ranks.astype(ranks.dtype)
-      del next_ranks
+      ranks = next_ranks
+      del first, next_ranks
     ctx = keys // vocab_size
     d, fallback = discounts(counts)
     info['kn_discounts'], info['kn_fallback'] = [float(x) for x in d], fallback
-    kn = _kn_blend(ctx, counts, num_contexts, d)
-    wb = _wb_blend(ctx, counts, num_contexts)
+    kn = _blend(ctx, counts, num_contexts, d)
+    wb = _blend(ctx, counts, num_contexts)
     kn_lower = None
     if cont is not None:
       d, fallback = discounts(cont)
       info['kn_lower_discounts'], info['kn_lower_fallback'] = [float(x) for x in d], fallback
-      kn_lower = _kn_blend(ctx, cont, num_contexts, d)
+      kn_lower = _blend(ctx, cont, num_contexts, d)
     del ctx, cont
     level = Level(m, keys, kn, kn_lower, wb, info)
     del kn, kn_lower, wb
@@ -181,10 +209,10 @@ def evaluate(train: np.ndarray, splits: dict, vocab_size: int, orders: range,
       ctx = np.concatenate([[-1], ids[:-1]])
       ctx[at_start] = -1
     ids = _lookup(level.keys, np.where(ctx >= 0, ctx * vocab_size + tokens, -1))
-    kn = level.kn.alpha[ids] + level.kn.gamma[ctx] * kn_lower
-    wb = level.wb.alpha[ids] + level.wb.gamma[ctx] * wb
+    kn = level.kn.alpha(ids, ctx) + level.kn.gamma[ctx] * kn_lower
+    wb = level.wb.alpha(ids, ctx) + level.wb.gamma[ctx] * wb
     if level.kn_lower is not None:
-      kn_lower = level.kn_lower.alpha[ids] + level.kn_lower.gamma[ctx] * kn_lower
+      kn_lower = level.kn_lower.alpha(ids, ctx) + level.kn_lower.gamma[ctx] * kn_lower
     if level.order in orders:
       row = dict(level.info)
       for method, p in (('kn', kn), ('wb', wb)):
@@ -245,7 +273,7 @@ class Model:
       new = blend.gamma[ctx] * p
       if ctx >= 0:
         lo, hi = np.searchsorted(level.keys, [ctx * v, (ctx + 1) * v])
-        new[level.keys[lo:hi] - ctx * v] += blend.alpha[lo:hi]
+        new[level.keys[lo:hi] - ctx * v] += blend.alpha(np.arange(lo, hi), ctx)
       p = new
     return p
 

@@ -9,9 +9,11 @@ The first form fits interpolated modified Kneser-Ney and Witten-Bell models of e
 --order on the training split and prints nats and bits per character on val and test, as
 charlm.train's config would split the corpus; the table goes to --json too (default
 runs/ngram/<config name>.json). The second prints a sample of the model of --sample_order
-(Goldberg's experiment) instead. No workdir: nothing else is written.
+(Goldberg's experiment) instead: the prime and what follows it, as charlm.sample prints a
+sample. No workdir: nothing else is written.
 """
 import os
+import platform
 import resource
 import sys
 import time
@@ -34,7 +36,8 @@ _METHOD = flags.DEFINE_enum('method', 'kn', ['kn', 'wb'], 'The model sampled: Kn
                             'Witten-Bell.')
 _TEMPERATURE = flags.DEFINE_float('temperature', 1.0, 'Sample from p^(1/T), renormalised; 0 '
                                   'always takes the most likely character.')
-_PRIME = flags.DEFINE_string('prime', '\n', 'Text the sample continues (default: a newline).')
+_PRIME = flags.DEFINE_string('prime', '', 'Text the sample continues, read as if it followed a '
+                             'newline (default: none, the start of a line).')
 _SEED = flags.DEFINE_integer('seed', 0, 'The same seed gives the same sample.')
 flags.mark_flags_as_required(['config'])
 
@@ -85,10 +88,11 @@ def main(argv):
                             '--json=FILE')
   vocab, splits = ngram.corpus_splits(config)
   if _SAMPLE.value:
-    prime = vocab.encode(_PRIME.value)  # Unknown characters are a UserError naming them.
+    newline = '\n' if vocab.level == 'byte' or '\n' in vocab.chars else ''
+    prime = vocab.encode(newline + _PRIME.value)  # Unknown characters: a UserError naming them.
     model = ngram.Model(splits['train'], vocab.size, _SAMPLE_ORDER.value, _METHOD.value)
     ids = model.sample(_SAMPLE.value, prime, _TEMPERATURE.value, _SEED.value)
-    sys.stdout.write(vocab.decode(ids))
+    sys.stdout.write(_PRIME.value + vocab.decode(ids) + '\n')
     sys.stdout.flush()
     return
   print(f'{config.name}: {len(splits["train"]):,} train, {len(splits["val"]):,} val, '
@@ -110,6 +114,7 @@ def main(argv):
   print('\n'.join(lines))
   if out:
     result = {'command': ' '.join(['python -m charlm.ngram'] + sys.argv[1:]),
+              'machine': f'{platform.machine()}, {os.cpu_count()} cores, {platform.system()}',
               'config': config.name, 'data': config.data.to_dict(), 'vocab_size': vocab.size,
               'tokens': {k: len(v) for k, v in splits.items()}, 'seconds': seconds,
               'peak_rss_mb': peak_mb, 'rows': rows,
