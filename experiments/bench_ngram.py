@@ -67,11 +67,10 @@ def ppmd_bpc(config) -> dict:
   return out
 
 
-def run(sizes_mb, max_order: int, tmp: str, ppmd: bool) -> list[dict]:
+def run(sizes_mb, max_order: int, tmp: str, ppmd: bool, source: str) -> list[dict]:
   import json
 
   from configs import default
-  source = shakespeare_text()
   rows = []
   for size_mb in sizes_mb:
     path = os.path.join(tmp, f'shakespeare-{size_mb:g}MB.txt')
@@ -119,6 +118,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--sizes', default='0.25,1,5', help='comma-separated sizes in MB')
   parser.add_argument('--max_order', type=int, default=20)
+  parser.add_argument('--text', default='', help='the text cut to each size (default: the '
+                      'Shakespeare corpus)')
   parser.add_argument('--tmp', default='/tmp', help='where the text prefixes go')
   parser.add_argument('--out', default=os.path.join(ROOT, 'experiments', 'results',
                                                     'bench_ngram_cpu.json'),
@@ -132,7 +133,8 @@ def main():
     ppmd = False
   with tempfile.TemporaryDirectory(prefix='charlm-bench-ngram-', dir=args.tmp) as tmp:
     print(HEADER, flush=True)
-    rows = run([float(s) for s in args.sizes.split(',')], args.max_order, tmp, ppmd)
+    rows = run([float(s) for s in args.sizes.split(',')], args.max_order, tmp, ppmd,
+               args.text or shakespeare_text())
   if args.out:
     write_results(args.out, {
         'command': 'python ' + ' '.join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),

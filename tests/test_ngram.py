@@ -3,10 +3,12 @@ import collections
 import itertools
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
 from charlm import ngram
 from charlm.errors import UserError
@@ -223,3 +225,17 @@ def test_cli_bad_input_is_one_line(cli_run, args, message):
   _, common = cli_run
   r = run_cli('charlm.ngram', *common, *args, '--json=')
   assert r.returncode == 1 and r.stderr.count('\n') == 1 and message in r.stderr, r.stderr
+
+
+def test_bench_ngram_runs_and_writes_json(cli_run):
+  tmp, _ = cli_run
+  out = tmp / 'bench.json'
+  r = subprocess.run([sys.executable, 'experiments/bench_ngram.py', '--text',
+                      str(tmp / 'text.txt'), '--sizes', '0.01', '--max_order', '3', '--tmp',
+                      str(tmp), '--out', str(out)], cwd=ROOT, capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 0, r.stdout + r.stderr
+  (row,) = json.loads(out.read_text())['rows']
+  assert row['orders'] == '1..3' and row['peak_rss_mb'] > 0 and row['kn_best_order'] <= 3
+  # PPMd codes a val split that repeats the train split in next to nothing.
+  assert all(abs(v['val_bpc']) < 0.5 for v in row.get('ppmd', {}).values())
