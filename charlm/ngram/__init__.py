@@ -9,8 +9,8 @@ vocabulary, so that no character ever gets probability zero:
   wb  interpolated Witten-Bell, PPM's escape method C used as a blend (no exclusion):
       p(w|h) = (c(hw) + T(h) p(w|h')) / (c(h) + T(h)), T(h) the distinct characters after h.
 
-Counting is numpy, one order at a time: the n-grams of order m are numbered densely by
-np.unique over (id of their first m-1 tokens) * V + (last token), so ids are exact at any order
+Counting is numpy, one order at a time: the n-grams of order m are numbered densely by sorting
+(id of their first m-1 tokens) * V + (last token) (`_dense`), so ids are exact at any order
 (no hashing) and the keys of an order, sorted, look up any context by np.searchsorted. Memory
 holds a few arrays of the training text's length, whatever the order. A position's context is
 what precedes it within its own split: the first characters of a split use shorter contexts,
