@@ -90,13 +90,42 @@ def validate(config, workdir: str | None = None):
 
   Fields a config lacks (an older one) are skipped: their readers' defaults apply.
   """
+  _check_fields(config, ('model', 'train', 'optim'))
+  seed = _field(config, 'train', 'seed')
+  if seed is not None and not _is_int(seed):
+    raise UserError(f'train.seed is {seed!r}; use a whole number')
+  _check_hparams(config)
+  _check_sampling(config.train)
+  from charlm import model as model_lib  # Imports JAX (after check_environment).
+  model_lib.resolve(config.model, None, backend='tpu')  # Any backend's errors; builds nothing.
+  validate_data(config)
+  if workdir is not None:
+    check_writable(workdir, 'the workdir', '--workdir=DIR')
+
+
+def validate_data(config):
+  """Checks the data fields and the cache directory: all that a tool reading a config's
+  corpus without training on it (charlm.ngram) needs. Imports no JAX."""
+  _check_fields(config, ('data',))
+  from charlm import data as data_lib
+  data_lib.check_split(_field(config, 'data', 'split'))
+  path = _field(config, 'data', 'path')
+  if path and os.path.isdir(os.path.expanduser(path)):
+    raise UserError(f'data.path {path} is a directory; give a text file '
+                    '(--config.data.path=FILE)')
+  check_writable(default_cache_dir(_field(config, 'data', 'cache_dir') or ''),
+                 'the cache directory', '--config.data.cache_dir=DIR or $CHARLM_CACHE')
+
+
+def _check_fields(config, sections):
+  """The table-driven checks (INTEGERS, REALS, STRINGS, choices) of the fields in `sections`."""
   for section, field, least, allowed in INTEGERS:
-    value = _field(config, section, field)
+    value = _field(config, section, field) if section in sections else None
     if value is not None and not (_is_int(value) and value >= least):
       raise UserError(f'{section}.{field} is {value!r}; use a whole number {allowed} '
                       f'(--config.{section}.{field}=...)')
   for section, field, low, low_in, high, high_in in REALS:
-    value = _field(config, section, field)
+    value = _field(config, section, field) if section in sections else None
     if value is None:
       continue
     ok = _is_real(value) and (value >= low if low_in else value > low) and (
@@ -105,33 +134,17 @@ def validate(config, workdir: str | None = None):
       raise UserError(f'{section}.{field} is {value!r}; use a finite number '
                       f'{_interval(low, low_in, high, high_in)}')
   for section, field in STRINGS:
-    value = _field(config, section, field)
+    value = _field(config, section, field) if section in sections else None
     if value is not None and not isinstance(value, str):
       raise UserError(f'{section}.{field} is {value!r}; use a string')
-  from charlm import trainer  # Its makers name the choices; imports JAX (after check_environment).
-  for section, field, choices in (('optim', 'name', trainer.OPTIMIZERS),
-                                  ('optim', 'schedule', trainer.SCHEDULES),
-                                  ('data', 'level', LEVELS)):
-    value = _field(config, section, field)
-    if value is not None and value not in choices:
-      raise UserError(f'unknown {section}.{field} {value!r}; use one of {", ".join(choices)}')
-  seed = _field(config, 'train', 'seed')
-  if seed is not None and not _is_int(seed):
-    raise UserError(f'train.seed is {seed!r}; use a whole number')
-  from charlm import data as data_lib
-  data_lib.check_split(_field(config, 'data', 'split'))
-  _check_hparams(config)
-  _check_sampling(config.train)
-  from charlm import model as model_lib
-  model_lib.resolve(config.model, None, backend='tpu')  # Any backend's errors; builds nothing.
-  path = _field(config, 'data', 'path')
-  if path and os.path.isdir(os.path.expanduser(path)):
-    raise UserError(f'data.path {path} is a directory; give a text file '
-                    '(--config.data.path=FILE)')
-  check_writable(default_cache_dir(_field(config, 'data', 'cache_dir') or ''),
-                 'the cache directory', '--config.data.cache_dir=DIR or $CHARLM_CACHE')
-  if workdir is not None:
-    check_writable(workdir, 'the workdir', '--workdir=DIR')
+  choices = [('data', 'level', LEVELS)]
+  if 'optim' in sections:
+    from charlm import trainer  # Its makers name the choices; imports JAX.
+    choices += [('optim', 'name', trainer.OPTIMIZERS), ('optim', 'schedule', trainer.SCHEDULES)]
+  for section, field, allowed in choices:
+    value = _field(config, section, field) if section in sections else None
+    if value is not None and value not in allowed:
+      raise UserError(f'unknown {section}.{field} {value!r}; use one of {", ".join(allowed)}')
 
 
 def _check_hparams(config):
