@@ -16,7 +16,7 @@ from charlm.cache import default_cache_dir
 from charlm.errors import UserError
 
 OPTIMIZERS = ('adam', 'adamw', 'rmsprop', 'sgd')
-SCHEDULES = ('constant', 'char_rnn', 'cosine')
+SCHEDULES = ('auto', 'constant', 'char_rnn', 'cosine')
 LEVELS = ('char', 'byte')
 
 # (section, field, least value, what is allowed) for whole numbers.
@@ -43,6 +43,7 @@ INTEGERS = [
 # (section, field, low, low allowed, high, high allowed) for real numbers; None: unbounded.
 REALS = [
     ('model', 'dropout', 0, True, 1, False),
+    ('train', 'minutes', 0, True, None, False),
     ('optim', 'lr', 0, False, None, False),
     ('optim', 'clip', 0, True, None, False),
     ('optim', 'weight_decay', 0, True, None, False),
