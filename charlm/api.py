@@ -154,6 +154,7 @@ class Model:
                                ('batch_size', batch_size, 1)):
       if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise UserError(f'dynamic evaluation {name} is {value!r}; use a whole number >= {least}')
+    dynamic.check_rates(lr, decay)
     with contextlib.ExitStack() as stack:
       tokens, what, result = self._scored_tokens(split, file, unknown, skip_hint, chunk_bytes,
                                                  max_chars, stack)

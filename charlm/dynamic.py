@@ -19,8 +19,8 @@ may on another stream's earlier segment, which lies later in the text. B = 1 rea
 as one stream, in its own order. With lr = 0 the weights never move and the result is static
 evaluation's, bit for bit.
 
-One compiled call per segment scores, differentiates and updates (the model's own training
-loops: the fused LSTM's hand-written backward pass, the native CPU loops).
+Per segment, one compiled call scores and differentiates (the model's own training loops: the
+fused LSTM's hand-written backward pass, the native CPU loops) and one updates the weights.
 """
 import functools
 import math
@@ -51,26 +51,27 @@ def _window_loss(model, params, carry, inputs, targets, weights, reset):
   return losses.sum(), (weights.sum(), new_carry, losses)
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=(1,))
-def _grad_squares(model, sums, params, carry, inputs, targets, weights, reset):
-  """Adds the squared gradient of one window's mean loss to `sums`; the next carry."""
-  (_, (count, new_carry, _)), grads = jax.value_and_grad(
-      functools.partial(_window_loss, model), has_aux=True)(params, carry, inputs, targets,
-                                                            weights, reset)
-  sums = jax.tree.map(lambda s, g: s + jnp.square(g / jnp.maximum(count, 1)), sums, grads)
-  return sums, new_carry
-
-
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=(1, 2))
-def _adapt(model, params, carry, theta0, ms, pull, lr, inputs, targets, weights, reset):
-  """Scores one segment with `params`, then takes the update step on its gradient."""
+@functools.partial(jax.jit, static_argnums=0)
+def _scores_and_grads(model, params, carry, inputs, targets, weights, reset):
+  """One window: (summed loss, count, next carry, per-character losses, gradient of the mean
+  loss). Gradient statistics and the adapting pass share this one compiled program."""
   (total, (count, new_carry, losses)), grads = jax.value_and_grad(
       functools.partial(_window_loss, model), has_aux=True)(params, carry, inputs, targets,
                                                             weights, reset)
-  scale = lr / jnp.maximum(count, 1)
-  params = jax.tree.map(lambda p, g, m, k, p0: p - scale * g / (m + EPS) + k * (p0 - p),
-                        params, grads, ms, pull, theta0)
-  return params, new_carry, total, count, losses
+  grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1), grads)
+  return total, count, new_carry, losses, grads
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _add_squares(sums, grads):
+  return jax.tree.map(lambda s, g: s + jnp.square(g), sums, grads)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _update(params, grads, theta0, ms, pull, lr):
+  """theta - lr * g / (MS + eps) + pull * (theta0 - theta)."""
+  return jax.tree.map(lambda p, g, m, k, p0: p - lr * g / (m + EPS) + k * (p0 - p),
+                      params, grads, ms, pull, theta0)
 
 
 def gradient_rms(model, params, tokens, batch_size: int, seq_len: int, batches: int):
@@ -85,9 +86,18 @@ def gradient_rms(model, params, tokens, batch_size: int, seq_len: int, batches: 
   count = min(batches, streams.num_batches)
   for k in range(count):
     b = streams.batch(k)
-    sums, carry = _grad_squares(model, sums, params, carry, b.inputs, b.targets, b.weights,
-                                jnp.bool_(b.reset))
+    *_, carry, _, grads = _scores_and_grads(model, params, carry, b.inputs, b.targets, b.weights,
+                                            jnp.bool_(b.reset))
+    sums = _add_squares(sums, grads)
   return jax.tree.map(lambda s: jnp.sqrt(s / count), sums)
+
+
+def check_rates(lr: float, decay: float):
+  """lr and decay: finite numbers >= 0, or a one-line UserError."""
+  for name, value in (('lr', lr), ('decay', decay)):
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+      raise UserError(f'dynamic evaluation {name} is {value!r}; use a finite number >= 0 '
+                      f'(--dynamic_{name})')
 
 
 def evaluate(model, params, tokens, ms, lr: float, decay: float, seq_len: int,
@@ -99,23 +109,21 @@ def evaluate(model, params, tokens, ms, lr: float, decay: float, seq_len: int,
   'bpc', 'chars'}, and with per_char 'char_losses', float32 [chars]: the loss of each scored
   character in text order (stream b's characters after stream b-1's).
   """
-  if not (math.isfinite(lr) and lr >= 0):
-    raise UserError(f'dynamic evaluation lr is {lr!r}; use a finite number >= 0')
-  if not (math.isfinite(decay) and decay >= 0):
-    raise UserError(f'dynamic evaluation decay is {decay!r}; use a finite number >= 0')
+  check_rates(lr, decay)
   streams = data_lib.Streams(tokens, batch_size, seq_len, pad_last=True, what=what)
   mean_ms = sum(float(m.sum()) for m in jax.tree.leaves(ms)) / sum(
       m.size for m in jax.tree.leaves(ms))
   pull = jax.tree.map(lambda m: jnp.minimum(decay * m / max(mean_ms, 1e-30), 1.0), ms)
   theta0 = params
   params = jax.tree.map(jnp.copy, params)  # Donated step by step; theta0 stays.
-  carry = jax.jit(lambda: model.initial_carry(batch_size))()  # Distinct buffers, donated.
+  carry = model.initial_carry(batch_size)
   lr = jnp.float32(lr)
   total, count, losses = 0.0, 0.0, []
   for batch in streams:
-    params, carry, t, c, window = _adapt(
-        model, params, carry, theta0, ms, pull, lr, batch.inputs, batch.targets, batch.weights,
-        jnp.bool_(batch.reset))
+    t, c, carry, window, grads = _scores_and_grads(model, params, carry, batch.inputs,
+                                                   batch.targets, batch.weights,
+                                                   jnp.bool_(batch.reset))
+    params = _update(params, grads, theta0, ms, pull, lr)
     total, count = total + t, count + c  # Summed as charlm.evaluation.Evaluator sums.
     if per_char:
       losses.append(window)
