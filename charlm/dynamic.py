@@ -36,8 +36,8 @@ from charlm.evaluation import LN2, reset_where
 EPS = 1e-5  # Added to MS where it divides the gradient, for parameters with tiny gradients.
 # Defaults of charlm.evaluate --dynamic: chosen by a sweep on a validation split
 # (experiments/bench_dynamic_eval.py; the figures are in experiments/results/dynamic_eval_cpu.json).
-LR = 1e-4
-DECAY = 1e-3
+LR = 1e-3
+DECAY = 0.0
 SEQ_LEN = 50
 GRAD_BATCHES = 100
 

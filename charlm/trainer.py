@@ -39,33 +39,23 @@ class TrainingDiverged(UserError):
 # Build: the optimizer, the train step and the train state. The state is one pytree: step,
 # params, opt_state, carry (hidden state), rng.
 
-def resolved_schedule(optim, budgeted: bool) -> str:
-  """What optim.schedule runs: 'auto' is cosine for a run with a train.minutes budget (it ends
-  its decay exactly when the time is up), constant otherwise."""
-  if optim.schedule == 'auto':
-    return 'cosine' if budgeted else 'constant'
-  return optim.schedule
-
-
-def make_schedule(optim, steps_per_epoch: int, total_steps: int, budgeted: bool = False):
+def make_schedule(optim, steps_per_epoch: int, total_steps: int):
   lr = optim.lr
-  schedule = resolved_schedule(optim, budgeted)
-  if schedule == 'constant':
+  if optim.schedule == 'constant':
     return optax.constant_schedule(lr)
-  if schedule == 'char_rnn':  # char-rnn: after every epoch from `decay_after` on, lr *= rate.
-    def char_rnn(step):
+  if optim.schedule == 'char_rnn':  # char-rnn: after every epoch from `decay_after` on, lr *= rate.
+    def schedule(step):
       decays = jnp.maximum(0, step // steps_per_epoch - optim.decay_after_epochs + 1)
       return lr * optim.decay_rate ** decays
-    return char_rnn
-  if schedule == 'cosine':
+    return schedule
+  if optim.schedule == 'cosine':
     warmup = min(optim.warmup_steps, max(total_steps - 1, 0))
     return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1),
                                               end_value=lr * optim.min_lr_ratio)
-  raise UserError(f'unknown optim.schedule {optim.schedule!r}; use auto, constant, char_rnn or '
-                  'cosine')
+  raise UserError(f'unknown optim.schedule {optim.schedule!r}; use constant, char_rnn or cosine')
 
 
-def make_optimizer(optim, steps_per_epoch: int, total_steps: int, budgeted: bool = False):
+def make_optimizer(optim, steps_per_epoch: int, total_steps: int):
   makers = {
       'adam': lambda learning_rate: optax.adam(learning_rate),
       'adamw': lambda learning_rate: optax.adamw(learning_rate, weight_decay=optim.weight_decay),
@@ -75,7 +65,7 @@ def make_optimizer(optim, steps_per_epoch: int, total_steps: int, budgeted: bool
   }
   if optim.name not in makers:
     raise UserError(f'unknown optim.name {optim.name!r}; use one of {", ".join(makers)}')
-  schedule = make_schedule(optim, steps_per_epoch, total_steps, budgeted)
+  schedule = make_schedule(optim, steps_per_epoch, total_steps)
   return optax.chain(
       optax.clip_by_global_norm(optim.clip) if optim.clip > 0 else optax.identity(),
       optax.inject_hyperparams(makers[optim.name])(learning_rate=schedule))
@@ -110,7 +100,7 @@ def build(config, vocab_size: int, steps_per_epoch: int):
   """The model, the optimizer and `init_state(key)`, which makes the whole train state."""
   model = model_lib.from_config(config.model, vocab_size,
                                 config.train.batch_size // jax.device_count())
-  tx = make_optimizer(config.optim, steps_per_epoch, config.train.steps, budgeted(config))
+  tx = make_optimizer(config.optim, steps_per_epoch, config.train.steps)
 
   def init_state(key):
     params = model.init(key, jnp.zeros((1, 1), jnp.int32), model.initial_carry(1))['params']
@@ -265,8 +255,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
       deadline = run_start + 60 * tc.minutes
     config = _with_steps(config, steps)
     tc = config.train
-    if resolved_schedule(config.optim, True) == 'cosine':  # Its decay ends at the new count.
-      tx = make_optimizer(config.optim, train_iter.steps_per_epoch, tc.steps, True)
+    if config.optim.schedule == 'cosine':  # Its decay ends at the new count.
+      tx = make_optimizer(config.optim, train_iter.steps_per_epoch, tc.steps)
       train_step = compile_step(tx)
     print(f'train.minutes={tc.minutes:g}: {tc.steps} steps' + (
         f' (a step {timing["step_s"]:.3g} s, with evaluations, checkpoints and samples '
@@ -283,8 +273,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
       train_resolved['budget'] = timing or _recorded_timing(workdir)
     atomic.write_json(os.path.join(workdir, 'config.json'), {  # With what 'auto' chose.
         **json.loads(config.to_json_best_effort()), 'resolved': {
-            'model': resolved.to_json(), 'train': train_resolved,
-            'optim': {'schedule': resolved_schedule(config.optim, budgeted(config))}}}, indent=2)
+            'model': resolved.to_json(), 'train': train_resolved}}, indent=2)
     atomic.write_json(os.path.join(workdir, 'vocab.json'), corpus.vocab.to_json())
 
   chars_per_step = tc.batch_size * tc.seq_len
@@ -460,7 +449,7 @@ def _fit_budget(config, workdir, run_start, train_step, state, train_iter, evalu
     periodic['sample'] = (time.perf_counter() - began, tc.sample_every)
   del scratch
 
-  recompile_s = compile_s if resolved_schedule(config.optim, True) == 'cosine' else 0.0
+  recompile_s = compile_s if config.optim.schedule == 'cosine' else 0.0
   left = 60 * tc.minutes - (time.perf_counter() - run_start) - recompile_s
   steps = sharding.broadcast_from_first(loop.steps_within(left, step_s, periodic))
   timing = {'step_s': step_s, 'compile_s': compile_s, 'eval_s': eval_s, 'save_s': save_s,

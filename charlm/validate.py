@@ -16,7 +16,7 @@ from charlm.cache import default_cache_dir
 from charlm.errors import UserError
 
 OPTIMIZERS = ('adam', 'adamw', 'rmsprop', 'sgd')
-SCHEDULES = ('auto', 'constant', 'char_rnn', 'cosine')
+SCHEDULES = ('constant', 'char_rnn', 'cosine')
 LEVELS = ('char', 'byte')
 
 # (section, field, least value, what is allowed) for whole numbers.

@@ -109,17 +109,13 @@ def test_learning_rate_schedules():
   schedule = trainer.make_schedule(optim, 10, 100)
   assert float(schedule(0)) == 0 and float(schedule(10)) == pytest.approx(optim.lr)
   assert float(schedule(100)) == pytest.approx(optim.lr * optim.min_lr_ratio)
-  optim.schedule = 'auto'  # Cosine for a run with a time budget, constant otherwise.
-  budgeted = trainer.make_schedule(optim, 10, 100, budgeted=True)
-  assert [float(budgeted(s)) for s in (0, 10, 100)] == [float(schedule(s)) for s in (0, 10, 100)]
-  assert float(trainer.make_schedule(optim, 10, 100)(0)) == optim.lr
   optim.schedule = 'linear'
-  with pytest.raises(UserError, match='auto, constant, char_rnn or cosine'):
+  with pytest.raises(UserError, match='constant, char_rnn or cosine'):
     trainer.make_schedule(optim, 10, 100)
 
 
 BUDGET = dict(train__minutes=0.1, train__log_every=10, train__eval_every=0,
-              train__eval_batches=2, train__ckpt_every=25)
+              train__eval_batches=2, train__ckpt_every=25, optim__schedule='cosine')
 
 
 def test_a_time_budget_sets_the_steps_records_them_and_a_resume_keeps_them(
@@ -134,7 +130,6 @@ def test_a_time_budget_sets_the_steps_records_them_and_a_resume_keeps_them(
   assert set(periodic) == {'eval', 'checkpoint'} and periodic['checkpoint'][1] == 25
   config = json.load(open(os.path.join(workdir, 'config.json')))
   assert config['train']['steps'] == config['resolved']['train']['steps'] == steps
-  assert config['resolved']['optim']['schedule'] == 'cosine'  # What 'auto' is with a budget.
   assert config['resolved']['train']['budget']['step_s'] == step_s
   assert max(losses(workdir)) == steps
   out = capsys.readouterr().out
@@ -166,14 +161,15 @@ def test_a_time_budget_sets_the_steps_records_them_and_a_resume_keeps_them(
 def test_a_budgeted_cosine_schedule_ends_its_decay_at_the_last_step_within_the_time(tmp_path):
   workdir = str(tmp_path / 'run')
   config = smoke_config(tmp_path, **dict(BUDGET, train__minutes=0.5, train__log_every=1))
+  assert config.optim.schedule == 'cosine'
   began = time.perf_counter()
   summary = trainer.train_and_evaluate(config, workdir)
   assert time.perf_counter() - began < 1.2 * 60 * 0.5  # Timings on a shared machine vary.
   resolved = json.load(open(os.path.join(workdir, 'config.json')))['resolved']
-  assert resolved['optim']['schedule'] == 'cosine' and resolved['train']['steps'] == summary['step']
+  assert resolved['train']['steps'] == summary['step']
   lrs = losses(workdir, 'lr')  # The lr of each step's update, logged after it.
   assert lrs[summary['step']] == pytest.approx(
-      float(trainer.make_schedule(config.optim, 1, summary['step'], True)(summary['step'] - 1)))
+      float(trainer.make_schedule(config.optim, 1, summary['step'])(summary['step'] - 1)))
   assert lrs[summary['step']] < 1.01 * config.optim.lr * config.optim.min_lr_ratio
 
 
