@@ -17,7 +17,7 @@ import tempfile
 import jax
 import numpy as np
 
-from charlm import corpora, evaluation, inference, internals
+from charlm import corpora, dynamic, evaluation, inference, internals
 from charlm import data as data_lib
 from charlm.errors import UserError
 from charlm.sampling import Sampler, check_unknown_mode, drop_unknown, unknown_error
@@ -114,7 +114,7 @@ class Model:
 
   def evaluate(self, split: str | None = None, file: str | None = None, batch_size: int = 0,
                unknown: str = 'error', skip_hint: str = SKIP_HINT,
-               chunk_bytes: int = FILE_CHUNK_BYTES) -> dict:
+               chunk_bytes: int = FILE_CHUNK_BYTES, max_chars: int = 0) -> dict:
     """Scores a split of the run's corpus (default: test) or a UTF-8 text file.
 
     Reads the text as training reads its validation split: in `batch_size` contiguous streams
@@ -122,25 +122,12 @@ class Model:
     'val' gives the number training logged (when it evaluated the whole split). Returns chars
     (scored), loss (nats/char), bpc, perplexity, and for a file how many characters it skipped.
     A file is encoded `chunk_bytes` at a time into a temporary token file (in the token cache)
-    and read from there a window at a time, so memory does not grow with its size.
+    and read from there a window at a time, so memory does not grow with its size. max_chars
+    > 0 scores only the text's first max_chars characters.
     """
-    if split and file:
-      raise UserError('give a split or a file, not both')
-    result = {'workdir': self.workdir, 'step': self.step}
     with contextlib.ExitStack() as stack:
-      if file:
-        tokens, missing, skipped = self._file_tokens(file, unknown, skip_hint, chunk_bytes, stack)
-        what = file
-        result.update(file=file, skipped=skipped, skipped_chars=missing)
-      else:
-        split = split or 'test'
-        if split not in ('train', 'val', 'test'):
-          raise UserError(f'unknown split {split!r}; use train, val or test')
-        tokens = self.split_tokens(split)
-        what = f'the {split} split'
-        result['split'] = split
-      if len(tokens) < 2:
-        raise UserError(f'{what} has {len(tokens)} characters; scoring needs at least 2')
+      tokens, what, result = self._scored_tokens(split, file, unknown, skip_hint, chunk_bytes,
+                                                 max_chars, stack)
       batch = batch_size or self.config.train.batch_size
       if file:  # A short file is read in fewer streams rather than refused.
         batch = min(batch, len(tokens) - 1)
@@ -150,6 +137,65 @@ class Model:
     result.update(chars=scores['chars'], loss=scores['loss'], bpc=scores['bpc'],
                   perplexity=math.exp(scores['loss']), batch_size=batch)
     return result
+
+  def evaluate_dynamic(self, split: str | None = None, file: str | None = None,
+                       lr: float = dynamic.LR, decay: float = dynamic.DECAY,
+                       seq_len: int = dynamic.SEQ_LEN, grad_batches: int = dynamic.GRAD_BATCHES,
+                       batch_size: int = 1, unknown: str = 'error', skip_hint: str = SKIP_HINT,
+                       chunk_bytes: int = FILE_CHUNK_BYTES, max_chars: int = 0,
+                       per_char: bool = False) -> dict:
+    """Scores a split or a file as `evaluate` does, with dynamic evaluation (charlm.dynamic):
+    each segment of `seq_len` characters is scored, then the weights take a step on its
+    gradient (learning rate `lr`, decay toward the trained weights `decay`), normalised by
+    the gradients' RMS over `grad_batches` windows of the run's training split. batch_size
+    streams are read side by side (1: the text in its own order). Returns what `evaluate`
+    returns, the settings, and with per_char the loss of each scored character."""
+    for name, value, least in (('seq_len', seq_len, 1), ('grad_batches', grad_batches, 1),
+                               ('batch_size', batch_size, 1)):
+      if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise UserError(f'dynamic evaluation {name} is {value!r}; use a whole number >= {least}')
+    dynamic.check_rates(lr, decay)
+    with contextlib.ExitStack() as stack:
+      tokens, what, result = self._scored_tokens(split, file, unknown, skip_hint, chunk_bytes,
+                                                 max_chars, stack)
+      batch = min(batch_size, len(tokens) - 1)
+      ms = dynamic.gradient_rms(self.module, self.params, self.split_tokens('train'), batch,
+                                seq_len, grad_batches)
+      scores = dynamic.evaluate(self.module, self.params, tokens, ms, lr, decay, seq_len, batch,
+                                per_char=per_char, what=what)
+    result.update(scores, perplexity=math.exp(scores['loss']), batch_size=batch,
+                  dynamic={'lr': lr, 'decay': decay, 'seq_len': seq_len,
+                           'grad_batches': grad_batches})
+    return result
+
+  def _scored_tokens(self, split, file, unknown, skip_hint, chunk_bytes, max_chars, stack):
+    """(tokens, what they are for messages, the result's fields naming them) of a split
+    (default test) or a file, cut to max_chars (+1: the first character is only read)."""
+    if split and file:
+      raise UserError('give a split or a file, not both')
+    if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 0:
+      raise UserError(f'max_chars is {max_chars!r}; use a whole number >= 0 (0: all)')
+    result = {'workdir': self.workdir, 'step': self.step}
+    if file:
+      tokens, missing, skipped = self._file_tokens(file, unknown, skip_hint, chunk_bytes, stack)
+      what = file
+      result.update(file=file, skipped=skipped, skipped_chars=missing)
+    else:
+      split = split or 'test'
+      if split not in ('train', 'val', 'test'):
+        raise UserError(f'unknown split {split!r}; use train, val or test')
+      tokens = self.split_tokens(split)
+      what = f'the {split} split'
+      result['split'] = split
+    if max_chars and len(tokens) > max_chars + 1:
+      if isinstance(tokens, _TokenFile):
+        tokens.length = max_chars + 1
+      else:
+        tokens = tokens[:max_chars + 1]
+      result['max_chars'] = max_chars
+    if len(tokens) < 2:
+      raise UserError(f'{what} has {len(tokens)} characters; scoring needs at least 2')
+    return tokens, what, result
 
   def _file_tokens(self, path: str, unknown: str, skip_hint: str, chunk_bytes: int,
                    stack: contextlib.ExitStack):

@@ -1,4 +1,6 @@
-"""Helpers of a training loop: when a periodic action is due, stop signals, the progress bar."""
+"""Helpers of a training loop: when a periodic action is due, how many steps fit a time budget,
+stop signals, the progress bar."""
+import math
 import signal
 import sys
 import threading
@@ -14,6 +16,23 @@ from charlm.evaluation import LN2
 def is_due(step: int, every: int, total_steps: int) -> bool:
   """Whether an action run every `every` steps (0: never) is due at `step`; always at the end."""
   return step == total_steps or bool(every and step % every == 0)
+
+
+def seconds_per_step(step_s: float, periodic: dict) -> float:
+  """A step's seconds with its share of each periodic action; `periodic` maps a name to
+  (seconds of one run, every how many steps it runs; 0: only at the end)."""
+  return step_s + sum(cost / every for cost, every in periodic.values() if every)
+
+
+def seconds_at_end(periodic: dict) -> float:
+  """What the last step adds: every periodic action runs there once more (see is_due)."""
+  return sum(cost for cost, _ in periodic.values())
+
+
+def steps_within(seconds: float, step_s: float, periodic: dict) -> int:
+  """How many steps, with their periodic actions, fit in `seconds` (0 when none does)."""
+  per_step = seconds_per_step(step_s, periodic)
+  return max(0, math.floor((seconds - seconds_at_end(periodic)) / per_step))
 
 
 class StopRequests:
@@ -56,10 +75,13 @@ class StopRequests:
 
 
 class ProgressBar:
-  """tqdm on a terminal; otherwise a plain line per logged step."""
+  """tqdm on a terminal; otherwise a plain line per logged step. Both show the time left: to
+  `deadline` (a time.perf_counter() value: a budgeted run's end) if given, else as the steps so
+  far predict."""
 
-  def __init__(self, start, total):
+  def __init__(self, start, total, deadline=None):
     self.total, self.start, self.t0 = total, start, time.perf_counter()
+    self.deadline = deadline
     self.tty = sys.stderr.isatty() and jax.process_index() == 0
     self.quiet = jax.process_index() != 0
     self.bar = None
@@ -67,15 +89,21 @@ class ProgressBar:
       from tqdm import tqdm
       self.bar = tqdm(total=total, initial=start, unit='step', dynamic_ncols=True)
 
+  def time_left(self, step) -> float:
+    now = time.perf_counter()
+    if self.deadline is not None:
+      return max(0.0, self.deadline - now)
+    return (now - self.t0) / max(step - self.start, 1) * (self.total - step)
+
   def update(self, step, loss, rate):
+    left = _hms(self.time_left(step))
     if self.bar is not None:
       self.bar.update(step - self.bar.n)
-      self.bar.set_postfix(loss=f'{loss:.4f}', chars_s=f'{rate:,.0f}')
+      self.bar.set_postfix(loss=f'{loss:.4f}', chars_s=f'{rate:,.0f}', left=left)
     elif not self.quiet:
-      done = step - self.start
-      eta = (time.perf_counter() - self.t0) / max(done, 1) * (self.total - step)
       print(f'step {step}/{self.total}  loss {loss:.4f}  bpc {loss / LN2:.4f}  '
-            f'chars/s {rate:,.0f}  eta {_hms(eta)}', flush=True)
+            f'chars/s {rate:,.0f}  {"left" if self.deadline is not None else "eta"} {left}',
+            flush=True)
 
   def note(self, text):
     if self.bar is not None:

@@ -110,6 +110,22 @@ def local_copy(tree):
   return jax.tree.map(lambda x: x.addressable_data(0), tree)
 
 
+def barrier(name: str):
+  """Waits until every process of a multi-process run reaches it; a no-op in one process."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def broadcast_from_first(value: int) -> int:
+  """Process 0's `value` in every process (a number each process computed, say from timings,
+  which must agree)."""
+  if jax.process_count() == 1:
+    return int(value)
+  from jax.experimental import multihost_utils
+  return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
+
+
 _FAILED = 'charlm/failed'  # The coordination service's key: "<process>\t<message>".
 
 

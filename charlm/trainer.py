@@ -6,6 +6,7 @@ samples.md, checkpoints); running again with the same workdir resumes exactly.
 import functools
 import json
 import os
+import shutil
 import time
 
 import jax
@@ -24,6 +25,10 @@ from charlm.metrics import MetricWriter, hparams_of
 from charlm.sampling import Sampler, drop_unknown
 
 SHAPE_KEYS = ('cell', 'num_layers', 'hidden', 'embed')
+# A train.minutes budget times this many train steps after the first (which compiles), and this
+# many validation batches after the first.
+TIMED_STEPS = 10
+TIMED_EVAL_BATCHES = 5
 
 
 class TrainingDiverged(UserError):
@@ -120,6 +125,11 @@ def build(config, vocab_size: int, steps_per_epoch: int):
   return model, tx, init_state
 
 
+def budgeted(config) -> bool:
+  """Whether the run has a train.minutes budget (a config without the field has none)."""
+  return bool(config.train.get('minutes'))
+
+
 def state_shardings(abstract, mesh):
   """Everything replicated but the carried hidden state, which is split with the batch."""
   shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
@@ -151,6 +161,11 @@ def _check_compatible(meta: dict, vocab, config, workdir):
   if old_batch != (config.train.batch_size, config.train.seq_len):
     raise UserError(f'{workdir} was trained with batch_size, seq_len = {old_batch}; resume '
                     'with the same values or use a new --workdir')
+  old_minutes = meta['config']['train'].get('minutes') or 0.0
+  if old_minutes != (config.train.get('minutes') or 0.0):
+    raise UserError(f'{workdir} was started with train.minutes={old_minutes:g}, now '
+                    f'{config.train.minutes:g}; the budget set the step count of the whole run, '
+                    'so resume with the same value or use a new --workdir')
   old_optim = meta['config']['optim'].get('name')
   if old_optim != config.optim.name:
     raise UserError(f'{workdir} holds checkpoints made with optim.name={old_optim!r}, now '
@@ -205,6 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the run in `workdir`, validated, under its lock."""
+  run_start = time.perf_counter()  # Where a train.minutes budget starts.
   tc = config.train
   text = corpora.text_path(config.data)
   validate.check_text_file(text, config.data.level)
@@ -236,32 +252,52 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     start = 0
     state = jax.jit(init_state, out_shardings=state_sharding)(jax.random.PRNGKey(tc.seed))
 
+  data = sharding.batch_sharding(mesh)
+  compile_step = lambda tx: jax.jit(make_train_step(model, tx),
+                                    in_shardings=(state_sharding, data, data, data, None),
+                                    out_shardings=(state_sharding, None), donate_argnums=0)
+  train_step = compile_step(tx)
+  evaluator = Evaluator(model, mesh, tc.batch_size, tc.seq_len)
+  sampler = Sampler(model, corpus.vocab)
+  to_global = lambda a: sharding.to_global(mesh, a, tc.batch_size)
+  timing, deadline = None, None
+  if budgeted(config):  # The budget decides train.steps: recorded, or timed on a fresh run.
+    if restored is not None:
+      steps = meta['config']['train']['steps']
+    else:
+      steps, timing = _fit_budget(config, workdir, run_start, train_step, state, train_iter,
+                                  evaluator, splits['val'], sampler, to_global)
+      deadline = run_start + 60 * tc.minutes
+    config = _with_steps(config, steps)
+    tc = config.train
+    if config.optim.schedule == 'cosine':  # Its decay ends at the new count.
+      tx = make_optimizer(config.optim, train_iter.steps_per_epoch, tc.steps)
+      train_step = compile_step(tx)
+    print(f'train.minutes={tc.minutes:g}: {tc.steps} steps' + (
+        f' (a step {timing["step_s"]:.3g} s, with evaluations, checkpoints and samples '
+        f'{timing["per_step_s"]:.3g} s)' if timing else ', as recorded'), flush=True)
+
   writer = MetricWriter(workdir, start)  # Drops what a crash logged after `start`.
   if writer.active:
     platform = mesh.devices.flat[0].platform.upper()
     resolved = model_lib.resolved(model)
     print(f'training on {mesh.size} {platform} device{"s" if mesh.size > 1 else ""}, '
           f'{resolved.describe()}', flush=True)
+    train_resolved = {'devices': mesh.size, 'params': model_lib.count_params(abstract['params']),
+                      'steps': tc.steps}
+    if budgeted(config):
+      train_resolved['budget'] = timing or _recorded_timing(workdir)
     path = os.path.join(workdir, 'config.json')
     with disk_full_is_user_error(path):
       atomic.write_json(path, {  # With what 'auto' chose.
           **json.loads(config.to_json_best_effort()), 'resolved': {
-              'model': resolved.to_json(), 'train': {
-                  'devices': mesh.size, 'params': model_lib.count_params(abstract['params'])}}},
-          indent=2)
+              'model': resolved.to_json(), 'train': train_resolved}}, indent=2)
     if start == 0:  # A resumed run keeps the hyperparameters its start wrote.
       writer.hparams(hparams_of(config))
     path = os.path.join(workdir, 'vocab.json')
     with disk_full_is_user_error(path):
       atomic.write_json(path, corpus.vocab.to_json())
 
-  data = sharding.batch_sharding(mesh)
-  train_step = jax.jit(make_train_step(model, tx),
-                       in_shardings=(state_sharding, data, data, data, None),
-                       out_shardings=(state_sharding, None), donate_argnums=0)
-  evaluator = Evaluator(model, mesh, tc.batch_size, tc.seq_len)
-  sampler = Sampler(model, corpus.vocab)
-  to_global = lambda a: sharding.to_global(mesh, a, tc.batch_size)
   chars_per_step = tc.batch_size * tc.seq_len
   summary = {'step': start, 'interrupted': False, 'workdir': workdir}
 
@@ -270,12 +306,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
             'config': json.loads(config.to_json_best_effort())}
 
   if start >= tc.steps:
-    print(f'{workdir} is already trained to step {start} (train.steps={tc.steps}); raise '
-          '--config.train.steps to train further', flush=True)
+    fix = ('the train.minutes budget set it; use a new --workdir to train longer'
+           if budgeted(config) else 'raise --config.train.steps to train further')
+    print(f'{workdir} is already trained to step {start} (train.steps={tc.steps}); {fix}',
+          flush=True)
 
   pending = []  # (step, metrics on device), fetched every log_every steps.
   window_start, window_steps = time.perf_counter(), 0
-  bar = loop.ProgressBar(start, tc.steps)
+  bar = loop.ProgressBar(start, tc.steps, deadline)
   step = start
   try:
     with loop.StopRequests() as stop:
@@ -356,6 +394,98 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     summary['sample'] = text
     print(f'\n--- sample at step {step} (temperature 0.8) ---\n{text}\n---', flush=True)
   return summary
+
+
+def _with_steps(config, steps: int):
+  """A copy of `config` with train.steps = `steps` (what a budget resolved to)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.train.steps = int(steps)
+  config.lock()
+  return config
+
+
+def _recorded_timing(workdir: str) -> dict | None:
+  """The timing a budgeted run recorded in its config.json when it started, kept on resume."""
+  try:
+    with open(os.path.join(workdir, 'config.json')) as f:
+      return json.load(f)['resolved']['train'].get('budget')
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+
+
+def _fit_budget(config, workdir, run_start, train_step, state, train_iter, evaluator, val_tokens,
+                sampler, to_global) -> tuple[int, dict]:
+  """(train.steps that fit the train.minutes budget, the timing behind it).
+
+  Runs the run's own compiled pieces on a scratch copy of the fresh state (the run itself then
+  starts from step 0 unchanged): TIMED_STEPS train steps after a compiling one, TIMED_EVAL_BATCHES
+  validation batches (scaled to a whole evaluation), a checkpoint save into a scratch directory,
+  and, where the run samples, a sample. The budget counts from `run_start`; what is spent by now
+  (preparing the data, compiling, this timing) and a second compile where the schedule depends
+  on the step count are taken off first. In a multi-process run, process 0's count is used."""
+  tc = config.train
+  scratch = jax.tree.map(jnp.copy, state)
+  batches = data_lib.TrainIterator(train_iter.streams)  # The run's own iterator stays at 0.
+
+  def run_steps(n):
+    nonlocal scratch
+    began = time.perf_counter()
+    for _ in range(n):
+      batch = next(batches)
+      scratch, _ = train_step(scratch, to_global(batch.inputs), to_global(batch.targets),
+                              to_global(batch.weights), jnp.bool_(batch.reset))
+    jax.block_until_ready(scratch)
+    return time.perf_counter() - began
+
+  first = run_steps(1)
+  step_s = run_steps(TIMED_STEPS) / TIMED_STEPS
+  compile_s = max(first - step_s, 0.0)
+
+  eval_batches = evaluator.streams(val_tokens, 'the validation split').num_batches
+  if tc.eval_batches:
+    eval_batches = min(eval_batches, tc.eval_batches)
+  evaluator(scratch['params'], val_tokens, 1)  # Compiles.
+  timed = min(TIMED_EVAL_BATCHES, eval_batches)
+  began = time.perf_counter()
+  evaluator(scratch['params'], val_tokens, timed)
+  eval_s = (time.perf_counter() - began) / timed * eval_batches
+
+  scratch_dir = os.path.join(workdir, '.budget-timing')
+  began = time.perf_counter()
+  ckpts = Checkpoints(scratch_dir, keep=1)
+  ckpts.save(0, scratch, {'timing': True})
+  ckpts.close()
+  save_s = time.perf_counter() - began
+  sharding.barrier('charlm-budget-timing')
+  if jax.process_index() == 0:
+    shutil.rmtree(scratch_dir, ignore_errors=True)
+
+  periodic = {'eval': (eval_s, tc.eval_every), 'checkpoint': (save_s, tc.ckpt_every)}
+  temperatures = list(tc.sample_temperatures)
+  if tc.sample_every and temperatures and jax.process_index() == 0:
+    params = sharding.local_copy(scratch['params'])
+    sample = lambda: sampler.sample(params, _usable_prime(sampler.vocab, tc.sample_prime),
+                                    tc.sample_length, temperature=temperatures, seed=tc.seed,
+                                    num_samples=len(temperatures))
+    sample()  # Compiles.
+    began = time.perf_counter()
+    sample()
+    periodic['sample'] = (time.perf_counter() - began, tc.sample_every)
+  del scratch
+
+  recompile_s = compile_s if config.optim.schedule == 'cosine' else 0.0
+  left = 60 * tc.minutes - (time.perf_counter() - run_start) - recompile_s
+  steps = sharding.broadcast_from_first(loop.steps_within(left, step_s, periodic))
+  timing = {'step_s': step_s, 'compile_s': compile_s, 'eval_s': eval_s, 'save_s': save_s,
+            'sample_s': periodic.get('sample', (0.0,))[0],
+            'per_step_s': loop.seconds_per_step(step_s, periodic), 'seconds_left': left}
+  if steps < 1:
+    raise UserError(
+        f'train.minutes={tc.minutes:g} leaves no time to train: {60 * tc.minutes - left:.0f} s '
+        f'go to preparing and compiling, and a step with its evaluations and checkpoints takes '
+        f'{timing["per_step_s"]:.3g} s, the last one {loop.seconds_at_end(periodic):.3g} s more; '
+        'give more minutes (or evaluate less: train.eval_batches)')
+  return steps, timing
 
 
 def _fetch(pending):

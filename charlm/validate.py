@@ -41,6 +41,7 @@ INTEGERS = [
 # (section, field, low, low allowed, high, high allowed) for real numbers; None: unbounded.
 REALS = [
     ('model', 'dropout', 0, True, 1, False),
+    ('train', 'minutes', 0, True, None, False),
     ('optim', 'lr', 0, False, None, False),
     ('optim', 'clip', 0, True, None, False),
     ('optim', 'weight_decay', 0, True, None, False),

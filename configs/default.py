@@ -53,6 +53,13 @@ def get_config(arg=None):
 
   config.train = ml_collections.ConfigDict()
   config.train.steps = 1000  # Total optimizer steps; rerunning a finished run with more resumes it.
+  # A wall-clock budget in minutes (0: off), from the start of the run to its last step's
+  # evaluation and checkpoint. A fresh run times its first steps (after compiling), an
+  # evaluation, a checkpoint and a sample, and replaces train.steps by the count that fits, so
+  # the learning-rate schedule ends when the time is up; the count is printed and recorded in
+  # config.json and the checkpoints. A resume (with the same train.minutes) keeps that count;
+  # it is never timed again.
+  config.train.minutes = 0.0
   config.train.batch_size = 32  # Global number of parallel character streams.
   config.train.seq_len = 64  # Characters per stream per step (truncated BPTT length).
   # On a CPU: how many CPU devices (a thread each) split every batch under charlm.train.
@@ -81,7 +88,10 @@ def get_config(arg=None):
   config.optim = ml_collections.ConfigDict()
   config.optim.name = 'adam'  # 'adam', 'adamw', 'rmsprop' or 'sgd'.
   config.optim.lr = 2e-3
-  config.optim.schedule = 'constant'  # 'constant', 'char_rnn' (per-epoch decay) or 'cosine'.
+  # 'constant', 'char_rnn' (per-epoch decay) or 'cosine' (warmup, then down to min_lr_ratio at
+  # the last step). Constant measured better than cosine under a 2-minute train.minutes budget
+  # on the 2-core CPU (docs/speed.md), so it stays the default with a budget too.
+  config.optim.schedule = 'constant'
   config.optim.clip = 5.0  # Global gradient-norm clipping (0: off).
   config.optim.weight_decay = 0.0  # adamw only.
   config.optim.momentum = 0.9  # sgd only.

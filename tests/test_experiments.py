@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'experiments'))
 BM = 'model.loop_layout=batch_major'
@@ -99,6 +101,27 @@ def test_bench_internals_times_each_loop_streams_and_states(tmp_path):
   assert all(r['chars_per_s'] > 0 and len(r['rounds']) == 1 for r in rows)
   assert result['training_chars_per_s'] > 0 and result['ablate']['cells'] == 3
   assert '| layers | 4 | h+c |' in out and 'ablate: 3 cells over 100 characters' in out
+
+
+@pytest.mark.slow
+def test_bench_dynamic_eval_sweeps_then_checks_the_best(tmp_path):
+  from conftest import smoke_config
+
+  from charlm import trainer
+  workdir = str(tmp_path / 'run')
+  trainer.train_and_evaluate(smoke_config(tmp_path, train__steps=5, train__eval_every=5,
+                                          train__ckpt_every=5), workdir)
+  out_json = tmp_path / 'dynamic.json'
+  out = run(['experiments/bench_dynamic_eval.py', f'--sweep_run={workdir}', '--sweep_chars=60',
+             '--lrs=0.01,0.1', '--decays=0', '--seq=16', '--grad_batches=2',
+             f'--checks={workdir}:val', f'--out={out_json}']).stdout
+  result = json.loads(out_json.read_text())
+  assert [(r['lr'], r['decay']) for r in result['sweep']] == [(0, 0), (0.01, 0), (0.1, 0)]
+  best = min(result['sweep'][1:], key=lambda r: r['loss'])
+  assert result['chosen'] == {'lr': best['lr'], 'decay': best['decay']}
+  check, = result['checks']
+  assert check['split'] == 'val' and check['gain'] == check['static_one_stream'] - check['dynamic']
+  assert '| run | split | chars |' in out
 
 
 def test_benchmark_mistakes_are_one_line_errors():

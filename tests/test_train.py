@@ -12,6 +12,7 @@ import pytest
 from conftest import ROOT, run_cli, smoke_config, write_text
 
 from charlm import inference, trainer
+from charlm.checkpoint import Checkpoints
 from charlm.errors import UserError
 from charlm.metrics import HPARAMS
 
@@ -112,6 +113,74 @@ def test_learning_rate_schedules():
   optim.schedule = 'linear'
   with pytest.raises(UserError, match='constant, char_rnn or cosine'):
     trainer.make_schedule(optim, 10, 100)
+
+
+BUDGET = dict(train__minutes=0.1, train__log_every=10, train__eval_every=0,
+              train__eval_batches=2, train__ckpt_every=25, optim__schedule='cosine')
+
+
+def test_a_time_budget_sets_the_steps_records_them_and_a_resume_keeps_them(
+    tmp_path, capsys, monkeypatch):
+  workdir = str(tmp_path / 'run')
+  timed = []  # What the run measured; the count is fixed, so that a busy machine passes too.
+  monkeypatch.setattr(trainer.loop, 'steps_within', lambda *args: timed.append(args) or 60)
+  summary = trainer.train_and_evaluate(smoke_config(tmp_path, **BUDGET), workdir)
+  steps = summary['step']
+  (seconds, step_s, periodic), = timed
+  assert steps == 60 and seconds < 60 * BUDGET['train__minutes'] and step_s > 0
+  assert set(periodic) == {'eval', 'checkpoint'} and periodic['checkpoint'][1] == 25
+  config = json.load(open(os.path.join(workdir, 'config.json')))
+  assert config['train']['steps'] == config['resolved']['train']['steps'] == steps
+  assert config['resolved']['train']['budget']['step_s'] == step_s
+  assert max(losses(workdir)) == steps
+  out = capsys.readouterr().out
+  assert f'train.minutes=0.1: {steps} steps' in out and ' left 0:00:' in out
+  ckpts = Checkpoints(os.path.join(workdir, 'checkpoints'))
+  assert ckpts.restore_meta(steps)['config']['train']['steps'] == steps
+  assert not os.path.exists(os.path.join(workdir, '.budget-timing'))
+  ckpts.manager.delete(steps)  # Back to an earlier checkpoint, as if killed there.
+  earlier = ckpts.latest_step()
+  ckpts.close()
+  assert 0 < earlier < steps
+  first = {key: losses(workdir, key) for key in ('train/loss', 'val/loss', 'grad_norm')}
+
+  def timed_again(*args):
+    raise AssertionError('a resume timed the run again')
+  monkeypatch.setattr(trainer, '_fit_budget', timed_again)
+  resumed = trainer.train_and_evaluate(smoke_config(tmp_path, **BUDGET), workdir)
+  assert resumed['step'] == steps and f'train.minutes=0.1: {steps} steps, as recorded' in (
+      capsys.readouterr().out)
+  again = {key: losses(workdir, key) for key in first}
+  assert again == first  # The same schedule: bitwise the same losses.
+  assert json.load(open(os.path.join(workdir, 'config.json')))['resolved'] == config['resolved']
+  with pytest.raises(UserError, match='was started with train.minutes=0.1, now 0.2; .*same value'):
+    trainer.train_and_evaluate(smoke_config(tmp_path, **dict(BUDGET, train__minutes=0.2)),
+                               workdir)
+
+
+@pytest.mark.slow
+def test_a_budgeted_cosine_schedule_ends_its_decay_at_the_last_step_within_the_time(tmp_path):
+  workdir = str(tmp_path / 'run')
+  config = smoke_config(tmp_path, **dict(BUDGET, train__minutes=0.5, train__log_every=1))
+  assert config.optim.schedule == 'cosine'
+  began = time.perf_counter()
+  summary = trainer.train_and_evaluate(config, workdir)
+  assert time.perf_counter() - began < 1.2 * 60 * 0.5  # Timings on a shared machine vary.
+  resolved = json.load(open(os.path.join(workdir, 'config.json')))['resolved']
+  assert resolved['train']['steps'] == summary['step']
+  lrs = losses(workdir, 'lr')  # The lr of each step's update, logged after it.
+  assert lrs[summary['step']] == pytest.approx(
+      float(trainer.make_schedule(config.optim, 1, summary['step'])(summary['step'] - 1)))
+  assert lrs[summary['step']] < 1.01 * config.optim.lr * config.optim.min_lr_ratio
+
+
+def test_a_budget_too_short_for_one_step_is_one_line_and_writes_nothing(tmp_path):
+  workdir = tmp_path / 'run'
+  config = smoke_config(tmp_path, **dict(BUDGET, train__minutes=1e-4))
+  with pytest.raises(UserError, match='train.minutes=0.0001 leaves no time to train: .*give more'):
+    trainer.train_and_evaluate(config, str(workdir))
+  assert sorted(os.listdir(workdir)) == ['.lock', 'checkpoints']
+  assert os.listdir(workdir / 'checkpoints') == []
 
 
 def test_workdir_from_another_vocabulary_or_shape_is_refused(tmp_path):

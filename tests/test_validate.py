@@ -53,6 +53,8 @@ CASES = [  # (overrides, what the message says)
     ({'model__dropout': 1.0}, 'model.dropout is 1.0; use a finite number in [0, 1)'),
     ({'model__dropout': -0.1}, 'model.dropout is -0.1'),
     ({'train__steps': -1}, 'train.steps is -1'),
+    ({'train__minutes': -1.0}, 'train.minutes is -1.0; use a finite number >= 0'),
+    ({'train__minutes': INF}, 'train.minutes is inf'),
     ({'train__log_every': -1}, 'train.log_every is -1'),
     ({'train__eval_every': -5}, 'train.eval_every is -5'),
     ({'train__ckpt_every': -1}, 'train.ckpt_every is -1'),
