@@ -338,12 +338,26 @@ def to_run(sweepdir: str, points: list, retry_failed: bool = False) -> list:
 
 
 def error_line(log: str) -> str:
-  """The one line that says why a run failed: its last `error: ...`, else the last line."""
+  """The one line that says why a run failed: its last `error: ...`; for a crash, the fatal
+  message of XLA's log (`F1204 ... file.cc:161] message`) or the exception a traceback ends in;
+  else the last line."""
   lines = [line.strip() for line in re.split(r'[\r\n]', log) if line.strip()]
   errors = [line for line in lines if line.startswith('error: ')]
   if errors:
     return errors[-1][len('error: '):]
+  fatal = [m.group(1) for m in map(_FATAL.match, lines) if m]
+  if fatal:
+    return f'crashed: {fatal[-1]}'
+  if 'Traceback (most recent call last):' in lines:
+    after = lines[len(lines) - lines[::-1].index('Traceback (most recent call last):'):]
+    raised = [line for line in after if _RAISED.match(line)]
+    if raised:
+      return f'crashed: {raised[-1]}'
   return lines[-1] if lines else 'exited without output'
+
+
+_FATAL = re.compile(r'^F\d{4} [\d:.]+\s+\d+ [^\]]+\] (.+)$')  # absl's FATAL log line.
+_RAISED = re.compile(r'^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*')
 
 
 def record_result(workdir: str, returncode: int, seconds: float, log: str) -> dict:

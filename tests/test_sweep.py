@@ -199,6 +199,22 @@ def test_error_line_is_the_last_error():
   assert sweeping.error_line('Traceback\n  File x\nRuntimeError: boom\n') == 'RuntimeError: boom'
 
 
+def test_error_line_of_a_crash_is_its_cause():
+  """A process that XLA aborts ends in a list of extension modules; the line that says why is
+  XLA's fatal log line, or the exception its traceback raised."""
+  xla = ('training on 2 CPU devices\n'
+         'E1204 04:06:49.904172    9656 rendezvous.cc:116] [id=0] This thread has been waiting\n'
+         'F1204 04:07:29.904627    9656 rendezvous.cc:161] [id=0] Termination timeout for `all '
+         'reduce` of 40 seconds exceeded.\n*** Check failure stack trace: ***\n'
+         '    @     0x7f9e6b040634  absl::LogMessage::SendToLog()\nFatal Python error: Aborted\n'
+         'Extension modules: yaml._yaml, jaxlib.cpu_feature_guard (total: 2)\n')
+  assert sweeping.error_line(xla) == (
+      'crashed: [id=0] Termination timeout for `all reduce` of 40 seconds exceeded.')
+  python = ('step 10\nTraceback (most recent call last):\n  File "x.py", line 1, in <module>\n'
+            '    f()\nValueError: bad shape\nException ignored in: <function>\n')
+  assert sweeping.error_line(python) == 'crashed: ValueError: bad shape'
+
+
 def _free(lock_path) -> bool:
   with open(lock_path) as f:
     try:
