@@ -43,6 +43,9 @@ INTEGERS = [
 # (section, field, low, low allowed, high, high allowed) for real numbers; None: unbounded.
 REALS = [
     ('model', 'dropout', 0, True, 1, False),
+    ('model', 'input_dropout', 0, True, 1, False),
+    ('model', 'embed_dropout', 0, True, 1, False),
+    ('model', 'weight_drop', 0, True, 1, False),
     ('optim', 'lr', 0, False, None, False),
     ('optim', 'clip', 0, True, None, False),
     ('optim', 'weight_decay', 0, True, None, False),
@@ -114,6 +117,10 @@ def validate(config, workdir: str | None = None):
     value = _field(config, section, field)
     if value is not None and value not in choices:
       raise UserError(f'unknown {section}.{field} {value!r}; use one of {", ".join(choices)}')
+  decay, optimizer = _field(config, 'optim', 'weight_decay'), _field(config, 'optim', 'name')
+  if decay and optimizer != 'adamw':
+    raise UserError(f"optim.weight_decay={decay!r} acts with optim.name='adamw' only, not "
+                    f"{optimizer!r}; set --config.optim.name=adamw or optim.weight_decay=0")
   seed = _field(config, 'train', 'seed')
   if seed is not None and not _is_int(seed):
     raise UserError(f'train.seed is {seed!r}; use a whole number')
