@@ -50,10 +50,17 @@ def make_schedule(optim, steps_per_epoch: int, total_steps: int):
   raise UserError(f'unknown optim.schedule {optim.schedule!r}; use constant, char_rnn or cosine')
 
 
+def decayed(params):
+  """What adamw's weight decay shrinks: the matrices and the embedding (2+ axes), not the
+  biases, whose values (an LSTM's forget-gate bias 1) are no sign of overfitting."""
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
 def make_optimizer(optim, steps_per_epoch: int, total_steps: int):
   makers = {
       'adam': lambda learning_rate: optax.adam(learning_rate),
-      'adamw': lambda learning_rate: optax.adamw(learning_rate, weight_decay=optim.weight_decay),
+      'adamw': lambda learning_rate: optax.adamw(learning_rate, weight_decay=optim.weight_decay,
+                                                 mask=decayed),
       'rmsprop': lambda learning_rate: optax.rmsprop(learning_rate, decay=optim.rmsprop_decay,
                                                      eps=1e-8),
       'sgd': lambda learning_rate: optax.sgd(learning_rate, momentum=optim.momentum),
