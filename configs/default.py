@@ -27,13 +27,15 @@ def get_config(arg=None):
   # AWD-LSTM's regularisers (Merity et al. 2017), each off by default; they act in training
   # only, on every impl and cell (their cost in chars/s: docs/speed.md). With locked_dropout,
   # `dropout` and `input_dropout` draw one mask per sequence (batch row), the same at every
-  # step (locked, or variational, dropout), instead of one per step.
+  # timestep (locked, or variational, dropout), instead of one per timestep.
   config.model.locked_dropout = False
   # Dropout of the first layer's embedded inputs. In training it projects each character's
   # embedding instead of looking the projection up in a table: a larger matmul.
   config.model.input_dropout = 0.0
-  config.model.embed_dropout = 0.0  # Drops whole characters (embedding rows), one mask a step.
-  # DropConnect on each layer's recurrent matrix: one mask per step, for every row and time.
+  # Drops whole characters (rows of the embedding), one mask per train step.
+  config.model.embed_dropout = 0.0
+  # DropConnect on each layer's recurrent matrix: one mask per train step, shared by every
+  # batch row and timestep.
   config.model.weight_drop = 0.0
   # How LSTM layers train: 'fused' (a hand-written backward pass with the weight gradients as
   # large matmuls), 'wavefront' (all layers in one loop, for GPUs), 'scan' (autodiff through
