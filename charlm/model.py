@@ -7,6 +7,15 @@ computed once per call, when the vocabulary is smaller than the batch's characte
 the loop only the recurrent matmul (all gates fused into one) and the gate arithmetic remain.
 The carry (hidden state) comes in and goes out, so it flows across batches.
 
+Regularisers, all off by default and only in training (`train=True`), with masks from the
+'dropout' rng: `dropout` between layers and before the output (char-rnn's), per step or, with
+`locked_dropout`, one mask per sequence (batch row) shared over time (AWD-LSTM's LockedDropout),
+as is `input_dropout` on the first layer's embedded inputs; `embed_dropout` drops whole rows of
+the embedding (whole characters) with one mask per call; `weight_drop` is DropConnect on each
+layer's recurrent matrix (AWD-LSTM's weight drop), one mask per call applied to the weight
+before it enters the loops, so that every loop takes it unchanged. Each mask is drawn in a
+module of the same name whatever the impl, so all impls draw the same masks from one rng.
+
 LSTM layers run one of three ways (model.impl), with the same parameters: 'fused', a
 hand-written backward pass (`lstm_kernel`); 'wavefront', all layers in one loop
 (`lstm_wavefront`, for GPUs); 'scan', plain autodiff through `lax.scan`, the reference.
@@ -45,6 +54,10 @@ OTHER_LOOPS = ('batch_major', 8, 8)
 DEFAULTS = {'impl': 'auto', 'dtype': 'float32', 'gate_inputs': 'auto', 'saved_gates': 'auto',
             'loop_layout': 'auto', 'unroll': 0, 'unroll_backward': 0, 'unroll_divides': True,
             'native_cpu': True}
+# The regularisers' fields of config.model (CharRNN's), with the value a config without them
+# means: off.
+REGULARISERS = {'locked_dropout': False, 'input_dropout': 0.0, 'embed_dropout': 0.0,
+                'weight_drop': 0.0}
 
 
 def gru_step_states(w_h, b_h, carry, gx, hold=None):
@@ -67,6 +80,13 @@ def rnn_step_states(w_h, carry, gx, hold=None):
   if hold:
     h = hold('h', h)
   return (h,), {'h': h}
+
+
+def drop_weight(w, rate: float, train: bool):
+  """DropConnect on a recurrent matrix w, scaled by 1 / (1 - rate): one mask for the whole call
+  (every row and step of the batch). Called inside the layer's module, so that every impl
+  draws the mask from the same rng (module path '<layer>/weight_drop')."""
+  return nn.Dropout(rate, deterministic=not train, name='weight_drop')(w)
 
 
 def project_dot_general(x, w, dimension_numbers, precision=None):
@@ -96,14 +116,17 @@ def recurrent_bias_init(cell: str, hidden: int) -> Callable:
 
 
 class LstmParams(nn.Module):
-  """An LSTM layer's parameters, unapplied, with Recurrent's names, shapes and initializers."""
+  """An LSTM layer's parameters, unapplied, with Recurrent's names, shapes and initializers; the
+  recurrent matrix after Recurrent's weight drop (the same mask)."""
   hidden: int
+  weight_drop: float = 0.0
 
   @nn.compact
-  def __call__(self, in_features: int):
+  def __call__(self, in_features: int, train: bool = False):
     h = self.hidden
     kernel, bias = DenseParams(4 * h, recurrent_bias_init('lstm', h), name='input')(in_features)
-    return kernel, bias, self.param('recurrent', nn.initializers.orthogonal(), (h, 4 * h))
+    w_h = self.param('recurrent', nn.initializers.orthogonal(), (h, 4 * h))
+    return kernel, bias, drop_weight(w_h, self.weight_drop, train)
 
 
 class Recurrent(nn.Module):
@@ -112,7 +135,8 @@ class Recurrent(nn.Module):
   With `tokens` [T, B], `xs` is instead an embedding table [vocab, features]: the layer
   projects the table and looks each token's row up. When the 'intermediates' collection is
   mutable, the layer sows what its steps computed, STATES[cell], each [T, B, H] (forward only;
-  charlm.internals reads them).
+  charlm.internals reads them). In training, `weight_drop` drops entries of the recurrent matrix
+  (`drop_weight`).
   """
   cell: str
   hidden: int
@@ -120,9 +144,10 @@ class Recurrent(nn.Module):
   dtype: str = 'float32'
   gate_inputs: str = 'float32'
   loops: LoopOptions = LoopOptions()
+  weight_drop: float = 0.0
 
   @nn.compact
-  def __call__(self, carry, xs, tokens=None):
+  def __call__(self, carry, xs, tokens=None, train: bool = False):
     gates = {'lstm': 4, 'gru': 3, 'rnn': 1}[self.cell]
     h = self.hidden
     fused = self.cell == 'lstm' and self.impl == 'fused'
@@ -131,7 +156,8 @@ class Recurrent(nn.Module):
     gx = gx.astype(jnp.float32)  # Then a lookup's gradient adds up rows in float32.
     if tokens is not None:
       gx = jnp.take(gx, tokens, axis=0, mode='clip')  # Ids are in range; 'fill' costs a select.
-    w_h = self.param('recurrent', nn.initializers.orthogonal(), (h, gates * h))
+    w_h = drop_weight(self.param('recurrent', nn.initializers.orthogonal(), (h, gates * h)),
+                      self.weight_drop, train)
     recording = self.is_mutable_collection('intermediates')
     if fused:
       loop_args = (gx.astype(self.gate_inputs), w_h.astype(self.dtype), *carry, self.loops)
@@ -170,6 +196,7 @@ class CharRNN(nn.Module):
   impl, dtype, gate_inputs and loops are what `resolve` made of config.model; `from_config`
   builds the model with them. With the 'intermediates' collection mutable, each layer sows its
   states (`Recurrent`); a wavefront model then runs its layers one by one, as 'fused' does.
+  The regularisers (dropout .. weight_drop) act only with train=True (module docstring).
   """
   vocab_size: int
   cell: str = 'lstm'
@@ -177,6 +204,10 @@ class CharRNN(nn.Module):
   hidden: int = 128
   embed: int = 0
   dropout: float = 0.0
+  locked_dropout: bool = False
+  input_dropout: float = 0.0
+  embed_dropout: float = 0.0
+  weight_drop: float = 0.0
   impl: str = 'fused'
   dtype: str = 'float32'
   gate_inputs: str = 'float32'  # The dtype of the gate inputs the LSTM loops take.
@@ -194,24 +225,41 @@ class CharRNN(nn.Module):
       x, new_carry = self._wavefront(embed, tokens, carry, train)
     else:
       x, new_carry = self._layer_by_layer(embed, tokens, carry, train)
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = self._dropout(x, self.dropout, train)
     logits = nn.Dense(self.vocab_size, dtype=self.dtype, dot_general=project_dot_general,
                       name='output')(x)
     return jnp.swapaxes(logits, 0, 1), tuple(new_carry)
 
+  def _dropout(self, x, rate: float, train: bool, name: str | None = None):
+    """Dropout of time-major x [T, B, F]: a mask per step, or with locked_dropout one per
+    sequence (batch row), the same at every step."""
+    dims = (0,) if self.locked_dropout else ()
+    return nn.Dropout(rate, broadcast_dims=dims, deterministic=not train, name=name)(x)
+
+  def _inputs(self, embed, tokens, train):
+    """The first layer's inputs: (the embedding table, tokens), for the layer to project the
+    table and look the tokens up in it, when the vocabulary is smaller than the batch's
+    characters; else (the embedded tokens [T, B, E], None). Embedding dropout masks the table's
+    rows; input dropout, which needs each character's own embedding, takes the second way."""
+    table = embed.embedding
+    if train and self.embed_dropout > 0:  # Whole characters: one mask entry per table row.
+      table = nn.Dropout(self.embed_dropout, broadcast_dims=(1,), deterministic=False,
+                         name='embed_dropout')(table)
+    if self.vocab_size <= tokens.size and not (train and self.input_dropout > 0):
+      return table, tokens
+    x = embed(tokens) if table is embed.embedding else jnp.take(table, tokens, axis=0)
+    return self._dropout(x, self.input_dropout, train, name='input_dropout'), None
+
   def _layer_by_layer(self, embed, tokens, carry, train):
     impl = 'fused' if self.impl == 'wavefront' else self.impl  # One layer: the same loop.
     new_carry = []
+    x, lookup = self._inputs(embed, tokens, train)
     for layer in range(self.num_layers):
       recurrent = Recurrent(self.cell, self.hidden, impl, self.dtype, self.gate_inputs,
-                            self.loops, name=f'layer{layer}')
-      if layer == 0 and self.vocab_size <= tokens.size:
-        c, x = recurrent(carry[0], embed.embedding, tokens=tokens)
-      elif layer == 0:
-        c, x = recurrent(carry[0], embed(tokens))
-      else:
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        c, x = recurrent(carry[layer], x)
+                            self.loops, self.weight_drop, name=f'layer{layer}')
+      if layer > 0:
+        x = self._dropout(x, self.dropout, train)
+      c, x = recurrent(carry[layer], x, tokens=lookup if layer == 0 else None, train=train)
       new_carry.append(c)
     return x, new_carry
 
@@ -220,22 +268,22 @@ class CharRNN(nn.Module):
     masks (same rngs) of the layer-by-layer loops."""
     steps, batch = tokens.shape
     dtype = jnp.dtype(self.dtype)
-    params = [LstmParams(self.hidden, name=f'layer{layer}')(
-        embed.features if layer == 0 else self.hidden) for layer in range(self.num_layers)]
+    params = [LstmParams(self.hidden, self.weight_drop, name=f'layer{layer}')(
+        embed.features if layer == 0 else self.hidden, train)
+        for layer in range(self.num_layers)]
     w_x0, b_x0, _ = params[0]
     w_x, b_x = (jnp.stack([p[n] for p in params[1:]]) for n in (0, 1))
     w_h = jnp.stack([p[2] for p in params])
-    lookup = self.vocab_size <= tokens.size
-    xs = embed.embedding if lookup else embed(tokens)
+    xs, lookup = self._inputs(embed, tokens, train)
     gx0 = (lstm_cell.project(xs.astype(dtype), w_x0.astype(dtype))
            + b_x0.astype(dtype)).astype(jnp.float32)  # As nn.Dense(dtype=self.dtype).
-    if lookup:
-      gx0 = jnp.take(gx0, tokens, axis=0, mode='clip')
+    if lookup is not None:
+      gx0 = jnp.take(gx0, lookup, axis=0, mode='clip')
     gx0 = gx0.astype(self.gate_inputs)
     keep = None
     if train and self.dropout > 0:  # Each upper layer's input mask, as nn.Dropout draws it.
       ones = jnp.ones((steps, batch, self.hidden), jnp.float32)
-      keep = jnp.stack([nn.Dropout(self.dropout, deterministic=False)(ones)
+      keep = jnp.stack([self._dropout(ones, self.dropout, train)
                         for _ in range(self.num_layers - 1)])
     c0, h0 = (jnp.stack(x) for x in zip(*carry, strict=True))
     hs, c, h = lstm_wavefront.stack(gx0, w_x.astype(dtype), b_x, w_h.astype(dtype), c0, h0,
@@ -374,7 +422,8 @@ def from_config(model_config, vocab_size: int, batch_per_device: int | None = No
   return CharRNN(vocab_size=vocab_size, cell=model_config.cell,
                  num_layers=model_config.num_layers, hidden=model_config.hidden,
                  embed=model_config.embed, dropout=model_config.dropout, impl=r.impl,
-                 dtype=r.dtype, gate_inputs=r.gate_inputs, loops=r.loops)
+                 dtype=r.dtype, gate_inputs=r.gate_inputs, loops=r.loops,
+                 **{k: model_config.get(k, off) for k, off in REGULARISERS.items()})
 
 
 def resolved(model: CharRNN) -> Resolved:

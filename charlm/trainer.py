@@ -61,8 +61,8 @@ SCHEDULES = {
 }
 OPTIMIZERS = {
     'adam': lambda optim, learning_rate: optax.adam(learning_rate),
-    'adamw': lambda optim, learning_rate: optax.adamw(learning_rate,
-                                                      weight_decay=optim.weight_decay),
+    'adamw': lambda optim, learning_rate: optax.adamw(
+        learning_rate, weight_decay=optim.weight_decay, mask=decayed),
     'rmsprop': lambda optim, learning_rate: optax.rmsprop(learning_rate,
                                                           decay=optim.rmsprop_decay, eps=1e-8),
     'sgd': lambda optim, learning_rate: optax.sgd(learning_rate, momentum=optim.momentum),
@@ -74,6 +74,12 @@ def make_schedule(optim, steps_per_epoch: int, total_steps: int):
     *most, last = SCHEDULES
     raise UserError(f'unknown optim.schedule {optim.schedule!r}; use {", ".join(most)} or {last}')
   return SCHEDULES[optim.schedule](optim, steps_per_epoch, total_steps)
+
+
+def decayed(params):
+  """What adamw's weight decay shrinks: the matrices and the embedding (2+ axes), not the
+  biases, whose values (an LSTM's forget-gate bias 1) are no sign of overfitting."""
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
 def make_optimizer(optim, steps_per_epoch: int, total_steps: int):

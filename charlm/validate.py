@@ -42,6 +42,9 @@ INTEGERS = [
 REALS = [
     ('model', 'dropout', 0, True, 1, False),
     ('train', 'minutes', 0, True, None, False),
+    ('model', 'input_dropout', 0, True, 1, False),
+    ('model', 'embed_dropout', 0, True, 1, False),
+    ('model', 'weight_drop', 0, True, 1, False),
     ('optim', 'lr', 0, False, None, False),
     ('optim', 'clip', 0, True, None, False),
     ('optim', 'weight_decay', 0, True, None, False),
@@ -146,6 +149,11 @@ def _check_fields(config, sections):
     value = _field(config, section, field) if section in sections else None
     if value is not None and value not in allowed:
       raise UserError(f'unknown {section}.{field} {value!r}; use one of {", ".join(allowed)}')
+  if 'optim' in sections:
+    decay, optimizer = _field(config, 'optim', 'weight_decay'), _field(config, 'optim', 'name')
+    if decay and optimizer != 'adamw':
+      raise UserError(f"optim.weight_decay={decay!r} acts with optim.name='adamw' only, not "
+                      f"{optimizer!r}; set --config.optim.name=adamw or optim.weight_decay=0")
 
 
 def _check_hparams(config):

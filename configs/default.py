@@ -24,6 +24,19 @@ def get_config(arg=None):
   config.model.hidden = 128
   config.model.embed = 0  # Embedding size; 0 means the same as `hidden`.
   config.model.dropout = 0.0  # Between layers and before the output layer, as in char-rnn.
+  # AWD-LSTM's regularisers (Merity et al. 2017), each off by default; they act in training
+  # only, on every impl and cell (their cost in chars/s: docs/speed.md). With locked_dropout,
+  # `dropout` and `input_dropout` draw one mask per sequence (batch row), the same at every
+  # timestep (locked, or variational, dropout), instead of one per timestep.
+  config.model.locked_dropout = False
+  # Dropout of the first layer's embedded inputs. In training it projects each character's
+  # embedding instead of looking the projection up in a table: a larger matmul.
+  config.model.input_dropout = 0.0
+  # Drops whole characters (rows of the embedding), one mask per train step.
+  config.model.embed_dropout = 0.0
+  # DropConnect on each layer's recurrent matrix: one mask per train step, shared by every
+  # batch row and timestep.
+  config.model.weight_drop = 0.0
   # How LSTM layers train: 'fused' (a hand-written backward pass with the weight gradients as
   # large matmuls), 'wavefront' (all layers in one loop, for GPUs), 'scan' (autodiff through
   # lax.scan; the reference), or 'auto': 'wavefront' on a GPU for 2+ layers with batch per
@@ -93,7 +106,10 @@ def get_config(arg=None):
   # on the 2-core CPU (docs/speed.md), so it stays the default with a budget too.
   config.optim.schedule = 'constant'
   config.optim.clip = 5.0  # Global gradient-norm clipping (0: off).
-  config.optim.weight_decay = 0.0  # adamw only.
+  # adamw only: decoupled weight decay (each step, param -= lr * weight_decay * param, as
+  # PyTorch's AdamW) of the matrices and the embedding; biases are left alone (an LSTM's
+  # forget-gate bias starts at 1 on purpose).
+  config.optim.weight_decay = 0.0
   config.optim.momentum = 0.9  # sgd only.
   config.optim.rmsprop_decay = 0.95  # rmsprop only (char-rnn's alpha).
   config.optim.decay_rate = 0.97  # char_rnn: multiply lr by this after every epoch ...

@@ -4,12 +4,13 @@
 
 Trains `configs/default.py:smoke` and `configs/shakespeare.py:smoke` (on a text this script
 writes) through `python -m charlm.train`, once per path: model.impl fused, scan and wavefront;
-GRU and RNN cells; dropout; bfloat16 matmuls; and the same without a C++ compiler (XLA's
-loops instead of the native CPU ones). It records every logged loss, validation loss and
-gradient norm as exact float hex, and a sha256 of the final parameters. With --compare, it
-prints which paths differ from an earlier run of the same script (say on the commit before a
-refactor; run this file from the newer tree with PYTHONPATH pointing at the older one) and
-exits 1 if any does. Only the command line is used, so it runs on old and new trees alike.
+GRU and RNN cells; dropout; bfloat16 matmuls; the regularisers (fused, wavefront, GRU); AdamW;
+and some of these without a C++ compiler (XLA's loops instead of the native CPU ones). It
+records every logged loss, validation loss and gradient norm as exact float hex, and a sha256
+of the final parameters. With --compare, it prints which paths differ from an earlier run of
+the same script (say on the commit before a refactor; run this file from the newer tree with
+PYTHONPATH pointing at the older one) and exits 1 if any does; a path the earlier run lacks is
+listed as new. Only the command line is used, so it runs on old and new trees alike.
 """
 import argparse
 import json
@@ -20,6 +21,9 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REGULARISERS = ['--config.model.dropout=0.2', '--config.model.locked_dropout=true',
+                '--config.model.input_dropout=0.1', '--config.model.embed_dropout=0.1',
+                '--config.model.weight_drop=0.2']
 CASES = {
     'fused': ['--config.model.impl=fused'],
     'scan': ['--config.model.impl=scan'],
@@ -33,6 +37,10 @@ CASES = {
     'wavefront_bfloat16': ['--config.model.impl=wavefront', '--config.model.dtype=bfloat16'],
     'shakespeare_fused': ['CONFIG=configs/shakespeare.py:smoke', '--config.data.name=',
                           '--config.model.impl=fused'],
+    'fused_regularisers': ['--config.model.impl=fused', *REGULARISERS],
+    'wavefront_regularisers': ['--config.model.impl=wavefront', *REGULARISERS],
+    'gru_regularisers': ['--config.model.cell=gru', *REGULARISERS],
+    'adamw': ['--config.optim.name=adamw', '--config.optim.weight_decay=0.1'],
 }
 XLA_LOOPS = ('fused', 'wavefront', 'fused_dropout', 'shakespeare_fused')  # Also without a compiler.
 PARAMS_HASH = """
@@ -100,7 +108,10 @@ def main():
   print('\n| path | logged rows | losses bitwise equal | final params equal |\n|---|---:|---|---|')
   differ = 0
   for name, result in results.items():
-    old = before.get(name, {})
+    if name not in before:  # A path added since: nothing to compare with.
+      print(f'| {name} | {len(result.get("rows", []))} | new | new |')
+      continue
+    old = before[name]
     same_rows = 'rows' in result and result.get('rows') == old.get('rows')
     same_params = 'params_sha256' in result and result['params_sha256'] == old.get('params_sha256')
     differ += not (same_rows and same_params)

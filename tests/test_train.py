@@ -378,13 +378,17 @@ def test_speed_fields_set_on_the_command_line_run_and_are_recorded(tmp_path):
 
 
 def test_one_device_and_four_devices_give_the_same_losses(tmp_path):
+  """The batch split over 4 devices trains as on one, dropout and the regularisers' masks
+  included."""
   text = write_text(tmp_path / 'text.txt')
   curves = {}
   for n in (1, 4):
     workdir = tmp_path / f'run{n}'
     result = run_cli('charlm.train', *SMOKE, f'--config.data.path={text}',
                      f'--config.data.cache_dir={tmp_path}/cache', '--config.train.log_every=1',
-                     '--config.model.dropout=0.1', f'--workdir={workdir}',
+                     '--config.model.dropout=0.1', '--config.model.input_dropout=0.1',
+                     '--config.model.embed_dropout=0.1', '--config.model.weight_drop=0.2',
+                     f'--workdir={workdir}',
                      env={'JAX_NUM_CPU_DEVICES': str(n), 'JAX_PLATFORMS': 'cpu'})
     assert result.returncode == 0, result.stderr
     curves[n] = [*losses(workdir).values(), *losses(workdir, 'val/loss').values()]

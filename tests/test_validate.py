@@ -52,6 +52,13 @@ CASES = [  # (overrides, what the message says)
     ({'model__embed': -1}, 'model.embed is -1'),
     ({'model__dropout': 1.0}, 'model.dropout is 1.0; use a finite number in [0, 1)'),
     ({'model__dropout': -0.1}, 'model.dropout is -0.1'),
+    ({'model__input_dropout': 1.0}, 'model.input_dropout is 1.0; use a finite number in [0, 1)'),
+    ({'model__input_dropout': -0.1}, 'model.input_dropout is -0.1'),
+    ({'model__embed_dropout': 1.0}, 'model.embed_dropout is 1.0; use a finite number in [0, 1)'),
+    ({'model__embed_dropout': -0.1}, 'model.embed_dropout is -0.1'),
+    ({'model__weight_drop': 1.0}, 'model.weight_drop is 1.0; use a finite number in [0, 1)'),
+    ({'model__weight_drop': -0.5}, 'model.weight_drop is -0.5'),
+    ({'model__weight_drop': NAN}, 'model.weight_drop is nan'),
     ({'train__steps': -1}, 'train.steps is -1'),
     ({'train__minutes': -1.0}, 'train.minutes is -1.0; use a finite number >= 0'),
     ({'train__minutes': INF}, 'train.minutes is inf'),
@@ -71,6 +78,7 @@ CASES = [  # (overrides, what the message says)
     ({'optim__lr': INF}, 'optim.lr is inf'),
     ({'optim__clip': -1.0}, 'optim.clip is -1.0; use a finite number >= 0'),
     ({'optim__weight_decay': -0.1}, 'optim.weight_decay is -0.1'),
+    ({'optim__weight_decay': 0.1}, "optim.weight_decay=0.1 acts with optim.name='adamw' only"),
     ({'optim__momentum': 1.0}, 'optim.momentum is 1.0; use a finite number in [0, 1)'),
     ({'optim__rmsprop_decay': 0.0}, 'optim.rmsprop_decay is 0.0; use a finite number in (0, 1)'),
     ({'optim__rmsprop_decay': 1.0}, 'optim.rmsprop_decay is 1.0'),
@@ -103,7 +111,8 @@ def test_bad_config_values_are_one_line_before_any_work(tmp_path, overrides, exp
 
 
 def test_good_values_at_the_edges_pass(tmp_path):
-  config = smoke_config(tmp_path, model__dropout=0.0, optim__decay_rate=1.0, optim__momentum=0.0,
+  config = smoke_config(tmp_path, model__dropout=0.0, model__weight_drop=0.0,
+                        model__locked_dropout=True, optim__decay_rate=1.0, optim__momentum=0.0,
                         optim__min_lr_ratio=0.0, train__steps=0, train__sample_every=0,
                         train__sample_temperatures=(), data__split=(1000, 10, 0))
   validate.validate(config, str(tmp_path / 'run'))
