@@ -1,167 +1,162 @@
-"""Quality per second: charlm and the PyTorch peer trained for the same training time.
+"""The best model per training budget: charlm's recipes against the tuned PyTorch peer.
 
-    python experiments/bench_quality.py                      # 5 minutes each (about 12 minutes)
-    python experiments/bench_quality.py --minutes 0.5 --out ''   # a quick look
+    python experiments/bench_quality.py                    # 5 and 15 minutes (about 80 minutes)
+    python experiments/bench_quality.py --budgets 5 --peer 2x256:0.2:3e-3 --out ''   # one look
 
-Both train the same model (embedding, L x LSTM(H), linear; Adam 2e-3, clipping 5, no dropout
-by default) on ../shared/data/tinyshakespeare.txt, split 90/10 into train and validation, with
-the same batch and sequence, the hidden state carried across batches and reset at each epoch.
-Only training steps count towards the budget: each side times its own steps to their end
-(charlm's first step includes its jit compilation), and evaluates the whole validation split
-every --eval_seconds of training time. charlm uses its own pieces (`trainer.build`,
-`make_train_step`, `evaluation.Evaluator`, `data.Streams`) on as many devices as `charlm.train`
-would (on a CPU `host.cpu_devices`: 1 with the native LSTM loops); the peer is
-`../shared/bench/torch_charrnn.py quality`. They run one after the other (charlm first), so the
-load average is reported.
-Reported: the best validation loss of each, in nats per character and bits per character.
+On ../shared/data/tinyshakespeare.txt, split 90/10 as nanoGPT's shakespeare_char, for each
+budget of M minutes:
+- charlm trains its recipe `configs/tinyshakespeare.py:cpuM` as `charlm.train` runs it, with
+  `train.minutes=M` (the budget counts everything from the start of the run: preparing the
+  text, compiling, timing, evaluating, saving), and reports the best validation loss it
+  logged (the whole split; the recipes set eval_batches=0), then the best checkpoint scored
+  on that split with dynamic evaluation (`Model.evaluate_dynamic`, its default settings).
+- the peer (../shared/bench/torch_charrnn.py quality: torch.nn.LSTM, Adam, clipping 5,
+  constant learning rate) trains for M minutes of its own training time (its evaluations not
+  counted), once per --peer setting at the first budget (a small sweep of its own over layers,
+  size, dropout and learning rate); at later budgets with the best of them.
+Everything runs one after the other in this process' order, so the load average is recorded.
+Published anchors printed beside them (not run here): nanoGPT's 10.7M-parameter Transformer,
+1.4697 nats after about 3 minutes on an A100; its CPU recipe, about 1.88 after about 3 minutes.
 """
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
-import time
 
 import common
 from absl import app, flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(ROOT, '..', 'shared')
+ROOT = common.ROOT
 LN2 = math.log(2)
+ANCHORS = {'nanoGPT Transformer (10.7M, ~3 min on an A100)': 1.4697,
+           'nanoGPT CPU recipe (~3 min)': 1.88}
 
-_TEXT = flags.DEFINE_string('text', os.path.join(SHARED, 'data', 'tinyshakespeare.txt'),
-                            'The corpus.')
-_MINUTES = flags.DEFINE_float('minutes', 5.0, 'Training-time budget of each side.')
-_EVAL_SECONDS = flags.DEFINE_float('eval_seconds', 60.0, 'Training seconds between evaluations.')
-_LAYERS = flags.DEFINE_integer('layers', 2, 'LSTM layers.')
-_HIDDEN = flags.DEFINE_integer('hidden', 256, 'LSTM units per layer.')
-_BATCH = flags.DEFINE_integer('batch', 32, 'Streams per batch.')
-_SEQ = flags.DEFINE_integer('seq', 64, 'Characters per stream per step.')
-_DROPOUT = flags.DEFINE_float('dropout', 0.0, 'Dropout between layers and before the output.')
-_LR = flags.DEFINE_float('lr', 2e-3, 'Adam learning rate.')
+_TEXT = flags.DEFINE_string('text', os.path.join(ROOT, '..', 'shared', 'data',
+                                                 'tinyshakespeare.txt'), 'The corpus.')
+_BUDGETS = flags.DEFINE_list('budgets', ['5', '15'], 'Training budgets in minutes.')
+_RECIPE = flags.DEFINE_string('recipe', 'configs/tinyshakespeare.py:cpu{minutes}',
+                              "charlm's config for a budget ({minutes} is replaced).")
+_OVERRIDES = flags.DEFINE_multi_string('override', [], 'SECTION.FIELD=VALUE for charlm\'s runs '
+                                       '(repeatable), after the recipe.')
+_PEER = flags.DEFINE_list('peer', ['2x256:0:2e-3', '2x256:0.2:3e-3', '2x512:0.25:2e-3'],
+                          "The peer's settings to sweep at the first budget: "
+                          'LAYERSxHIDDEN:DROPOUT:LR[:BATCHxSEQ] (default batch 32 x 64).')
+_EVAL_SECONDS = flags.DEFINE_float('eval_seconds', 30.0, "The peer's training seconds between "
+                                   'evaluations.')
+_DYNAMIC = flags.DEFINE_bool('dynamic', True, "Score charlm's best checkpoint with dynamic "
+                             'evaluation too.')
 _PEER_PYTHON = flags.DEFINE_string('peer_python', '', "The peer's python ('': from setup.sh).")
 _NO_PEER = flags.DEFINE_bool('no_peer', False, 'Run charlm only.')
-_OUT = flags.DEFINE_string('out', None, "JSON results (default experiments/results/"
-                           "bench_quality_<platform>.json; '': none).")
+_RUNS = flags.DEFINE_string('runs', os.path.join(ROOT, 'runs', 'bench_quality'),
+                            "Where charlm's workdirs go (each budget's is replaced).")
+_OUT = flags.DEFINE_string('out', os.path.join(ROOT, 'experiments', 'results',
+                                               'bench_quality_cpu.json'), "JSON ('': none).")
 
 
-def charlm_config():
-  from configs import default
-  config = default.get_config()
-  config.unlock()
-  config.data.update(path=_TEXT.value, split=(0.9, 0.1, 0.0))
-  config.model.update(cell='lstm', num_layers=_LAYERS.value, hidden=_HIDDEN.value,
-                      dropout=_DROPOUT.value)
-  config.train.update(batch_size=_BATCH.value, seq_len=_SEQ.value)
-  config.optim.update(name='adam', lr=_LR.value, clip=5.0, schedule='constant')
-  return config
+def parse_peer(text: str) -> dict:
+  parts = text.split(':')
+  if len(parts) not in (3, 4):
+    raise SystemExit(f'--peer {text!r}: give LAYERSxHIDDEN:DROPOUT:LR[:BATCHxSEQ]')
+  layers, hidden = map(int, parts[0].split('x'))
+  batch, seq = map(int, parts[3].split('x')) if len(parts) == 4 else (32, 64)
+  return {'layers': layers, 'hidden': hidden, 'dropout': float(parts[1]), 'lr': float(parts[2]),
+          'batch': batch, 'seq': seq, 'name': text}
 
 
-def charlm_run(config, budget_s: float) -> dict:
-  import jax
-  import jax.numpy as jnp
-
-  from charlm import corpora, evaluation, sharding, trainer
-  from charlm import data as data_lib
-  corpus = data_lib.prepare(corpora.text_path(config.data), config.data.level,
-                            config.data.cache_dir)
-  splits = data_lib.split(corpus.tokens, config.data.split)
-  mesh = sharding.create_mesh()
-  train_iter = data_lib.TrainIterator(data_lib.Streams(splits['train'], _BATCH.value,
-                                                       _SEQ.value))
-  model, tx, init_state = trainer.build(config, corpus.vocab.size, train_iter.steps_per_epoch)
-  key = jax.random.PRNGKey(0)
-  shardings = trainer.state_shardings(jax.eval_shape(init_state, key), mesh)
-  state = jax.jit(init_state, out_shardings=shardings)(key)
-  data = sharding.batch_sharding(mesh)
-  step = jax.jit(trainer.make_train_step(model, tx),
-                 in_shardings=(shardings, data, data, data, None),
-                 out_shardings=(shardings, None), donate_argnums=0)
-  evaluator = evaluation.Evaluator(model, mesh, _BATCH.value, _SEQ.value)
-  to_global = lambda a: sharding.to_global(mesh, a, _BATCH.value)
-
-  elapsed, next_eval, steps, history, best = 0.0, _EVAL_SECONDS.value, 0, [], math.inf
-  while True:
-    batch = next(train_iter)
-    start = time.perf_counter()
-    state, metrics = step(state, to_global(batch.inputs), to_global(batch.targets),
-                          to_global(batch.weights), jnp.bool_(batch.reset))
-    jax.block_until_ready(metrics)
-    elapsed += time.perf_counter() - start
-    steps += 1
-    if elapsed >= next_eval or elapsed >= budget_s:
-      loss = evaluator(state['params'], splits['val'])['loss']
-      best = min(best, loss)
-      history.append({'seconds': round(elapsed, 1), 'step': steps, 'val_loss': loss})
-      print(f'charlm {json.dumps(history[-1])}', flush=True)
-      next_eval += _EVAL_SECONDS.value
-      if elapsed >= budget_s:
-        break
-  return {'val_loss_best': best, 'val_bpc_best': best / LN2, 'steps': steps,
-          'train_chars': steps * _BATCH.value * _SEQ.value, 'vocab': corpus.vocab.size,
-          'history': history, 'jax': jax.__version__, 'device': jax.devices()[0].device_kind,
-          'devices': mesh.size}
+def charlm_run(minutes: float) -> dict:
+  """charlm.train of the budget's recipe in a fresh workdir; its best logged val loss."""
+  recipe = _RECIPE.value.format(minutes=f'{minutes:g}')
+  workdir = os.path.join(_RUNS.value, f'charlm_{minutes:g}min')
+  shutil.rmtree(workdir, ignore_errors=True)
+  argv = [sys.executable, '-m', 'charlm.train', '--config', recipe, '--workdir', workdir,
+          f'--config.data.path={os.path.abspath(_TEXT.value)}',
+          f'--config.train.minutes={minutes:g}', '--config.train.final_sample_length=0']
+  argv += [f'--config.{o}' for o in _OVERRIDES.value]
+  print(' '.join(argv[1:]), flush=True)
+  subprocess.run(argv, cwd=ROOT, check=True)
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  evals = [{'step': r['step'], 'val_loss': r['val/loss']} for r in rows if 'val/loss' in r]
+  with open(os.path.join(workdir, 'config.json')) as f:
+    config = json.load(f)
+  best = min(e['val_loss'] for e in evals)
+  result = {'recipe': recipe, 'command': ' '.join(['python'] + argv[1:]), 'workdir': workdir,
+            'val_loss_best': best, 'val_bpc_best': best / LN2, 'steps': config['train']['steps'],
+            'train_chars': config['train']['steps'] * config['train']['batch_size']
+            * config['train']['seq_len'], 'evals': evals,
+            'budget': config['resolved']['train'].get('budget'),
+            'model': {k: config['model'][k] for k in ('cell', 'num_layers', 'hidden')},
+            'params': config['resolved']['train'].get('params')}
+  if _DYNAMIC.value:
+    import charlm
+    scored = charlm.load(workdir, 'best').evaluate_dynamic('val')
+    result.update(dynamic_val_loss=scored['loss'], dynamic_val_bpc=scored['bpc'],
+                  dynamic=scored['dynamic'])
+    static = charlm.load(workdir, 'best').evaluate('val', batch_size=1)
+    result['static_val_loss_one_stream'] = static['loss']
+    print(f'charlm {minutes:g} min: best val {best:.4f}, one stream {static["loss"]:.4f}, '
+          f'dynamic {scored["loss"]:.4f}', flush=True)
+  return result
 
 
-def peer_run(python: str, budget_s: float) -> dict:
+def peer_run(python: str, setting: dict, minutes: float) -> dict:
   argv = [python, os.path.join(common.PEER_DIR, 'torch_charrnn.py'), 'quality', '--text',
-          _TEXT.value, '--minutes', str(budget_s / 60), '--eval_seconds',
-          str(_EVAL_SECONDS.value), '--layers', str(_LAYERS.value), '--hidden',
-          str(_HIDDEN.value), '--batch', str(_BATCH.value), '--seq', str(_SEQ.value),
-          '--eval_batch', str(_BATCH.value), '--dropout', str(_DROPOUT.value), '--lr',
-          str(_LR.value), '--clip', '5.0', '--val_frac', '0.1']
-  process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  for line in process.stderr:  # The peer reports each evaluation on stderr.
-    if line.startswith('{'):
-      print(f'peer {line.strip()}', flush=True)
-  out = process.stdout.read()
-  if process.wait():
-    raise SystemExit(f'the peer failed:\n{out}')
-  return json.loads(out.strip().splitlines()[-1])
+          _TEXT.value, '--minutes', str(minutes), '--eval_seconds', str(_EVAL_SECONDS.value),
+          '--layers', str(setting['layers']), '--hidden', str(setting['hidden']), '--batch',
+          str(setting['batch']), '--seq', str(setting['seq']), '--eval_batch',
+          str(setting['batch']), '--dropout', str(setting['dropout']), '--lr',
+          str(setting['lr']), '--clip', '5.0', '--val_frac', '0.1']
+  print(f'peer {setting["name"]}, {minutes:g} min', flush=True)
+  out = subprocess.run(argv, capture_output=True, text=True)
+  if out.returncode:
+    raise SystemExit(f'the peer failed:\n{out.stderr[-2000:]}')
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  result['setting'] = setting
+  print(f'peer {setting["name"]}: best val {result["val_loss_best"]:.4f}', flush=True)
+  return result
 
 
 def main(argv):
   del argv
   sys.path.insert(0, ROOT)
-  from charlm import host
-  host.keep_freed_memory()  # As charlm.train does, before JAX starts its threads.
-  config = charlm_config()
-  host.use_cpu_devices(host.cpu_devices(config))  # On a CPU, as many devices as charlm.train.
-  import jax
-  budget = _MINUTES.value * 60
-  result = {'config': {k: flag.value for k, flag in (
-      ('layers', _LAYERS), ('hidden', _HIDDEN), ('batch', _BATCH), ('seq', _SEQ),
-      ('dropout', _DROPOUT), ('lr', _LR), ('minutes', _MINUTES),
-      ('eval_seconds', _EVAL_SECONDS))}, 'text': os.path.basename(_TEXT.value),
-      'split': '90/10', 'cpu_count': os.cpu_count(), 'load_before': os.getloadavg()}
-  result['charlm'] = charlm_run(config, budget)
-  result['load_between'] = os.getloadavg()
-  if not _NO_PEER.value:
-    python = common.peer_python(_PEER_PYTHON.value)
-    result['peer'] = peer_run(python, budget)
-  result['load_after'] = os.getloadavg()
-
-  print(f'\n{_LAYERS.value}x{_HIDDEN.value} LSTM, batch {_BATCH.value} x {_SEQ.value}, '
-        f'dropout {_DROPOUT.value}, {_MINUTES.value:g} minutes of training each on '
-        f'{result["text"]} (90/10), charlm on {result["charlm"]["devices"]} '
-        f'{result["charlm"]["device"]} device(s); load average {result["load_before"][0]:.1f} / '
-        f'{result["load_between"][0]:.1f} / {result["load_after"][0]:.1f}\n')
-  print('| | best val loss (nats) | best val bpc | steps | training chars |')
-  print('| --- | ---: | ---: | ---: | ---: |')
-  for name in ('charlm', 'peer'):
-    if name in result:
-      r = result[name]
-      print(f'| {name} | {r["val_loss_best"]:.4f} | {r["val_bpc_best"]:.4f} | {r["steps"]:,} | '
-            f'{r["train_chars"]:,} |')
-  out = _OUT.value
-  if out is None:
-    out = os.path.join(ROOT, 'experiments', 'results',
-                       f'bench_quality_{jax.devices()[0].platform}.json')
-  if out:
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, 'w') as f:
-      json.dump(result, f, indent=2)
-    print(f'wrote {out}')
+  common.set_up_host()
+  budgets = [float(b) for b in _BUDGETS.value]
+  settings = [parse_peer(p) for p in _PEER.value]
+  result = {'machine': common.machine(), 'matmul_gflops': common.matmul_rate(),
+            'text': os.path.basename(_TEXT.value), 'split': '90/10 (nanoGPT)',
+            'anchors': ANCHORS, 'budgets': {}, 'load': [os.getloadavg()]}
+  python = None if _NO_PEER.value else common.peer_python(_PEER_PYTHON.value)
+  best_setting = None
+  for minutes in budgets:
+    entry = result['budgets'][f'{minutes:g}'] = {'charlm': charlm_run(minutes)}
+    result['load'].append(os.getloadavg())
+    if python:
+      if best_setting is None:
+        sweep = [peer_run(python, s, minutes) for s in settings]
+        best = min(sweep, key=lambda r: r['val_loss_best'])
+        best_setting = best['setting']
+        entry['peer'] = dict(best, sweep=[{'setting': r['setting']['name'], 'val_loss_best':
+                                           r['val_loss_best']} for r in sweep])
+      else:
+        entry['peer'] = peer_run(python, best_setting, minutes)
+      result['load'].append(os.getloadavg())
+  print(f'\n{result["text"]} ({result["split"]}), 2-core CPU at {result["matmul_gflops"]:.0f} '
+        f'GFLOP/s (float32 matmul); load averages {[round(x[0], 1) for x in result["load"]]}\n')
+  print('| budget | charlm val nats (bpc) | + dynamic evaluation | peer val nats (bpc) | '
+        'peer setting | charlm recipe |')
+  print('| ---: | ---: | ---: | ---: | --- | --- |')
+  for minutes, entry in result['budgets'].items():
+    c, p = entry['charlm'], entry.get('peer')
+    dyn = f'{c["dynamic_val_loss"]:.4f}' if 'dynamic_val_loss' in c else ''
+    peer = f'{p["val_loss_best"]:.4f} ({p["val_loss_best"] / LN2:.4f})' if p else ''
+    print(f'| {minutes} min | {c["val_loss_best"]:.4f} ({c["val_bpc_best"]:.4f}) | {dyn} | '
+          f'{peer} | {p["setting"]["name"] if p else ""} | {c["recipe"]} |')
+  for name, loss in ANCHORS.items():
+    print(f'anchor: {name}: {loss}')
+  if _OUT.value:
+    common.write_results(_OUT.value, result)
 
 
 if __name__ == '__main__':
