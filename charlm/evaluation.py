@@ -7,6 +7,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from charlm import data as data_lib
 from charlm import sharding
@@ -59,13 +60,19 @@ class Evaluator:
     streams = self.streams(tokens, what)
     carry = jax.jit(lambda: self.model.initial_carry(self.batch_size),
                     out_shardings=sharding.batch_sharding(self.mesh))()
-    total, count = 0.0, 0.0
+    sums = []
     for k, batch in enumerate(streams):
       if max_batches and k >= max_batches:
         break
       to_global = lambda a: sharding.to_global(self.mesh, a, self.batch_size)
       carry, t, c = self.step(params, carry, to_global(batch.inputs), to_global(batch.targets),
                               to_global(batch.weights), jnp.bool_(batch.reset))
-      total, count = total + t, count + c
+      sums.append((t, c))
+    # Added up here, in float32 in the same order as on the device, rather than by a jnp add
+    # per batch: that is a second multi-device program in flight between the steps, and XLA's
+    # CPU collectives (several CPU devices) deadlocked in such an interleaving under load.
+    total, count = np.float32(0), np.float32(0)
+    for t, c in jax.device_get(sums):
+      total, count = total + np.float32(t), count + np.float32(c)
     loss = float(total) / float(count)
     return {'loss': loss, 'bpc': loss / LN2, 'chars': int(count)}

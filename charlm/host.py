@@ -92,23 +92,8 @@ def _native_lstm_loops(model_config) -> bool:
   return resolved.impl == 'fused' and resolved.loops.native
 
 
-# XLA aborts a CPU program whose devices' threads wait over 40 s for one another in a collective
-# (an all-reduce of the gradients). On a machine loaded by other work a device's thread can be
-# starved that long without anything being wrong, so several CPU devices wait longer.
-CPU_COLLECTIVE_TIMEOUT_S = 1800
-
-
 def use_cpu_devices(count: int) -> None:
   """Makes JAX's CPU backend `count` devices; before JAX initializes its backends."""
   import jax
-  os.environ['XLA_FLAGS'] = xla_flags_for(count, os.environ.get('XLA_FLAGS', ''))
   jax.config.update('jax_num_cpu_devices', count)
 
-
-def xla_flags_for(count: int, flags: str) -> str:
-  """$XLA_FLAGS for `count` CPU devices: with the longer collective timeout where there are
-  several and the user's flags do not set one."""
-  flag = '--xla_cpu_collective_call_terminate_timeout_seconds'
-  if count < 2 or flag in flags:
-    return flags
-  return f'{flags} {flag}={CPU_COLLECTIVE_TIMEOUT_S}'.strip()

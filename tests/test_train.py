@@ -255,18 +255,6 @@ def test_cpu_devices_split_small_models_only(monkeypatch):
   assert devices() == 4 and devices(cpu_devices=2) == 2
 
 
-def test_several_cpu_devices_wait_longer_in_collectives():
-  """XLA aborts a collective whose device threads wait 40 s for each other, as on a loaded
-  machine (a sweep's GRU points died so): several CPU devices get a longer timeout, unless the
-  user's XLA_FLAGS set one."""
-  from charlm import host
-  flag = '--xla_cpu_collective_call_terminate_timeout_seconds'
-  assert host.xla_flags_for(1, '--a') == '--a'
-  assert host.xla_flags_for(2, '') == f'{flag}={host.CPU_COLLECTIVE_TIMEOUT_S}'
-  assert host.xla_flags_for(4, '--a') == f'--a {flag}={host.CPU_COLLECTIVE_TIMEOUT_S}'
-  assert host.xla_flags_for(2, f'{flag}=5') == f'{flag}=5'
-
-
 def test_freed_memory_kept_only_where_jax_runs_on_the_cpu_alone(monkeypatch):
   """One malloc heap speeds CPU steps but slowed an H200's compiles 7x (host.py): skip it there."""
   import ctypes
