@@ -90,9 +90,10 @@ LATEX = Recipe(
     filename='stacks-project-master.tar.gz',
     hint='or clone https://github.com/stacks/stacks-project and pass its directory with --source')
 
-# No sha256 pinned yet (none verified against a copy; Debian's linux-source-6.1 tarball is another
-# file); the first fetch's is recorded and kept.
+# kernel.org's published sha256 of linux-6.1.tar.xz (its v6.x/sha256sums.asc). Debian's
+# linux-source-6.1 tarball, found by `local`, is another file: it is used as given, with a note.
 _LINUX_URL = 'https://cdn.kernel.org/pub/linux/kernel/v6.x/linux-6.1.tar.xz'
+_LINUX_SHA256 = '2ca1f17051a430f6fed1196e4952717507171acfd97d96577212502703b25deb'
 _LINUX_HINT = ('or `apt-get install linux-source-6.1` (Debian; it installs '
                '/usr/src/linux-source-6.1.tar.xz, which is then found by itself)')
 
@@ -103,6 +104,7 @@ LINUX = Recipe(
     build=functools.partial(concat_tree, suffixes=('.c', '.h')),
     url=_LINUX_URL,
     filename='linux-6.1.tar.xz',
+    sha256=_LINUX_SHA256,
     local=debian_linux_sources,
     hint=_LINUX_HINT,
     level='byte')
@@ -115,6 +117,7 @@ LINUX_SMALL = Recipe(
     build=functools.partial(concat_tree, suffixes=('.c', '.h'), subdirs=('kernel/', 'mm/')),
     url=_LINUX_URL,
     filename='linux-6.1.tar.xz',
+    sha256=_LINUX_SHA256,
     folder='linux',
     local=debian_linux_sources,
     hint=_LINUX_HINT,
