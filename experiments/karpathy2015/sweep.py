@@ -18,42 +18,13 @@ import subprocess
 import sys
 
 from absl import app, flags
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-CORPORA = {'linux': 'configs/linux.py:small', 'warandpeace': 'configs/warandpeace.py:small'}
-GRIDS = {
-    # The whole grid: a GPU job (`--parallel K` runs K points at once, one a GPU).
-    'full': {'model.cell': 'lstm,gru,rnn', 'model.num_layers': '1,2,3',
-             'model.hidden': '64,128,256,512'},
-    # What a 2-core CPU trains in well under an hour: the two small sizes, 1-2 layers.
-    'cpu': {'model.cell': 'lstm,gru', 'model.num_layers': '1,2', 'model.hidden': '64,128'},
-}
-SETS = {
-    'full': {'train.steps': 20_000, 'train.batch_size': 100, 'train.seq_len': 100,
-             'train.eval_every': 2000, 'train.ckpt_every': 2000, 'train.sample_every': 0,
-             'train.final_sample_length': 0, 'train.patience': 3},
-    'cpu': {'train.steps': 5000, 'train.sample_every': 0, 'train.final_sample_length': 0,
-            'train.eval_every': 1000, 'train.ckpt_every': 1000},
-}
+from grid import CORPORA, GRIDS, ROOT, command
 
 _GRID = flags.DEFINE_enum('grid', 'cpu', list(GRIDS), 'Which grid.')
 _CORPUS = flags.DEFINE_multi_enum('corpus', ['linux'], list(CORPORA), 'Corpora (repeatable).')
 _PARALLEL = flags.DEFINE_integer('parallel', None, "charlm.sweep's --parallel (GPUs).")
 _ROOT = flags.DEFINE_string('root', os.path.join('runs', 'sweeps'), 'Where sweeps live.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the commands; run nothing.')
-
-
-def sweep_name(corpus: str, grid: str) -> str:
-  return f'karpathy2015_{corpus}_{grid}'
-
-
-def command(corpus: str, grid: str, root: str, parallel=None) -> list[str]:
-  argv = [sys.executable, '-m', 'charlm.sweep', '--config', CORPORA[corpus],
-          '--name', sweep_name(corpus, grid), '--root', root]
-  argv += [f'--grid={field}={values}' for field, values in GRIDS[grid].items()]
-  argv += [f'--set={field}={value}' for field, value in SETS[grid].items()]
-  return argv + ([f'--parallel={parallel}'] if parallel else [])
 
 
 def main(argv):

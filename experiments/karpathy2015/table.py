@@ -21,7 +21,7 @@ import os
 import subprocess
 import sys
 
-import sweep as sweep_lib
+import grid as sweep_lib
 from absl import app, flags
 
 ROOT = sweep_lib.ROOT
