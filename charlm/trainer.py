@@ -69,6 +69,18 @@ OPTIMIZERS = {
 }
 
 
+def resolve_schedule(config):
+  """`config`, with optim.schedule='auto' replaced by what measured best for the run: cosine
+  under a train.minutes budget, whose decay then ends when the time is up, constant otherwise
+  (docs/speed.md). Other names are kept; a config already resolved is returned as it is."""
+  if config.optim.schedule != 'auto':
+    return config
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.optim.schedule = 'cosine' if budgeted(config) else 'constant'
+  config.lock()
+  return config
+
+
 def make_schedule(optim, steps_per_epoch: int, total_steps: int):
   if optim.schedule not in SCHEDULES:
     *most, last = SCHEDULES
@@ -121,7 +133,7 @@ def build(config, vocab_size: int, steps_per_epoch: int):
   """The model, the optimizer and `init_state(key)`, which makes the whole train state."""
   model = model_lib.from_config(config.model, vocab_size,
                                 config.train.batch_size // jax.device_count())
-  tx = make_optimizer(config.optim, steps_per_epoch, config.train.steps)
+  tx = make_optimizer(resolve_schedule(config).optim, steps_per_epoch, config.train.steps)
 
   def init_state(key):
     params = model.init(key, jnp.zeros((1, 1), jnp.int32), model.initial_carry(1))['params']
@@ -227,6 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the run in `workdir`, validated, under its lock."""
   run_start = time.perf_counter()  # Where a train.minutes budget starts.
+  config = resolve_schedule(config)  # config.json records the schedule that runs.
   tc = config.train
   text = corpora.text_path(config.data)
   validate.check_text_file(text, config.data.level)

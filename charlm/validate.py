@@ -144,7 +144,8 @@ def _check_fields(config, sections):
   choices = [('data', 'level', LEVELS)]
   if 'optim' in sections:
     from charlm import trainer  # Its makers name the choices; imports JAX.
-    choices += [('optim', 'name', trainer.OPTIMIZERS), ('optim', 'schedule', trainer.SCHEDULES)]
+    choices += [('optim', 'name', trainer.OPTIMIZERS),
+                ('optim', 'schedule', [*trainer.SCHEDULES, 'auto'])]
   for section, field, allowed in choices:
     value = _field(config, section, field) if section in sections else None
     if value is not None and value not in allowed:

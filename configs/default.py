@@ -101,10 +101,10 @@ def get_config(arg=None):
   config.optim = ml_collections.ConfigDict()
   config.optim.name = 'adam'  # 'adam', 'adamw', 'rmsprop' or 'sgd'.
   config.optim.lr = 2e-3
-  # 'constant', 'char_rnn' (per-epoch decay) or 'cosine' (warmup, then down to min_lr_ratio at
-  # the last step). Constant measured better than cosine under a 2-minute train.minutes budget
-  # on the 2-core CPU (docs/speed.md), so it stays the default with a budget too.
-  config.optim.schedule = 'constant'
+  # 'constant', 'char_rnn' (per-epoch decay), 'cosine' (warmup, then down to min_lr_ratio at
+  # the last step) or 'auto': cosine under a train.minutes budget, constant otherwise, as
+  # measured on the 2-core CPU (docs/speed.md); config.json records the one that ran.
+  config.optim.schedule = 'auto'
   config.optim.clip = 5.0  # Global gradient-norm clipping (0: off).
   # adamw only: decoupled weight decay (each step, param -= lr * weight_decay * param, as
   # PyTorch's AdamW) of the matrices and the embedding; biases are left alone (an LSTM's

@@ -124,7 +124,8 @@ def test_a_time_budget_sets_the_steps_records_them_and_a_resume_keeps_them(
   workdir = str(tmp_path / 'run')
   timed = []  # What the run measured; the count is fixed, so that a busy machine passes too.
   monkeypatch.setattr(trainer.loop, 'steps_within', lambda *args: timed.append(args) or 60)
-  summary = trainer.train_and_evaluate(smoke_config(tmp_path, **BUDGET), workdir)
+  budget = dict(BUDGET, optim__schedule='auto')  # Cosine, since the run has a budget.
+  summary = trainer.train_and_evaluate(smoke_config(tmp_path, **budget), workdir)
   steps = summary['step']
   (seconds, step_s, periodic), = timed
   assert steps == 60 and seconds < 60 * BUDGET['train__minutes'] and step_s > 0
@@ -132,6 +133,7 @@ def test_a_time_budget_sets_the_steps_records_them_and_a_resume_keeps_them(
   config = json.load(open(os.path.join(workdir, 'config.json')))
   assert config['train']['steps'] == config['resolved']['train']['steps'] == steps
   assert config['resolved']['train']['budget']['step_s'] == step_s
+  assert config['optim']['schedule'] == 'cosine'
   assert max(losses(workdir)) == steps
   out = capsys.readouterr().out
   assert f'train.minutes=0.1: {steps} steps' in out and ' left 0:00:' in out
@@ -147,7 +149,7 @@ def test_a_time_budget_sets_the_steps_records_them_and_a_resume_keeps_them(
   def timed_again(*args):
     raise AssertionError('a resume timed the run again')
   monkeypatch.setattr(trainer, '_fit_budget', timed_again)
-  resumed = trainer.train_and_evaluate(smoke_config(tmp_path, **BUDGET), workdir)
+  resumed = trainer.train_and_evaluate(smoke_config(tmp_path, **budget), workdir)
   assert resumed['step'] == steps and f'train.minutes=0.1: {steps} steps, as recorded' in (
       capsys.readouterr().out)
   again = {key: losses(workdir, key) for key in first}
@@ -156,6 +158,16 @@ def test_a_time_budget_sets_the_steps_records_them_and_a_resume_keeps_them(
   with pytest.raises(UserError, match='was started with train.minutes=0.1, now 0.2; .*same value'):
     trainer.train_and_evaluate(smoke_config(tmp_path, **dict(BUDGET, train__minutes=0.2)),
                                workdir)
+
+
+def test_the_auto_schedule_is_cosine_under_a_budget_and_constant_otherwise(tmp_path):
+  config = smoke_config(tmp_path)
+  assert config.optim.schedule == 'auto'  # The default.
+  assert trainer.resolve_schedule(config).optim.schedule == 'constant'
+  assert trainer.resolve_schedule(smoke_config(tmp_path, train__minutes=1.0)).optim.schedule == (
+      'cosine')
+  chosen = smoke_config(tmp_path, train__minutes=1.0, optim__schedule='char_rnn')
+  assert trainer.resolve_schedule(chosen) is chosen  # A named schedule is what runs.
 
 
 @pytest.mark.slow
