@@ -2,6 +2,8 @@
 
     python experiments/bench_quality.py                    # 5 and 15 minutes (about 80 minutes)
     python experiments/bench_quality.py --budgets 5 --peer 2x256:0.2:3e-3 --out ''   # one look
+    python experiments/bench_quality.py --recipe 'configs/linux.py:cpu{minutes}' --text '' \
+        --no_peer --nodynamic --test --out experiments/results/recipes_linux_cpu.json
 
 On ../shared/data/tinyshakespeare.txt, split 90/10 as nanoGPT's shakespeare_char, for each
 budget of M minutes:
@@ -15,6 +17,8 @@ budget of M minutes:
   counted), once per --peer setting at the first budget (a small sweep of its own over layers,
   size, dropout and learning rate); at later budgets with the best of them.
 Everything runs one after the other in this process' order, so the load average is recorded.
+With --text '' the recipe trains on its own corpus (charlm only), as the other corpus configs'
+`:cpuM` docstrings quote.
 Published anchors printed beside them (not run here): nanoGPT's 10.7M-parameter Transformer,
 1.4697 nats after about 3 minutes on an A100; its CPU recipe, about 1.88 after about 3 minutes.
 """
@@ -34,7 +38,10 @@ ANCHORS = {'nanoGPT Transformer (10.7M, ~3 min on an A100)': 1.4697,
            'nanoGPT CPU recipe (~3 min)': 1.88}
 
 _TEXT = flags.DEFINE_string('text', os.path.join(ROOT, '..', 'shared', 'data',
-                                                 'tinyshakespeare.txt'), 'The corpus.')
+                                                 'tinyshakespeare.txt'),
+                            "The corpus ('': the recipe's own, with --no_peer).")
+_TEST = flags.DEFINE_bool('test', False, "Score charlm's best checkpoint on the test split too "
+                          '(the whole split; corpora that have one).')
 _BUDGETS = flags.DEFINE_list('budgets', ['5', '15'], 'Training budgets in minutes.')
 _RECIPE = flags.DEFINE_string('recipe', 'configs/tinyshakespeare.py:cpu{minutes}',
                               "charlm's config for a budget ({minutes} is replaced).")
@@ -70,9 +77,9 @@ def charlm_run(minutes: float) -> dict:
   recipe = _RECIPE.value.format(minutes=f'{minutes:g}')
   workdir = os.path.join(_RUNS.value, f'charlm_{minutes:g}min')
   shutil.rmtree(workdir, ignore_errors=True)
-  argv = [sys.executable, '-m', 'charlm.train', '--config', recipe, '--workdir', workdir,
-          f'--config.data.path={os.path.abspath(_TEXT.value)}',
-          f'--config.train.minutes={minutes:g}', '--config.train.final_sample_length=0']
+  argv = [sys.executable, '-m', 'charlm.train', '--config', recipe, '--workdir', workdir]
+  argv += [f'--config.data.path={os.path.abspath(_TEXT.value)}'] if _TEXT.value else []
+  argv += [f'--config.train.minutes={minutes:g}', '--config.train.final_sample_length=0']
   argv += [f'--config.{o}' for o in _OVERRIDES.value]
   print(' '.join(argv[1:]), flush=True)
   subprocess.run(argv, cwd=ROOT, check=True)
@@ -89,6 +96,12 @@ def charlm_run(minutes: float) -> dict:
             'budget': config['resolved']['train'].get('budget'),
             'model': {k: config['model'][k] for k in ('cell', 'num_layers', 'hidden')},
             'params': config['resolved']['train'].get('params')}
+  if _TEST.value:
+    import charlm
+    scored = charlm.load(workdir, 'best').evaluate('test')
+    result.update(test_loss=scored['loss'], test_bpc=scored['bpc'], test_step=scored['step'])
+    print(f'charlm {minutes:g} min: test {scored["loss"]:.4f} at step {scored["step"]}',
+          flush=True)
   if _DYNAMIC.value:
     import charlm
     scored = charlm.load(workdir, 'best').evaluate_dynamic('val')
@@ -124,8 +137,12 @@ def main(argv):
   common.set_up_host()
   budgets = [float(b) for b in _BUDGETS.value]
   settings = [parse_peer(p) for p in _PEER.value]
-  result = {'machine': common.machine(), 'matmul_gflops': common.matmul_rate(),
-            'text': os.path.basename(_TEXT.value), 'split': '90/10 (nanoGPT)',
+  if not _TEXT.value and not _NO_PEER.value:
+    raise SystemExit("--text '' (the recipe's own corpus) needs --no_peer: the peer reads a file")
+  result = {'command': ' '.join(['python', 'experiments/bench_quality.py'] + sys.argv[1:]),
+            'machine': common.machine(), 'matmul_gflops': common.matmul_rate(),
+            'text': os.path.basename(_TEXT.value) or _RECIPE.value,
+            'split': '90/10 (nanoGPT)' if _TEXT.value else "the recipe's",
             'anchors': ANCHORS, 'budgets': {}, 'load': [os.getloadavg()]}
   python = None if _NO_PEER.value else common.peer_python(_PEER_PYTHON.value)
   best_setting = None
