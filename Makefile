@@ -2,7 +2,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
-CONFIG ?= configs/shakespeare.py:small
+CONFIG ?= configs/shakespeare.py:cpu10
 
 .PHONY: install train test test-slow lint tb clean
 

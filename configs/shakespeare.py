@@ -6,10 +6,13 @@ The seed's model: a 3-layer LSTM with 512 units, dropout 0.5, batch 100 x 100 ch
 Adam 2e-3, 20k steps. It is a GPU run. Expected result: not measured yet.
 
 Variants:
-  configs/shakespeare.py:small  a 2-core CPU run (`make train`; 2x256, 2.5k steps; about 4
-                                minutes on the 2-core CPU of 2026-12-04): validation loss
-                                1.543 nats/char (2.23 bpc) on 50 batches there, and
-                                Shakespeare-shaped text (speaker names, line breaks, words).
+  configs/shakespeare.py:small  a 2-core CPU run (2x256, 2.5k steps; about 4 minutes on the
+                                2-core CPU of 2026-12-04): validation loss 1.543 nats/char
+                                (2.23 bpc) on 50 batches there, and Shakespeare-shaped text
+                                (speaker names, line breaks, words).
+  configs/shakespeare.py:cpuN   the best model found for N minutes of a 2-core CPU (common.py's
+                                CPU_RECIPES, searched on tinyshakespeare; `make train` runs
+                                :cpu10). On this corpus: not measured yet.
   configs/shakespeare.py:smoke  seconds; for tests.
 """
 from configs import common

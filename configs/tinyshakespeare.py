@@ -16,6 +16,18 @@ Variants:
                                     (2.24 bpc) on 50 batches (102k of the 111,540 validation
                                     characters), with speaker names and verse-shaped lines in
                                     its samples.
+  configs/tinyshakespeare.py:cpu5   the best model found for 5 minutes of a 2-core CPU
+                                    (train.minutes=5; 2x256, locked dropout 0.2, Adam 3e-3
+                                    cosine). Expected, as measured on the 2-core CPU of
+                                    2026-12-04 (Intel Xeon, 359 GFLOP/s), by
+                                    experiments/bench_quality.py running `python -m
+                                    charlm.train --config configs/tinyshakespeare.py:cpu5
+                                    --config.data.path=../shared/data/tinyshakespeare.txt`:
+                                    validation loss 1.442 nats/char (2.080 bpc) on the whole
+                                    split, 1.377 with `charlm.evaluate --dynamic`.
+  configs/tinyshakespeare.py:cpu15  the same for 15 minutes (2x384, locked dropout 0.25):
+                                    1.420 nats/char (2.048 bpc) there, 1.355 with --dynamic;
+                                    below nanoGPT's GPU Transformer's 1.4697.
   configs/tinyshakespeare.py:smoke  seconds; for tests (split 90/10 by fractions, so any
                                     small file does).
 """
