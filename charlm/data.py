@@ -7,6 +7,7 @@ hidden state can be carried from one batch to the next.
 """
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import json
@@ -307,18 +308,44 @@ def prepare(path: str, level: str = 'char', cache_dir: str = '',
   stem = os.path.splitext(os.path.basename(path))[0]
   root = default_cache_dir(cache_dir)
   entry = os.path.join(root, f'{stem}-{level}-{key}')
-  # A full disk: one line, and no build of it left (see _build).
+  # A full disk: one line, and no build of it left (see _build). A read-only cache serves the
+  # builds it holds; one that must take a new build is one line (see _unwritable_cache).
   with disk_full_is_user_error(entry, WHERE):
-    os.makedirs(root, exist_ok=True)
+    with _unwritable_cache(root, path):
+      os.makedirs(root, exist_ok=True)
     with locks.flock(entry + '.lock', exclusive=False):
       corpus = _cached(entry, path, fingerprint)
     if corpus is None:
-      with locks.flock(entry + '.lock'):
+      with contextlib.ExitStack() as held:
+        with _unwritable_cache(root, path):
+          held.enter_context(locks.flock(entry + '.lock'))
         # Another process may have built it meanwhile.
         corpus = _cached(entry, path, fingerprint, warn=False)
         if corpus is None:
           corpus = _build(entry, path, level, fingerprint, chunk_bytes or CHUNK_BYTES)
   return corpus
+
+
+@contextlib.contextmanager
+def _unwritable_cache(root: str, source: str):
+  """Turns a permission error writing into the cache `root` (a read-only cache that must take a
+  new build of `source`) into one UserError naming what cannot be written and how to give
+  another cache. Wrap only writes into the cache: reading the source fails for its own reasons."""
+  try:
+    yield
+  except OSError as e:
+    if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not e.filename:
+      raise
+    root, path = os.path.abspath(root), os.path.abspath(e.filename)
+    where = os.path.dirname(path)
+    if os.path.lexists(path) and os.access(where, os.W_OK | os.X_OK):
+      what = f'the cache file {path}'  # A lock file another user made, in a writable cache.
+    else:
+      inside = where == root or where.startswith(root + os.sep)
+      what = f'the cache directory {where}' + ('' if inside else f' (to make {root})')
+    raise UserError(f'{what} is not writable, and the cache holds no up-to-date tokens of '
+                    f'{source}; give a writable directory with --config.data.cache_dir=DIR or '
+                    '$CHARLM_CACHE') from None
 
 
 def _cached(entry: str, source: str, fingerprint: dict, warn: bool = True) -> Corpus | None:
@@ -346,10 +373,11 @@ def _cached(entry: str, source: str, fingerprint: dict, warn: bool = True) -> Co
 def _build(entry: str, source: str, level: str, fingerprint: dict, chunk_bytes: int) -> Corpus:
   """Encodes `source` into a new build of `entry`, points meta.json at it and deletes the
   entry's other builds; call under the entry's exclusive lock."""
-  os.makedirs(entry, exist_ok=True)
   name = f'build-{secrets.token_hex(6)}'
   build = os.path.join(entry, name)
-  os.mkdir(build)  # Mode 0o777 less the umask, so that a private corpus stays private.
+  with _unwritable_cache(os.path.dirname(entry), source):
+    os.makedirs(entry, exist_ok=True)
+    os.mkdir(build)  # Mode 0o777 less the umask, so that a private corpus stays private.
   try:
     tokens = os.path.join(build, 'tokens.bin')
     # The source as encoded, which may be newer than `fingerprint`, read before the lock.

@@ -1,12 +1,13 @@
 """One validation pass over a training config, before anything is written or compiled.
 
-`validate(config, workdir)` checks every field charlm reads against what it allows, and that
-the workdir and the cache directory can be written; `check_splits` checks, once the corpus is
-known, that each split is large enough for what it is used for; `check_text_file` catches text
-that decodes but is not what it seems (UTF-16 without a byte-order mark). Each problem is one
-UserError naming the field, the value and what is allowed, so a bad value fails in a second
-instead of after training steps. Importing this module does not import JAX, so that
-`check_environment` can run before JAX reads its environment variables.
+`validate(config, workdir)` checks every field charlm reads against what it allows, that the
+workdir can be written and that the cache directory is a directory (a read-only one that holds
+the prepared corpus serves); `check_splits` checks, once the corpus is known, that each split
+is large enough for what it is used for; `check_text_file` catches text that decodes but is
+not what it seems (UTF-16 without a byte-order mark). Each problem is one UserError naming the
+field, the value and what is allowed, so a bad value fails in a second instead of after
+training steps. Importing this module does not import JAX, so that `check_environment` can run
+before JAX reads its environment variables.
 """
 import math
 import os
@@ -55,6 +56,7 @@ REALS = [
 ]
 STRINGS = [('data', 'name'), ('data', 'path'), ('data', 'cache_dir'), ('train', 'sample_prime'),
            ('train', 'hparams')]
+CACHE_FLAG = '--config.data.cache_dir=DIR or $CHARLM_CACHE'  # How a message gives a cache.
 # A file whose first bytes are at least this fraction NUL is not UTF-8 text.
 NUL_FRACTION = 0.25
 HEAD_BYTES = 1 << 16
@@ -117,8 +119,17 @@ def validate_data(config):
   if path and os.path.isdir(os.path.expanduser(path)):
     raise UserError(f'data.path {path} is a directory; give a text file '
                     '(--config.data.path=FILE)')
-  check_writable(default_cache_dir(_field(config, 'data', 'cache_dir') or ''),
-                 'the cache directory', '--config.data.cache_dir=DIR or $CHARLM_CACHE')
+  # A read-only cache that already holds the corpus serves: data.prepare says in one line when
+  # it must encode the text into it; a named corpus must have been fetched into it.
+  cache = os.path.abspath(os.path.expanduser(
+      default_cache_dir(_field(config, 'data', 'cache_dir') or '')))
+  check_writable(cache, 'the cache directory', CACHE_FLAG, read_only_ok=True)
+  name = _field(config, 'data', 'name')
+  if not path and name and os.path.isdir(cache) and not os.access(cache, os.W_OK | os.X_OK):
+    from charlm.corpora import core
+    if not os.path.isfile(os.path.join(core.corpus_dir(cache, name), 'meta.json')):
+      raise UserError(f'the cache directory {cache} is not writable, and corpus {name} is not '
+                      f'fetched into it; give a writable directory with {CACHE_FLAG}')
 
 
 def _check_fields(config, sections):
@@ -181,8 +192,10 @@ def _check_sampling(train):
                     'use a non-empty tuple of finite numbers >= 0, such as "(0.5,1.0)"')
 
 
-def check_writable(path: str, what: str, flag: str):
-  """`path` is a writable directory, or can be made one: its nearest existing ancestor is."""
+def check_writable(path: str, what: str, flag: str, read_only_ok: bool = False):
+  """`path` is a writable directory, or can be made one: its nearest existing ancestor is.
+  With `read_only_ok`, a `path` that is a directory already may be read-only: it may hold all
+  that is needed, and whatever must write there says so when it must."""
   path = os.path.abspath(os.path.expanduser(path))
   existing = path
   while not os.path.lexists(existing):
@@ -191,6 +204,8 @@ def check_writable(path: str, what: str, flag: str):
     where = '' if existing == path else f' (in {path})'
     raise UserError(f'{what} {existing}{where} is a file, not a directory; give a directory '
                     f'with {flag}')
+  if read_only_ok and existing == path:
+    return
   if not os.access(existing, os.W_OK | os.X_OK):
     where = '' if existing == path else f' (to make {path})'
     raise UserError(f'{what} {existing}{where} is not writable; give a writable directory with '

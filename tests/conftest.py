@@ -1,8 +1,10 @@
 """Shared test helpers: small texts and shrunken configs; nothing here reads ../shared."""
 import atexit
+import contextlib
 import os
 import random
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -64,11 +66,57 @@ def smoke_config(tmp_path, text_path=None, **overrides):
   return config
 
 
-def run_cli(module, *args, env=None, timeout=300):
-  """Runs `python -m module args` from the repository root; returns the CompletedProcess."""
+def run_cli(module, *args, env=None, timeout=300, without_root=False):
+  """Runs `python -m module args` from the repository root; returns the CompletedProcess.
+  `without_root`: through `without_root_power`, so that file permissions bind it."""
   full_env = dict(os.environ, **(env or {}))
-  return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, env=full_env,
-                        capture_output=True, text=True, timeout=timeout)
+  command = [sys.executable, '-m', module, *args]
+  return subprocess.run(without_root_power(command) if without_root else command, cwd=ROOT,
+                        env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@contextlib.contextmanager
+def read_only(tree):
+  """Takes the write permission off `tree` and every directory and file under it (a cache as
+  another user or a read-only mount sees it), and gives it back after."""
+  paths = [str(tree)] + [os.path.join(root, name) for root, dirs, files in os.walk(tree)
+                         for name in dirs + files]
+  modes = {p: stat.S_IMODE(os.lstat(p).st_mode) for p in paths if not os.path.islink(p)}
+  for path, mode in modes.items():
+    os.chmod(path, mode & ~0o222)
+  try:
+    yield
+  finally:
+    for path, mode in modes.items():
+      os.chmod(path, mode)
+
+
+# Run before a command as root: gives up root's power over file permissions for good (the
+# securebit NOROOT: an exec grants uid 0 no capabilities), then runs the command.
+_DROP_ROOT = """
+import ctypes, os, sys
+PR_SET_SECUREBITS, SECBIT_NOROOT, SECBIT_NOROOT_LOCKED = 28, 1, 2
+if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_SECUREBITS,
+                                           SECBIT_NOROOT | SECBIT_NOROOT_LOCKED, 0, 0, 0):
+  sys.exit(f'cannot give up root capabilities: {os.strerror(ctypes.get_errno())}')
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def without_root_power(command: list[str]) -> list[str]:
+  """`command` such that file permissions bind it, for the tests of read-only directories:
+  as is for a user; as root (CI, containers) it runs with uid 0 and no capabilities, so that a
+  directory's mode bits bind it as they bind its owner (the files a test makes are root's) and
+  a read-only directory is read-only. Keeping uid 0 keeps readable what only root may read
+  (the interpreter may live under a 0700 /root), which running as nobody would not. Skips the
+  test where root cannot give them up (no CAP_SETPCAP)."""
+  if os.geteuid() != 0:
+    return list(command)
+  with open('/proc/self/status') as f:
+    effective = next(int(line.split()[1], 16) for line in f if line.startswith('CapEff:'))
+  if not effective >> 8 & 1:  # CAP_SETPCAP.
+    pytest.skip('root without CAP_SETPCAP cannot give up its power over file permissions')
+  return [sys.executable, '-c', _DROP_ROOT, *command]
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, write_text
+from conftest import ROOT, read_only, without_root_power, write_text
 
 from charlm import data
 
@@ -133,16 +133,74 @@ def test_the_cache_keeps_the_umask_private(tmp_path):
     assert stat.S_IMODE(os.stat(made_path).st_mode) & 0o077 == 0, made_path
 
 
-@pytest.mark.skipif(os.getuid() == 0, reason='root writes to read-only directories')
-def test_a_read_only_cache_is_still_read(tmp_path):
+# Prepares argv[1] into the cache argv[2] in a process that file permissions bind (see
+# conftest.without_root_power): one line, what it read or its UserError.
+PREPARE = """
+import os, sys
+from charlm import data
+from charlm.errors import UserError
+path, cache = sys.argv[1], sys.argv[2]
+existing = cache
+while not os.path.exists(existing):
+  existing = os.path.dirname(existing)
+assert not os.access(existing, os.W_OK), 'file permissions do not bind this process'
+try:
+  corpus = data.prepare(path, 'char', cache)
+except UserError as e:
+  print(f'error: {e}')
+else:
+  print(corpus.vocab.decode(corpus.tokens) == open(path, encoding='utf-8').read(), corpus.cache)
+"""
+
+
+def prepare_without_root(path, cache) -> str:
+  """What PREPARE printed, where root too cannot write to a read-only directory."""
+  result = subprocess.run(without_root_power([sys.executable, '-c', PREPARE, path, str(cache)]),
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert 'Traceback' not in result.stderr and result.stdout.count('\n') == 1, result
+  return result.stdout.strip()
+
+
+def tree(directory) -> dict:
+  """Every path under `directory` with its size and mtime."""
+  return {os.path.join(root, name): (os.lstat(os.path.join(root, name)).st_size,
+                                     os.lstat(os.path.join(root, name)).st_mtime_ns)
+          for root, dirs, files in os.walk(directory) for name in dirs + files}
+
+
+@pytest.mark.parametrize('lock_files', ['kept', 'none'])
+def test_a_read_only_cache_is_still_read(tmp_path, lock_files):
   path = write_text(tmp_path / 't.txt')
   cache = tmp_path / 'cache'
+  build = data.prepare(path, 'char', str(cache)).cache
+  if lock_files == 'none':  # As if an older charlm, which had no lock files, had prepared it.
+    for lock in cache.glob('*.lock'):
+      lock.unlink()
+  before = tree(cache)
+  with read_only(cache):
+    assert prepare_without_root(path, cache) == f'True {build}'
+  assert tree(cache) == before
+
+
+def test_a_read_only_cache_that_must_encode_is_one_line(tmp_path):
+  cache = tmp_path / 'cache'
+  data.prepare(write_text(tmp_path / 'other.txt', seed=1), 'char', str(cache))
+  path = write_text(tmp_path / 't.txt')
   data.prepare(path, 'char', str(cache))
-  for lock in cache.glob('*.lock'):
-    lock.unlink()  # As if an older charlm, which had no lock files, had prepared it.
-  cache.chmod(0o555)
-  try:
-    corpus = data.prepare(path, 'char', str(cache))
-    assert corpus.vocab.decode(corpus.tokens) == open(path).read()
-  finally:
-    cache.chmod(0o755)
+  with open(path, 'a') as f:  # Its tokens in the cache are out of date.
+    f.write('and more\n')
+  new = write_text(tmp_path / 'new.txt', seed=2)  # Not in the cache.
+  before = tree(cache)
+  with read_only(cache):
+    for text in (path, new):
+      assert prepare_without_root(text, cache) == (
+          f'error: the cache directory {cache} is not writable, and the cache holds no '
+          f'up-to-date tokens of {text}; give a writable directory with '
+          '--config.data.cache_dir=DIR or $CHARLM_CACHE')
+  assert tree(cache) == before
+  with read_only(tmp_path):  # A cache to make in a read-only directory.
+    message = prepare_without_root(new, tmp_path / 'new' / 'cache')
+  assert message.startswith(f'error: the cache directory {tmp_path} (to make '
+                            f'{tmp_path}/new/cache) is not writable, and the cache holds'), message
+  assert not (tmp_path / 'new').exists()

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import run_cli, smoke_config, write_text
+from conftest import read_only, run_cli, smoke_config, write_text
 
 from charlm import data as data_lib
 from charlm import inference, trainer, validate
@@ -132,10 +132,6 @@ def test_paths_that_cannot_work_are_one_line(tmp_path):
   directory = tmp_path / 'texts'
   directory.mkdir()
   fails_in_one_line(tmp_path, smoke_config(tmp_path, str(directory)), match='is a directory')
-  if os.geteuid() != 0:  # Root writes anywhere.
-    locked = tmp_path / 'locked'
-    locked.mkdir(mode=0o500)
-    fails_in_one_line(tmp_path, config, str(locked / 'run'), 'is not writable')
 
 
 @pytest.mark.parametrize('encoding,name', [('utf-16-le', 'UTF-16LE'), ('utf-16-be', 'UTF-16BE'),
@@ -252,6 +248,69 @@ def test_cli_bad_input_is_one_line(tmp_path, args, env, expect):
   _cli_fails_in_one_line(result, expect)
   assert not (tmp_path / 'run').exists() and snapshot(cache) == before
   assert 'step' not in result.stdout
+
+
+# Read-only directories, through the CLI in a process that file permissions bind, root's too
+# (see conftest.without_root_power).
+
+def test_cli_unwritable_workdir_is_one_line(tmp_path):
+  locked = tmp_path / 'locked'
+  locked.mkdir(mode=0o500)
+  text = write_text(tmp_path / 'text.txt')
+  for workdir in (locked / 'run', locked):
+    result = run_cli('charlm.train', *SMOKE, f'--config.data.path={text}',
+                     f'--config.data.cache_dir={tmp_path}/cache', f'--workdir={workdir}',
+                     without_root=True)
+    _cli_fails_in_one_line(result, f'the workdir {locked}')
+    assert 'is not writable; give a writable directory with --workdir=DIR' in result.stderr
+  assert os.listdir(locked) == [] and not (tmp_path / 'cache').exists()
+
+
+def test_cli_trains_on_a_read_only_cache_that_holds_the_corpus(tmp_path):
+  text = write_text(tmp_path / 'text.txt')
+  cache = tmp_path / 'cache'
+  data_lib.prepare(text, 'char', str(cache))
+  before = snapshot(cache)
+  with read_only(cache):
+    result = run_cli('charlm.train', *SMOKE, f'--config.data.path={text}',
+                     f'--config.data.cache_dir={cache}', '--config.train.steps=2',
+                     f'--workdir={tmp_path}/run', without_root=True)
+  assert result.returncode == 0, result.stderr
+  assert 'step 2: val loss' in result.stdout
+  assert Checkpoints(str(tmp_path / 'run' / 'checkpoints'), read_only=True).all_steps() == [2]
+  assert snapshot(cache) == before
+
+
+def test_cli_a_read_only_cache_that_must_encode_is_one_line(tmp_path):
+  """A read-only cache passes validation (it may hold the corpus); preparing says in one line
+  that it cannot encode the text there, and leaves no workdir behind."""
+  text = write_text(tmp_path / 'text.txt')
+  cache = tmp_path / 'cache'
+  data_lib.prepare(text, 'char', str(cache))
+  with open(text, 'a') as f:  # The cache's tokens of it are out of date.
+    f.write('and more\n')
+  before = snapshot(cache)
+  with read_only(cache):
+    result = run_cli('charlm.train', *SMOKE, f'--config.data.path={text}',
+                     f'--config.data.cache_dir={cache}', f'--workdir={tmp_path}/run',
+                     without_root=True)
+  _cli_fails_in_one_line(result, f'the cache directory {cache} is not writable, and the cache '
+                         f'holds no up-to-date tokens of {text}; give a writable directory with '
+                         '--config.data.cache_dir=DIR or $CHARLM_CACHE')
+  assert not (tmp_path / 'run').exists() and snapshot(cache) == before
+
+
+def test_cli_a_read_only_cache_without_the_named_corpus_is_one_line(tmp_path):
+  cache = tmp_path / 'cache'
+  cache.mkdir()
+  with read_only(cache):
+    result = run_cli('charlm.train', *SMOKE, '--config.data.path=',
+                     '--config.data.name=shakespeare', f'--config.data.cache_dir={cache}',
+                     f'--workdir={tmp_path}/run', without_root=True)
+  _cli_fails_in_one_line(result, f'the cache directory {cache} is not writable, and corpus '
+                         'shakespeare is not fetched into it; give a writable directory with '
+                         '--config.data.cache_dir=DIR or $CHARLM_CACHE')
+  assert not (tmp_path / 'run').exists() and os.listdir(cache) == []
 
 
 def test_cli_prime_file_that_is_a_directory_is_one_line(tmp_path):
