@@ -7,8 +7,12 @@
     python -m charlm.sweep --name NAME --report
 
 Each point trains in runs/sweeps/NAME/<its overrides>/; the same command again resumes the
-sweep (finished points are skipped, failed ones retried once). results.md and results.csv in
-the sweep directory hold one row per point, sorted by validation loss.
+sweep (finished points are skipped, interrupted ones resume from their checkpoints, failed ones
+are retried once). results.md and results.csv in the sweep directory hold one row per point,
+sorted by validation loss. Ctrl-C (or SIGTERM) makes the running points save a checkpoint and
+stop, and the sweep exits 130 with one line on stderr; a second Ctrl-C aborts the points.
+--random N draws N distinct points, the same for the same --seed; where the --grid lists and
+whole-number --range ranges hold fewer than N, it is an error before anything runs.
 """
 import os
 import sys
@@ -24,8 +28,9 @@ _GRID = flags.DEFINE_multi_string('grid', [], 'SECTION.FIELD=V1,V2,...: values o
 _RANGE = flags.DEFINE_multi_string('range', [], 'SECTION.FIELD=LOW:HIGH[:log]: a range to draw '
                                    'from, with --random (repeatable).')
 _SET = flags.DEFINE_multi_string('set', [], 'SECTION.FIELD=VALUE for every point (repeatable).')
-_RANDOM = flags.DEFINE_integer('random', 0, 'Draw this many random points from --grid lists and '
-                               '--range ranges instead of taking the whole grid.')
+_RANDOM = flags.DEFINE_integer('random', 0, 'Draw this many distinct random points from --grid '
+                               'lists and --range ranges instead of taking the whole grid (an '
+                               'error where fewer exist).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the random points.')
 _NAME = flags.DEFINE_string('name', None, 'The sweep\'s name: its directory is ROOT/NAME '
                             '(default: the config\'s name).')
@@ -71,9 +76,19 @@ def main(argv):
     if flag.value is not None:
       slurm[key] = flag.value
   sweepdir = os.path.join(_ROOT.value, name)
-  rows, finished = sweeping.run(spec, sweepdir, _LAUNCHER.value, _PARALLEL.value, _RETRY.value,
-                                slurm)
+  try:
+    rows, finished = sweeping.run(spec, sweepdir, _LAUNCHER.value, _PARALLEL.value,
+                                  _RETRY.value, slurm)
+  except KeyboardInterrupt:  # Ctrl-C outside the points' runs: planning, waiting for SLURM.
+    rows, finished = None, False
   if not finished:
+    if _LAUNCHER.value == 'slurm':
+      resume = 'points submitted run on; --report with the same --name gives their results'
+    else:
+      done = '' if rows is None else (
+          f'{sum(r["status"] == "done" for r in rows)} of {len(rows)} points done; ')
+      resume = f'{done}run the same command to resume {sweepdir}'
+    print(f'interrupted: {resume}', file=sys.stderr, flush=True)
     sys.exit(130)
   failed = [r for r in rows if r['status'] == 'failed']
   if failed:

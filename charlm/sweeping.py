@@ -181,25 +181,71 @@ def _grid(grid: dict) -> list:
 
 def _draw(spec: Spec, config, ranges: dict) -> list:
   """`spec.random` distinct points: a random value of each grid list, a random number in each
-  range (log-uniform for ':log'; whole numbers for whole-number fields)."""
+  range (log-uniform for ':log'; whole numbers for whole-number fields, others to 3 significant
+  digits), drawn in turn from `spec.seed`, a draw that repeats an earlier point skipped.
+
+  Never fewer points than asked: where the space is finite (grid lists and whole-number ranges
+  only) and holds fewer than `spec.random` distinct points, a UserError says so before any draw;
+  where `_draws` draws turn up fewer (ranges narrow at 3 significant digits), a UserError too.
+  Both depend on the spec alone: every run of the same sweep plans the same points or fails."""
+  whole = {k: isinstance(overrides.lookup(config, k, '--range'), int) for k in ranges}
+  distinct = _distinct_points(spec.grid, ranges, whole)
+  if distinct is not None and distinct < spec.random:
+    raise UserError(_too_few(spec, ranges, distinct))
   rng = random.Random(spec.seed)
   combos, seen = [], set()
-  for _ in range(100 * spec.random):
+  for _ in range(_draws(spec)):
     combo = {k: rng.choice(v) for k, v in spec.grid.items()}
     for key, (low, high, scale) in ranges.items():
       if scale == 'log':
         x = math.exp(rng.uniform(math.log(low), math.log(high)))
       else:
         x = rng.uniform(low, high)
-      whole = isinstance(overrides.lookup(config, key, '--range'), int)
-      combo[key] = str(round(x)) if whole else f'{x:.3g}'
+      combo[key] = str(round(x)) if whole[key] else f'{x:.3g}'
     frozen = tuple(combo.items())
     if frozen not in seen:
       seen.add(frozen)
       combos.append(combo)
       if len(combos) == spec.random:
         break
+  else:
+    raise UserError(f'--random {spec.random}: {len(combos)} distinct point'
+                    f'{"s" if len(combos) != 1 else ""} turned up in '
+                    f'{_draws(spec):,} draws (--seed {spec.seed}; ranges are drawn to 3 '
+                    'significant digits or whole numbers); widen the --range ranges or ask for '
+                    f'--random {len(combos)} or fewer')
   return combos
+
+
+def _draws(spec: Spec) -> int:
+  """How many draws `_draw` makes at most before it gives up finding `spec.random` points."""
+  return 100 * spec.random + 1000
+
+
+def _distinct_points(grid: dict, ranges: dict, whole: dict) -> int | None:
+  """How many distinct points a random draw can give: the product of each grid list's distinct
+  values and each whole-number range's whole numbers; None (unbounded) with a range of
+  another number field."""
+  count = 1
+  for values in grid.values():
+    count *= len(set(values))
+  for key, (low, high, _) in ranges.items():
+    if not whole[key]:
+      return None
+    count *= math.ceil(high + 0.5) - math.floor(low - 0.5) - 1  # round(x) for x in (low, high).
+  return count
+
+
+def _too_few(spec: Spec, ranges: dict, distinct: int) -> str:
+  if not spec.grid and not ranges:
+    return (f'--random {spec.random} draws from --grid lists and --range ranges, and none is '
+            'given (there is 1 point, the config itself); give some, or drop --random')
+  held = ' and '.join(w for w, given in [('the --grid lists', spec.grid),
+                                         ('the whole-number --range ranges', ranges)] if given)
+  fix = ('give their values as --grid lists (without --random) to run them all' if ranges else
+         'drop --random to run the whole grid')
+  return (f'--random {spec.random} asks for {spec.random} distinct points, and {held} hold only '
+          f'{distinct}; {fix}, or ask for --random {distinct} or fewer')
 
 
 def _short_names(keys: list) -> dict:
@@ -433,25 +479,23 @@ def run_point(spec: Spec, point: Point, sweepdir: str, env: dict | None = None,
 
 def run_local(spec: Spec, points: list, sweepdir: str, slots: list, say=print) -> bool:
   """Runs `points`, as many at once as there are `slots` (each an environment change), from
-  this thread. SIGINT/SIGTERM go on to the running points, which save and stop, and no new one
-  starts. True when nothing was interrupted."""
+  this thread. A SIGINT or SIGTERM goes on to the running points (one started as it arrives
+  too) as a SIGTERM, and no new point starts: a point that trains saves a checkpoint and stops
+  (charlm.train's handler), one still starting ends at once. A SIGINT would not do: Python
+  raises it as a KeyboardInterrupt, which a point still starting (no handler yet) can lose in a
+  garbage collection callback ('Exception ignored in: _xla_gc_callback') and train on to its
+  end. A second signal goes on too, and aborts them. True when nothing was interrupted."""
   pending, running, free = list(points), [], list(range(len(slots)))
-  stopping = []
+  stopping = []  # The signals received, in order.
+  told = {}  # How many of them each running point has been sent.
   total = len(points)
 
-  def on_signal(signum, frame):
-    del frame
+  def on_signal(signum, frame):  # Only notes it: the loop below sends it on, printing here
+    del frame  # could interrupt a print of the loop (a reentrant call, a RuntimeError).
     stopping.append(signum)
-    say(f'stopping: the running point{"s" if len(running) > 1 else ""} save a checkpoint '
-        '(signal again to abort)')
-    for _, run in running:
-      try:
-        os.killpg(run.process.pid, signum)
-      except ProcessLookupError:
-        pass
 
   old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-  done = 0
+  done, said = 0, False
   try:
     while (pending and not stopping) or running:
       while pending and free and not stopping:
@@ -460,6 +504,19 @@ def run_local(spec: Spec, points: list, sweepdir: str, slots: list, say=print) -
         running.append((slot, _Run(spec, point, sweepdir, slots[slot])))
         where = f' on GPU {slots[slot]["CUDA_VISIBLE_DEVICES"]}' if slots[slot] else ''
         say(f'[{done + len(running)}/{total}] {point.name}: training{where}')
+      if stopping and not said:
+        said = True
+        say('stopping: ' + ('the running points save a checkpoint and stop' if len(running) > 1
+                            else 'the running point saves a checkpoint and stops' if running
+                            else 'no point starts') + ' (signal again to abort)')
+      for _, run in running:  # Each signal once to each point, those started since included.
+        received = len(stopping)  # The handler may append while this runs.
+        for _ in stopping[told.get(run, 0):received]:
+          try:
+            os.killpg(run.process.pid, signal.SIGTERM)
+          except ProcessLookupError:
+            pass
+        told[run] = received
       time.sleep(0.1)
       for slot, run in list(running):
         returncode = run.process.poll()
@@ -518,9 +575,9 @@ def run_submitit(spec: Spec, points: list, sweepdir: str, cluster: str | None = 
 def run(spec: Spec, sweepdir: str, launcher: str = 'local', parallel: int | None = None,
         retry_failed: bool = False, slurm: dict | None = None, say=print) -> tuple:
   """Plans, checks and runs (or resumes) the sweep in `sweepdir`; writes its results and
-  returns (rows, whether it ran to the end). Holds `sweepdir`/.lock throughout: one sweep of a
-  name at a time. `slurm`: submitit's parameters, and 'cluster' ('slurm'; 'local' runs the job
-  array here)."""
+  returns (rows, whether it ran to the end: False after a SIGINT or SIGTERM). Holds
+  `sweepdir`/.lock throughout: one sweep of a name at a time. `slurm`: submitit's parameters,
+  and 'cluster' ('slurm'; 'local' runs the job array here)."""
   config = load_config(spec.config)
   points = plan(spec, config)
   if launcher == 'local':
@@ -543,8 +600,6 @@ def run(spec: Spec, sweepdir: str, launcher: str = 'local', parallel: int | None
       run_submitit(spec, todo, sweepdir, cluster, slurm, slurm.get('nodes', 1) > 1, say)
     rows = write_results(sweepdir)
   say(results_markdown(rows))
-  if not finished:
-    say(f'interrupted: run the same command to resume {sweepdir}')
   return rows, finished
 
 

@@ -135,6 +135,9 @@ def test_a_point_with_a_bad_value_fails_alone_and_is_retried_once(grid):
     (['--set', 'optim.lrr=1e-3'], 'the config has no field optim.lrr (did you mean "optim.lr"?)'),
     (['--range', 'optim.lr=1e-4:1e-2:log'], '--range draws random points: give their number'),
     (['--random', '3', '--range', 'optim.name=1:2'], 'optim.name is not a number'),
+    (['--random', '3', '--grid', 'optim.lr=0.1,0.2'], '--random 3 asks for 3 distinct points, and '
+     'the --grid lists hold only 2; drop --random to run the whole grid, or ask for --random 2 '
+     'or fewer'),
     (['--grid', 'optim.lr=0.1', '--parallel', '2'], '--parallel 2 runs one point per GPU, and no '
      'GPU is visible'),
 ])
@@ -176,6 +179,41 @@ def test_grid_and_random_points():
     assert 1e-4 <= float(values['optim.lr']) <= 1e-2 and 8 <= int(values['model.hidden']) <= 64
   assert sweeping.train_overrides(sweeping.Spec('c', sets=['train.steps=5']), points[0])[-1] == (
       'train.hparams=train.steps,model.cell,optim.lr,model.hidden')
+
+
+def test_random_points_are_as_many_as_asked_or_an_error():
+  """--random N never yields fewer than N points: where the lists (and whole-number ranges) hold
+  fewer distinct points, or the draws find fewer, planning stops with one line that says so."""
+  config = sweeping.load_config('configs/default.py:smoke')
+  grid = {'model.cell': ['lstm', 'gru'], 'model.hidden': ['16', '32']}
+  with pytest.raises(UserError, match=r'^--random 5 asks for 5 distinct points, and the --grid '
+                     r'lists hold only 4; drop --random to run the whole grid, or ask for '
+                     r'--random 4 or fewer$'):
+    sweeping.plan(sweeping.Spec('c', grid=grid, random=5), config)
+  assert len(sweeping.plan(sweeping.Spec('c', grid=grid, random=4), config)) == 4
+  # A repeated value is one value; a whole-number range holds its whole numbers.
+  spec = sweeping.Spec('c', grid={'model.cell': ['lstm', 'gru', 'gru']}, random=7,
+                       ranges={'model.hidden': '8:10'})
+  with pytest.raises(UserError, match=r'^--random 7 asks for 7 distinct points, and the --grid '
+                     r'lists and the whole-number --range ranges hold only 6; give their values '
+                     r'as --grid lists \(without --random\) to run them all, or ask for --random '
+                     r'6 or fewer$'):
+    sweeping.plan(spec, config)
+  spec.random = 6  # Exactly as many: every one of them, the same ones each time.
+  points = sweeping.plan(spec, config)
+  assert points == sweeping.plan(spec, config)
+  assert sorted(p.name for p in points) == sorted(
+      f'cell={c},hidden={h}' for c in ('lstm', 'gru') for h in (8, 9, 10))
+  log = sweeping.Spec('c', ranges={'model.hidden': '1:3:log'}, random=3)
+  assert sorted(p.name for p in sweeping.plan(log, config)) == ['hidden=1', 'hidden=2', 'hidden=3']
+  with pytest.raises(UserError, match=r'^--random 2 draws from --grid lists and --range ranges, '
+                     'and none is given'):
+    sweeping.plan(sweeping.Spec('c', random=2), config)
+  # A range of another number field is drawn to 3 significant digits: a narrow one holds few.
+  narrow = sweeping.Spec('c', ranges={'model.dropout': '0.1:0.1004'}, random=2, seed=5)
+  with pytest.raises(UserError, match=r'^--random 2: 1 distinct point turned up in 1,200 draws '
+                     r'\(--seed 5; .*\); widen the --range ranges or ask for --random 1 or fewer$'):
+    sweeping.plan(narrow, config)
 
 
 def test_parallel_points_each_get_their_own_gpu():
@@ -254,6 +292,80 @@ def test_a_killed_sweep_completes_when_run_again(tmp_path):
     assert [r['status'] for r in csv.DictReader(f)] == ['done'] * 4
   log = (second / 'train.log').read_text()
   assert 'stopping: saving a checkpoint' in log and f'resuming {second} from step' in log
+
+
+def _interrupt(process, line: str, delay: float = 0.0, after=lambda: True, wait: float = 60):
+  """Reads the sweep's output up to `line`, waits `delay` seconds and until `after()`, sends
+  SIGINT (Ctrl-C) and waits for the sweep to end: (its output, its stderr, seconds from the
+  signal to its end)."""
+  out = []
+  while not out or line not in out[-1]:
+    out.append(process.stdout.readline())
+    assert out[-1], f'the sweep ended before {line!r}: {"".join(out)}{process.stderr.read()}'
+  time.sleep(delay)
+  while not after():
+    time.sleep(0.05)
+  process.send_signal(signal.SIGINT)
+  start = time.time()
+  rest, err = process.communicate(timeout=wait)
+  return ''.join(out) + rest, err, time.time() - start
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_sweep_and_running_it_again_completes_it(tmp_path):
+  """Ctrl-C while a point trains: it saves and stops, recorded 'interrupted', and the sweep
+  exits 130 with one line; Ctrl-C as a point starts (before charlm.train's handler) stops it
+  too, neither lost nor counted as a failure; the same command then finishes every point and
+  leaves the finished one alone."""
+  write_text(tmp_path / 'text.txt')
+  longer = ['--set', 'train.steps=400', '--set', 'train.eval_every=50', '--set',
+            'train.ckpt_every=50', '--set', 'train.log_every=25']
+  args = sweep_args(tmp_path, *GRID, *longer, '--name', 'c')
+  sweepdir = tmp_path / 'sweeps' / 'c'
+  first, second = sweepdir / 'lr=0.002,seed=0', sweepdir / 'lr=0.002,seed=1'
+
+  def start():
+    return subprocess.Popen([sys.executable, '-m', 'charlm.sweep', *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+  def trains():
+    return 'step 50/' in (second / 'train.log').read_text()
+
+  out, err, seconds = _interrupt(start(), 'lr=0.002,seed=1: training', after=trains)
+  assert 'Traceback' not in out + err and seconds < 30, out + err
+  assert err.splitlines() == [f'interrupted: 1 of 4 points done; run the same command to resume '
+                              f'{sweepdir}'], out + err
+  assert 'stopping: the running point saves a checkpoint and stops' in out
+  assert 'lr=0.002,seed=1: interrupted' in out
+  record = json.load(open(second / 'point.json'))
+  assert record['status'] == 'interrupted' and record['failures'] == 0
+  assert json.load(open(first / 'point.json'))['status'] == 'done'
+  assert not (sweepdir / 'lr=0.004,seed=0').exists()
+  with open(sweepdir / 'results.csv') as f:
+    assert {r['point']: r['status'] for r in csv.DictReader(f)} == {
+        'lr=0.002,seed=0': 'done', 'lr=0.002,seed=1': 'interrupted',
+        'lr=0.004,seed=0': 'pending', 'lr=0.004,seed=1': 'pending'}
+  log = (second / 'train.log').read_text()
+  assert 'stopping: saving a checkpoint' in log and 'checkpoint saved' in log
+  done = mtimes(first)
+
+  # Ctrl-C half a second after the resumed point starts, while it imports JAX: before the fix
+  # that point lost the KeyboardInterrupt in a gc callback and trained on to its end, or
+  # aborted and was recorded as failed.
+  out, err, _ = _interrupt(start(), 'lr=0.002,seed=1: training', delay=0.5)
+  assert 'Traceback' not in out + err, out + err
+  assert len(err.splitlines()) == 1 and err.startswith('interrupted: 1 of 4 points done'), err
+  record = json.load(open(second / 'point.json'))
+  assert record['status'] == 'interrupted' and record['failures'] == 0, record
+  assert mtimes(first) == done
+
+  again = run_cli('charlm.sweep', *args)
+  assert again.returncode == 0, again.stdout + again.stderr
+  assert '1 finished or given up, 3 to run' in again.stdout
+  assert mtimes(first) == done
+  with open(sweepdir / 'results.csv') as f:
+    assert [r['status'] for r in csv.DictReader(f)] == ['done'] * 4
+  assert f'resuming {second} from step' in (second / 'train.log').read_text()
 
 
 @pytest.mark.slow
