@@ -56,6 +56,7 @@ _DYNAMIC = flags.DEFINE_bool('dynamic', True, "Score charlm's best checkpoint wi
                              'evaluation too.')
 _PEER_PYTHON = flags.DEFINE_string('peer_python', '', "The peer's python ('': from setup.sh).")
 _NO_PEER = flags.DEFINE_bool('no_peer', False, 'Run charlm only.')
+_NO_CHARLM = flags.DEFINE_bool('no_charlm', False, 'Run the peer only (its sweep, say).')
 _RUNS = flags.DEFINE_string('runs', os.path.join(ROOT, 'runs', 'bench_quality'),
                             "Where charlm's workdirs go (each budget's is replaced).")
 _OUT = flags.DEFINE_string('out', os.path.join(ROOT, 'experiments', 'results',
@@ -147,8 +148,10 @@ def main(argv):
   python = None if _NO_PEER.value else common.peer_python(_PEER_PYTHON.value)
   best_setting = None
   for minutes in budgets:
-    entry = result['budgets'][f'{minutes:g}'] = {'charlm': charlm_run(minutes)}
-    result['load'].append(os.getloadavg())
+    entry = result['budgets'][f'{minutes:g}'] = {}
+    if not _NO_CHARLM.value:
+      entry['charlm'] = charlm_run(minutes)
+      result['load'].append(os.getloadavg())
     if python:
       if best_setting is None:
         sweep = [peer_run(python, s, minutes) for s in settings]
@@ -165,11 +168,14 @@ def main(argv):
         'peer setting | charlm recipe |')
   print('| ---: | ---: | ---: | ---: | --- | --- |')
   for minutes, entry in result['budgets'].items():
-    c, p = entry['charlm'], entry.get('peer')
+    c, p = entry.get('charlm', {}), entry.get('peer')
     dyn = f'{c["dynamic_val_loss"]:.4f}' if 'dynamic_val_loss' in c else ''
+    mine = f'{c["val_loss_best"]:.4f} ({c["val_bpc_best"]:.4f})' if c else ''
     peer = f'{p["val_loss_best"]:.4f} ({p["val_loss_best"] / LN2:.4f})' if p else ''
-    print(f'| {minutes} min | {c["val_loss_best"]:.4f} ({c["val_bpc_best"]:.4f}) | {dyn} | '
-          f'{peer} | {p["setting"]["name"] if p else ""} | {c["recipe"]} |')
+    print(f'| {minutes} min | {mine} | {dyn} | {peer} | {p["setting"]["name"] if p else ""} | '
+          f'{c.get("recipe", "")} |')
+    for row in (p or {}).get('sweep', []):
+      print(f'  peer sweep: {row["setting"]}: {row["val_loss_best"]:.4f}')
   for name, loss in ANCHORS.items():
     print(f'anchor: {name}: {loss}')
   if _OUT.value:

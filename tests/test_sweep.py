@@ -26,6 +26,17 @@ def sweep_args(tmp, *args):
           '--root', str(tmp / 'sweeps'), *args]
 
 
+def rerun_completes_the_rest(args, sweepdir, first, done):
+  """The same sweep command again runs the three points left, leaving the finished one's files
+  (`first`, modified at `done`) untouched, and all four end done."""
+  again = run_cli('charlm.sweep', *args)
+  assert again.returncode == 0, again.stdout + again.stderr
+  assert '1 finished or given up, 3 to run' in again.stdout
+  assert mtimes(first) == done
+  with open(sweepdir / 'results.csv') as f:
+    assert [r['status'] for r in csv.DictReader(f)] == ['done'] * 4
+
+
 def mtimes(directory) -> dict:
   """Every file under `directory` but the sweep's records and results, with its mtime."""
   out = {}
@@ -284,12 +295,7 @@ def test_a_killed_sweep_completes_when_run_again(tmp_path):
   for name in NAMES:  # Wait for the orphaned point to save and exit.
     while (sweepdir / name / '.lock').exists() and not _free(sweepdir / name / '.lock'):
       time.sleep(0.2)
-  again = run_cli('charlm.sweep', *args)
-  assert again.returncode == 0, again.stdout + again.stderr
-  assert '1 finished or given up, 3 to run' in again.stdout
-  assert mtimes(first) == done
-  with open(sweepdir / 'results.csv') as f:
-    assert [r['status'] for r in csv.DictReader(f)] == ['done'] * 4
+  rerun_completes_the_rest(args, sweepdir, first, done)
   log = (second / 'train.log').read_text()
   assert 'stopping: saving a checkpoint' in log and f'resuming {second} from step' in log
 
@@ -359,12 +365,7 @@ def test_ctrl_c_stops_a_sweep_and_running_it_again_completes_it(tmp_path):
   assert record['status'] == 'interrupted' and record['failures'] == 0, record
   assert mtimes(first) == done
 
-  again = run_cli('charlm.sweep', *args)
-  assert again.returncode == 0, again.stdout + again.stderr
-  assert '1 finished or given up, 3 to run' in again.stdout
-  assert mtimes(first) == done
-  with open(sweepdir / 'results.csv') as f:
-    assert [r['status'] for r in csv.DictReader(f)] == ['done'] * 4
+  rerun_completes_the_rest(args, sweepdir, first, done)
   assert f'resuming {second} from step' in (second / 'train.log').read_text()
 
 
