@@ -38,9 +38,21 @@ class _QuietDiskFull(logging.Filter):
     return disk_full(error) is None and disk_full(Exception(record.getMessage())) is None
 
 
+class _QuietOrphanedReadFutures(logging.Filter):
+  """A failed restore's other tensorstore reads (see `_quiet_orphaned_reads`) can also end as
+  futures whose error nobody retrieves, which asyncio logs when they are collected, at any
+  time after, exit included; the restore's own error already said what failed."""
+
+  def filter(self, record):
+    message = record.getMessage()
+    return not (message.startswith('Future exception was never retrieved')
+                and 'tensorstore' in message)
+
+
 logging.getLogger('absl').addFilter(_QuietMissingMetrics())
 for _name in ('absl', 'asyncio'):
   logging.getLogger(_name).addFilter(_QuietDiskFull())
+logging.getLogger('asyncio').addFilter(_QuietOrphanedReadFutures())
 
 
 class _QuietSaves:
