@@ -40,13 +40,14 @@ class _QuietDiskFull(logging.Filter):
 
 class _QuietOrphanedReadFutures(logging.Filter):
   """A failed restore's other tensorstore reads (see `_quiet_orphaned_reads`) can also end as
-  futures whose error nobody retrieves, which asyncio logs when they are collected, at any
-  time after, exit included; the restore's own error already said what failed."""
+  futures or tasks whose error nobody retrieves, which asyncio logs when they are collected, at
+  any time after, exit included; the restore's own error already said what failed."""
 
   def filter(self, record):
     message = record.getMessage()
-    return not (message.startswith('Future exception was never retrieved')
-                and 'tensorstore' in message)
+    first = message.split('\n', 1)[0]
+    return not (first in ('Future exception was never retrieved',
+                          'Task exception was never retrieved') and 'tensorstore' in message)
 
 
 logging.getLogger('absl').addFilter(_QuietMissingMetrics())
