@@ -75,10 +75,7 @@ def resolve_schedule(config):
   (docs/speed.md). Other names are kept; a config already resolved is returned as it is."""
   if config.optim.schedule != 'auto':
     return config
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.optim.schedule = 'cosine' if budgeted(config) else 'constant'
-  config.lock()
-  return config
+  return _replaced(config, 'optim', 'schedule', 'cosine' if budgeted(config) else 'constant')
 
 
 def make_schedule(optim, steps_per_epoch: int, total_steps: int):
@@ -417,8 +414,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
 
 def _with_steps(config, steps: int):
   """A copy of `config` with train.steps = `steps` (what a budget resolved to)."""
+  return _replaced(config, 'train', 'steps', int(steps))
+
+
+def _replaced(config, section: str, field: str, value):
+  """A locked copy of `config` with section.field = `value`: what the run resolved."""
   config = ml_collections.ConfigDict(config.to_dict())
-  config.train.steps = int(steps)
+  config[section][field] = value
   config.lock()
   return config
 

@@ -5,8 +5,9 @@ A corpus config names its data, its GPU model and its `:small` model; everything
 here, so the configs differ only where the experiments do.
 
 `:cpuN` is the best model found for a budget of N minutes on a 2-core CPU (`train.minutes=N`):
-the fields of CPU_RECIPES' entry for the largest budget up to N (5 and 15 minutes were
-searched, with charlm.sweep on tinyshakespeare; experiments/bench_quality.py measures them).
+the fields of CPU_RECIPES' entry for the largest budget up to N (5 minutes searched with
+charlm.sweep on tinyshakespeare, 15 minutes checked against the 5-minute recipe:
+experiments/results/recipes_cpu.md; experiments/bench_quality.py measures them).
 """
 from configs import default
 
