@@ -15,12 +15,14 @@
 // batch rows are independent, so the rows are split over XLA's CPU thread pool and each thread
 // runs its rows through every step without waiting for the others.
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -30,17 +32,35 @@ namespace ffi = xla::ffi;
 namespace {
 
 typedef float v8 __attribute__((vector_size(32)));  // 8 floats: one AVX register.
+typedef float v16 __attribute__((vector_size(64)));  // 16 floats: one AVX-512 register.
 
-inline v8 Load(const float* p, v8) { v8 v; std::memcpy(&v, p, sizeof v); return v; }
+// The widest vector the CPU computes in, and the product's register blocking: panels of two
+// vectors' columns, blocks of at most kMaxRows rows (2 kMaxRows accumulators beside the
+// operands: AVX-512 has 32 registers, AVX2 16).
+#ifdef __AVX512F__
+typedef v16 vec;
+constexpr int kMaxRows = 12;
+#else
+typedef v8 vec;
+constexpr int kMaxRows = 6;
+#endif
+constexpr int kLanes = sizeof(vec) / sizeof(float), kPanel = 2 * kLanes;
+
+template <class V>
+inline V Load(const float* p, V) { V v; std::memcpy(&v, p, sizeof v); return v; }
 inline float Load(const float* p, float) { return *p; }
-inline void Store(float* p, v8 x) { std::memcpy(p, &x, sizeof x); }
+template <class V>
+inline void Store(float* p, V x) { std::memcpy(p, &x, sizeof x); }
 inline void Store(float* p, float x) { *p = x; }
 
-// f(j, tag) for j = 0, 8, 16, ... with a v8 tag while 8 remain, then one at a time (float tag).
+// f(j, tag) for j = 0, kLanes, ... with a vec tag while kLanes remain, then 8 at a time (v8
+// tag), then one at a time (float tag).
 template <class F>
 inline void ForEach(int64_t n, F f) {
   int64_t j = 0;
-  for (; j + 8 <= n; j += 8) f(j, v8{});
+  for (; j + kLanes <= n; j += kLanes) f(j, vec{});
+  if constexpr (kLanes > 8)
+    for (; j + 8 <= n; j += 8) f(j, v8{});
   for (; j < n; ++j) f(j, 0.0f);
 }
 
@@ -65,35 +85,35 @@ inline V Tanh(V x) {
   return p * x / q;
 }
 
-// The matrix b [k, n] (element (p, j) at b[p * sk + j * sn]) as panels of 16 columns, each
-// [k, 16] contiguous and the last padded with zeros: the product reads it in order.
+// The matrix b [k, n] (element (p, j) at b[p * sk + j * sn]) as panels of kPanel columns, each
+// [k, kPanel] contiguous and the last padded with zeros: the product reads it in order.
 std::vector<float> Pack(const float* b, int64_t k, int64_t n, int64_t sk, int64_t sn) {
-  const int64_t panels = (n + 15) / 16;
-  std::vector<float> packed(panels * k * 16, 0.0f);
+  const int64_t panels = (n + kPanel - 1) / kPanel;
+  std::vector<float> packed(panels * k * kPanel, 0.0f);
   for (int64_t j = 0; j < panels; ++j)
     for (int64_t p = 0; p < k; ++p)
-      for (int64_t c = 0; c < 16 && 16 * j + c < n; ++c)
-        packed[(j * k + p) * 16 + c] = b[p * sk + (16 * j + c) * sn];
+      for (int64_t c = 0; c < kPanel && kPanel * j + c < n; ++c)
+        packed[(j * k + p) * kPanel + c] = b[p * sk + (kPanel * j + c) * sn];
   return packed;
 }
 
-// out [R, cols] = init + a [R, k] @ panel [k, cols], cols <= 16, in 2R accumulator registers.
+// out [R, cols] = init + a [R, k] @ panel [k, cols], cols <= kPanel, in 2R accumulators.
 template <int R>
 inline void Block(const float* a, int64_t lda, const float* panel, int64_t k, const float* init,
                   int64_t ldi, float* out, int64_t ldo, int64_t cols) {
-  v8 acc[R][2];
-  float edge[16];
+  vec acc[R][2];
+  float edge[kPanel];
   for (int r = 0; r < R; ++r) {
     const float* row = init + r * ldi;
-    if (cols < 16) {
-      for (int c = 0; c < 16; ++c) edge[c] = c < cols ? row[c] : 0.0f;
+    if (cols < kPanel) {
+      for (int c = 0; c < kPanel; ++c) edge[c] = c < cols ? row[c] : 0.0f;
       row = edge;
     }
-    acc[r][0] = Load(row, v8{});
-    acc[r][1] = Load(row + 8, v8{});
+    acc[r][0] = Load(row, vec{});
+    acc[r][1] = Load(row + kLanes, vec{});
   }
   for (int64_t p = 0; p < k; ++p) {
-    const v8 b0 = Load(panel + 16 * p, v8{}), b1 = Load(panel + 16 * p + 8, v8{});
+    const vec b0 = Load(panel + kPanel * p, vec{}), b1 = Load(panel + kPanel * p + kLanes, vec{});
     for (int r = 0; r < R; ++r) {
       const float x = a[r * lda + p];
       acc[r][0] += x * b0;
@@ -101,35 +121,35 @@ inline void Block(const float* a, int64_t lda, const float* panel, int64_t k, co
     }
   }
   for (int r = 0; r < R; ++r) {
-    float* row = cols < 16 ? edge : out + r * ldo;
+    float* row = cols < kPanel ? edge : out + r * ldo;
     Store(row, acc[r][0]);
-    Store(row + 8, acc[r][1]);
-    if (cols < 16) std::memcpy(out + r * ldo, edge, cols * sizeof(float));
+    Store(row + kLanes, acc[r][1]);
+    if (cols < kPanel) std::memcpy(out + r * ldo, edge, cols * sizeof(float));
   }
 }
+
+// Block<R> for R = 1 .. kMaxRows, indexed by R - 1.
+template <int... R>
+constexpr auto MakeBlocks(std::integer_sequence<int, R...>) {
+  return std::array{&Block<R + 1>...};
+}
+constexpr auto kBlocks = MakeBlocks(std::make_integer_sequence<int, kMaxRows>{});
 
 // out [m, n] = init [m, n] + a [m, k] @ b [k, n], b packed by Pack; rows at the given strides.
 void Gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* packed,
           const float* init, int64_t ldi, float* out, int64_t ldo) {
-  for (int64_t j = 0; j < n; j += 16) {
-    const float* panel = packed + (j / 16) * k * 16;
-    const int64_t cols = std::min<int64_t>(16, n - j);
+  for (int64_t j = 0; j < n; j += kPanel) {
+    const float* panel = packed + (j / kPanel) * k * kPanel;
+    const int64_t cols = std::min<int64_t>(kPanel, n - j);
     for (int64_t r = 0; r < m;) {
-      const float* ar = a + r * lda;
-      const float* ir = init + r * ldi + j;
-      float* o = out + r * ldo + j;
-      // At most 6 rows (12 accumulators, what AVX2's 16 registers hold beside the operands),
-      // in blocks of even size: 16 rows as 6, 5, 5 rather than 6, 6, 4, whose last block has
-      // too few independent sums to keep both FMA units busy (measured: docs/speed.md).
-      const int64_t left = m - r, blocks = (left + 5) / 6;
-      switch ((left + blocks - 1) / blocks) {
-        case 6: Block<6>(ar, lda, panel, k, ir, ldi, o, ldo, cols); r += 6; break;
-        case 5: Block<5>(ar, lda, panel, k, ir, ldi, o, ldo, cols); r += 5; break;
-        case 4: Block<4>(ar, lda, panel, k, ir, ldi, o, ldo, cols); r += 4; break;
-        case 3: Block<3>(ar, lda, panel, k, ir, ldi, o, ldo, cols); r += 3; break;
-        case 2: Block<2>(ar, lda, panel, k, ir, ldi, o, ldo, cols); r += 2; break;
-        default: Block<1>(ar, lda, panel, k, ir, ldi, o, ldo, cols); r += 1;
-      }
+      // At most kMaxRows rows, in blocks of even size: 16 rows as 6, 5, 5 rather than 6, 6,
+      // 4, whose last block has too few independent sums to keep both FMA units busy
+      // (measured: docs/speed.md).
+      const int64_t left = m - r, blocks = (left + kMaxRows - 1) / kMaxRows;
+      const int64_t rows = (left + blocks - 1) / blocks;
+      kBlocks[rows - 1](a + r * lda, lda, panel, k, init + r * ldi + j, ldi, out + r * ldo + j,
+                        ldo, cols);
+      r += rows;
     }
   }
 }

@@ -137,10 +137,11 @@ NATIVE = LoopOptions(native=True)
 @pytest.mark.parametrize('loops,t,b,h', [
     (CPU_XLA_LOOPS, 7, 3, 5), (LoopOptions(unroll=2), 7, 3, 5),
     (LoopOptions(unroll=3, unroll_backward=4), 7, 3, 5),
-    # Native: rows and columns that fill its register blocks and 8-wide vectors, and that don't.
-    (NATIVE, 7, 3, 5), (NATIVE, 9, 13, 12), (NATIVE, 5, 16, 32)],
+    # Native: rows and columns that fill its register blocks (up to 6 or 12 rows, panels of 16
+    # or 32 columns) and vectors (8 or 16 floats, then 8, then one), and that don't.
+    (NATIVE, 7, 3, 5), (NATIVE, 9, 13, 12), (NATIVE, 5, 16, 32), (NATIVE, 4, 25, 24)],
     ids=['feature-major', 'batch-major', 'batch-major-unrolled', 'native-tails',
-         'native-partial-blocks', 'native-full-blocks'])
+         'native-partial-blocks', 'native-full-blocks', 'native-wide-blocks'])
 def test_fused_lstm_matches_autodiff_of_plain_lstm(loops, t, b, h):
   """The hand-written backward pass against jax.grad of a textbook LSTM, all inputs, in each
   loop layout (the CPU's and the GPU's XLA loops, run here on whichever backend this is, and
