@@ -87,7 +87,8 @@ class Model:
     followed a newline); logprobs[n] is the distribution of the character after it. streams > 1
     reads the text in that many parts side by side, faster, each part from the start; clamp
     holds cells ('LAYER:KIND:INDEX=VALUE'), in the slower step-by-step loop; kinds limits what
-    is returned (default all).
+    is returned (default all). Without a clamp the arrays are read-only, as the network wrote
+    them (copy one to change it).
     """
     ids = self._ids(text, unknown)
     out = internals.activations(self.module, self.params, ids, start_token=self.start_token,

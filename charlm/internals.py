@@ -13,20 +13,21 @@ It runs in eval mode (no dropout), `chunk` characters of each stream per compile
 (default: about CALL_CHARS in all), carrying the state from call to call, so that memory holds
 one chunk besides the arrays returned. Two loops run it:
 
-  'layers'  the model's own forward, CharRNN.apply with its layers sowing their states: the
-            loops training runs (the native CPU LSTM loops, say), one layer after the other
-            over a chunk; the fast one.
+  'layers'  the model's own forward, CharRNN.apply with its layers writing their states into
+            the arrays returned ('into', donated to each call: no copy; the native CPU LSTM
+            loops write them as they go): the loops training runs, one layer after the other
+            over a chunk; the fast one. The arrays come back read-only.
   'steps'   one compiled step through all layers per character (sampling.step_states), the
             only one that can hold cells (charlm.clamp), so a clamp runs it; slower.
 
-streams=S cuts the text into S contiguous parts (`stream_bounds`) read side by side as one
-batch, each from the start-token state: much faster, but the first characters of each part
-lack the context before it. streams=1 is one exact pass.
+streams=S cuts the text into S contiguous parts (`stream_bounds`, in whole chunks) read side by
+side as one batch, each from the start-token state: much faster, but the first characters of
+each part lack the context before it. streams=1 is one exact pass.
 
 `ablate` holds one cell at a time at its mean over the text and reports the loss it costs.
 """
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -37,9 +38,9 @@ from charlm import model as model_lib
 from charlm import sampling
 from charlm.errors import UserError
 
-# Characters per compiled call (streams x chunk) when no chunk is given: more per call measured
-# slower (each call's outputs are fresh memory; docs/speed.md), fewer pay the call's overhead.
-CALL_CHARS = 2048
+# Characters per compiled call (streams x chunk) when no chunk is given: fewer pay the call's
+# overhead more often, more hold more memory (docs/speed.md).
+CALL_CHARS = 8192
 MIN_CHUNK = 16
 SCORE_CHUNK = 128  # Ablation's held runs: each returns one number per character.
 LOOPS = ('auto', 'layers', 'steps')
@@ -47,12 +48,14 @@ ABLATE_STREAMS = 16
 ABLATE_ROWS = 512  # The most batch rows (ablated cells x streams) of one ablation pass.
 
 
-def stream_bounds(length: int, streams: int) -> list[tuple[int, int]]:
+def stream_bounds(length: int, streams: int, multiple: int = 1) -> list[tuple[int, int]]:
   """The (begin, end) of each part `streams` cuts a text of `length` characters into: ceil(length
-  / streams) characters each, the last shorter (fewer parts where the text runs out)."""
+  / streams) characters each, rounded up to a multiple of `multiple`, the last shorter (fewer
+  parts where the text runs out)."""
   if int(streams) != streams or streams < 1:
     raise UserError(f'streams must be a whole number >= 1, got {streams}')
   per = max(1, -(-length // int(streams)))
+  per = -(-per // multiple) * multiple
   return [(begin, min(begin + per, length)) for begin in range(0, length, per)]
 
 
@@ -71,14 +74,10 @@ def activations(model: model_lib.CharRNN, params, ids, *, start_token: int, stre
   names = [f'layer{layer}/{kind}' for layer in range(model.num_layers)
            for kind in _check_kinds(kinds, model.cell)]
   grid = _Grid(ids, streams, chunk, start_token)
-  chunk = grid.chunk
-  reader = _Reader(model, params, loop)
-  widths = {name: model.hidden for name in names} | {'logprobs': model.vocab_size}
-  out = {name: np.empty((grid.streams, grid.per, w), np.float32) for name, w in widths.items()}
-  for begin, logprobs, states in reader.read(grid, names, clamp_lib.holds(clamps, model.hidden)):
-    end = min(begin + chunk, grid.per)
-    for name, value in [('logprobs', logprobs), *states.items()]:  # Time-major: [T, S, width].
-      out[name][:, begin:end] = value[:end - begin].swapaxes(0, 1)
+  if loop == 'layers':
+    out = _read_layers(model, params, grid, names)
+  else:
+    out = _read_steps(model, params, grid, names, clamp_lib.holds(clamps, model.hidden))
   return {name: a.reshape(-1, a.shape[-1])[:len(ids)] for name, a in out.items()}
 
 
@@ -110,7 +109,7 @@ def ablate(model: model_lib.CharRNN, params, ids, cells, *, start_token: int, wh
   items = [None, *zip(cells, means, strict=True)]  # None: the unheld run.
   per_pass = min(len(items), max(1, ABLATE_ROWS // grid.streams))
   totals, where_totals = np.zeros(len(items)), np.zeros(len(items))
-  reader = _Reader(model, params, 'steps')
+  reader = _Reader(model, params)
   for first in range(0, len(items), per_pass):
     group = items[first:first + per_pass]
     holds = _group_holds(group + [None] * (per_pass - len(group)), names, grid.streams,
@@ -137,47 +136,100 @@ def ablate(model: model_lib.CharRNN, params, ids, cells, *, start_token: int, wh
 # Reading a text in streams, a chunk at a time.
 
 class _Grid:
-  """A text cut into `streams` rows of `per` characters each (`stream_bounds`), padded with the
-  start token to whole chunks: inputs [streams, padded]. Position (k, t) is character
-  k * per + t, real where that is below the text's length. chunk None: CALL_CHARS / streams,
-  at most `per` rounded up to a power of two (so that a short text compiles few shapes)."""
+  """A text cut into `streams` rows of `per` characters each (`stream_bounds` in whole chunks),
+  padded with the start token: inputs [streams, per]. Position (k, t) is character k * per + t,
+  real where that is below the text's length. chunk None: CALL_CHARS / streams, at most the
+  text's length per stream rounded up to a power of two (so that a short text compiles few
+  shapes)."""
 
   def __init__(self, ids: np.ndarray, streams: int, chunk: int | None, start_token: int,
                longest: int = CALL_CHARS):
-    bounds = stream_bounds(len(ids), streams) or [(0, 1)]  # An empty text: one padded row.
+    per = (stream_bounds(len(ids), streams) or [(0, 1)])[0][1]  # An empty text: one row.
     if chunk is None:
       chunk = min(max(MIN_CHUNK, longest // int(streams)),
-                  max(MIN_CHUNK, 1 << (bounds[0][1] - 1).bit_length()))
+                  max(MIN_CHUNK, 1 << (per - 1).bit_length()))
     if int(chunk) != chunk or chunk < 1:
       raise UserError(f'chunk must be a whole number >= 1, got {chunk}')
-    self.streams, self.per, self.chunk = len(bounds), bounds[0][1], int(chunk)
+    self.chunk = int(chunk)
+    bounds = stream_bounds(len(ids), streams, self.chunk) or [(0, self.chunk)]
+    self.streams, self.per = len(bounds), bounds[0][1]
     self.start_token, self.length = int(start_token), len(ids)
-    padded = -(-self.per // self.chunk) * self.chunk
     flat = np.full(self.streams * self.per, start_token, np.int32)
     flat[:len(ids)] = ids
-    self.inputs = np.full((self.streams, padded), start_token, np.int32)
-    self.inputs[:, :self.per] = flat.reshape(self.streams, self.per)
+    self.inputs = flat.reshape(self.streams, self.per)
 
   def positions(self, begin: int) -> np.ndarray:
     """The character index of each position of the chunk at `begin`, [streams, chunk]; -1 where
     the position is padding."""
     t = begin + np.arange(self.chunk)
     n = np.arange(self.streams)[:, None] * self.per + t[None]
-    return np.where((t[None] < self.per) & (n < self.length), n, -1)
+    return np.where(n < self.length, n, -1)
+
+
+def _read_layers(model, params, grid: _Grid, names) -> dict[str, np.ndarray]:
+  """The 'layers' loop: {name: [streams, per, width]}, read-only, written in place chunk by
+  chunk (`_layers_into`)."""
+  carry, _ = _layers_into(model, params, model.initial_carry(grid.streams), {},
+                          np.full((grid.streams, 1), grid.start_token, np.int32), np.int32(0))
+  zeros = lambda width: jnp.zeros((grid.streams, grid.per, width), jnp.float32)
+  into = {'logprobs': zeros(model.vocab_size)}
+  for name in names:
+    layer, kind = name.split('/')
+    into.setdefault(layer, {})[kind] = zeros(model.hidden)
+  for begin in range(0, grid.per, grid.chunk):
+    carry, into = _layers_into(model, params, carry, into,
+                               grid.inputs[:, begin:begin + grid.chunk], np.int32(begin))
+  return {name: np.asarray(into[name] if name == 'logprobs' else
+                           into[name.split('/')[0]][name.split('/')[1]])
+          for name in ['logprobs', *names]}
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=3)
+def _layers_into(model, params, carry, into, tokens, begin):
+  """tokens [B, T] through CharRNN.apply, its layers writing their states into `into`
+  ({'logprobs': [B, P, V], 'layer{L}': {kind: [B, P, H]}}, each optional) at steps begin ..
+  begin + T - 1, and the log-probabilities too: (carry, into written)."""
+  layers = {layer: {'begin': begin, **arrays} for layer, arrays in into.items()
+            if layer != 'logprobs'}
+  variables = {'params': params} | ({'into': layers} if layers else {})
+  (logits, carry), written = model.apply(variables, tokens, carry, mutable=['into'])
+  out = {layer: {kind: a for kind, a in arrays.items() if kind != 'begin'}
+         for layer, arrays in written.get('into', {}).items()}
+  if 'logprobs' in into:
+    logprobs = jax.nn.log_softmax(logits.astype(jnp.float32))
+    out['logprobs'] = jax.lax.dynamic_update_slice(into['logprobs'], logprobs, (0, begin, 0))
+  return carry, out
+
+
+def _read_steps(model, params, grid: _Grid, names, holds) -> dict[str, np.ndarray]:
+  """The 'steps' loop: {name: [streams, per, width]}, copied out chunk by chunk; the next chunk
+  is dispatched before this one is copied."""
+  reader = _Reader(model, params)
+  widths = {name: model.hidden for name in names} | {'logprobs': model.vocab_size}
+  out = {name: np.empty((grid.streams, grid.per, w), np.float32) for name, w in widths.items()}
+  carry, _ = reader.start(grid.streams, grid.start_token, holds)
+  pending = None
+  for begin in range(0, grid.per + grid.chunk, grid.chunk):
+    if pending:  # Time-major: [T, S, width].
+      for name, value in [('logprobs', pending[1]), *pending[2].items()]:
+        out[name][:, pending[0]:pending[0] + grid.chunk] = np.asarray(value).swapaxes(0, 1)
+      pending = None
+    if begin < grid.per:
+      carry, logprobs, states = reader.call(carry, grid.inputs[:, begin:begin + grid.chunk],
+                                            names, holds)
+      pending = begin, logprobs, states
+  return out
 
 
 class _Reader:
-  """One loop's compiled calls on a model's parameters. `holds` (clamp.holds: masks and values
-  [H] or [rows, H]) hold cells on the 'steps' loop."""
+  """The 'steps' loop's compiled calls on a model's parameters. `holds` (clamp.holds: masks and
+  values [H] or [rows, H]) hold cells."""
 
-  def __init__(self, model, params, loop: str):
-    self.model, self.loop = model, loop
-    self.params = params if loop == 'layers' else sampling.step_weights(model, params)
+  def __init__(self, model, params):
+    self.model, self.weights = model, sampling.step_weights(model, params)
 
   def call(self, carry, tokens, names, holds, targets=None):
-    if self.loop == 'layers':
-      return _layers_chunk(self.model, self.params, carry, tokens, tuple(names))
-    return _steps_chunk(self.model, self.params, carry, tokens, holds, tuple(names), targets)
+    return _steps_chunk(self.model, self.weights, carry, tokens, holds, tuple(names), targets)
 
   def start(self, rows: int, start_token: int, holds, targets=None):
     """The carry after the start token, and its log-probabilities ([1, rows, V], or of
@@ -186,28 +238,13 @@ class _Reader:
                                    np.full((rows, 1), start_token, np.int32), (), holds, targets)
     return carry, logprobs
 
-  def read(self, grid: _Grid, names, holds) -> Iterator[tuple[int, np.ndarray, dict]]:
-    """Yields (begin, log-probabilities [chunk, S, V], states {name: [chunk, S, H]}) per chunk,
-    numpy, time-major; the next chunk is dispatched before this one is copied out."""
-    carry, _ = self.start(grid.streams, grid.start_token, holds)
-    pending = None
-    for begin in range(0, grid.per, grid.chunk):
-      carry, logprobs, states = self.call(carry, grid.inputs[:, begin:begin + grid.chunk], names,
-                                          holds)
-      if pending:
-        yield pending[0], np.asarray(pending[1]), jax.tree.map(np.asarray, pending[2])
-      pending = begin, logprobs, states
-    yield pending[0], np.asarray(pending[1]), jax.tree.map(np.asarray, pending[2])
-
   def scores(self, grid: _Grid, ids: np.ndarray, holds, copies: int, where) -> tuple:
     """Sums of log p(ids[n] | ids[:n]) over all n and over the n where `where` holds, for each
     of `copies` stacks of the grid's rows (one per ablated cell): two arrays [copies]."""
     rows = copies * grid.streams
     targets = np.full(grid.streams * grid.per, grid.start_token, np.int32)
     targets[:len(ids) - 1] = ids[1:]  # The character after each position.
-    padded = grid.inputs.shape[1]
-    target_grid = np.full((grid.streams, padded), grid.start_token, np.int32)
-    target_grid[:, :grid.per] = targets.reshape(grid.streams, grid.per)
+    target_grid = targets.reshape(grid.streams, grid.per)
     inputs, target_grid = np.tile(grid.inputs, (copies, 1)), np.tile(target_grid, (copies, 1))
     carry, first = self.start(rows, grid.start_token, holds,
                               np.full((rows, 1), ids[0], np.int32))
@@ -224,25 +261,6 @@ class _Reader:
         chosen = real & where[np.clip(scored, 0, len(ids) - 1)]
         where_total += np.where(chosen, logprobs, 0).sum(axis=(1, 2))
     return total, where_total
-
-
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _layers_chunk(model, params, carry, tokens, names):
-  """tokens [B, T] through CharRNN.apply: (carry, log-probabilities, states), time-major:
-  [T, B, V] and [T, B, H] (as the layers sow them: the host copy that follows transposes)."""
-  logprobs = lambda logits: jax.nn.log_softmax(jnp.swapaxes(logits, 0, 1).astype(jnp.float32))
-  if not names:
-    logits, carry = model.apply({'params': params}, tokens, carry)
-    return carry, logprobs(logits), {}
-  (logits, carry), variables = model.apply({'params': params}, tokens, carry,
-                                           mutable=['intermediates'])
-  sown = variables['intermediates']
-  states = {}
-  for name in names:
-    layer, kind = name.split('/')
-    (value,) = sown[layer][kind]
-    states[name] = value.astype(jnp.float32)
-  return carry, logprobs(logits), states
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5))
@@ -271,14 +289,11 @@ def _steps_chunk(model, weights, carry, tokens, holds, names, targets=None):
 
 def _means(model, params, ids, cells, start_token, streams, chunk) -> list[float]:
   """Each cell's mean over the states after every character, read in `streams`."""
-  grid = _Grid(ids, streams, chunk, start_token)
-  names = sorted({f'layer{layer}/{kind}' for layer, kind, _ in cells})
-  sums = {name: np.zeros(model.hidden) for name in names}
-  for begin, _, states in _Reader(model, params, 'layers').read(grid, names, {}):
-    real = (grid.positions(begin) >= 0).T  # States are time-major.
-    for name in names:
-      sums[name] += states[name][real].sum(axis=0, dtype=np.float64)
-  return [float(sums[f'layer{layer}/{kind}'][index] / len(ids)) for layer, kind, index in cells]
+  kinds = sorted({kind for _, kind, _ in cells})
+  acts = activations(model, params, ids, start_token=start_token, streams=streams, chunk=chunk,
+                     kinds=kinds, loop='layers')
+  return [float(acts[f'layer{layer}/{kind}'][:, index].mean(dtype=np.float64))
+          for layer, kind, index in cells]
 
 
 def _group_holds(group, names, streams: int, hidden: int) -> dict:

@@ -59,6 +59,13 @@ def step(w_h, carry, gx):
   return carry, states['h']
 
 
+def write_steps(array, values, begin):
+  """array [B, P, H] with values [T, B, H] (time-major) written at steps begin .. begin + T - 1:
+  in place where the caller's jit donates the array."""
+  update = jnp.swapaxes(values, 0, 1).astype(array.dtype)
+  return jax.lax.dynamic_update_slice(array, update, (0, begin, 0))
+
+
 def gate_scale(hidden: int, feature_major: bool):
   """Per gate row: 1/2 for the sigmoid gates i, f, o and 1 for the tanh gate g (float32)."""
   s = jnp.repeat(jnp.asarray([0.5, 0.5, 1.0, 0.5], jnp.float32), hidden)

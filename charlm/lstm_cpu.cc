@@ -1,11 +1,13 @@
 // The LSTM recurrence on a CPU as XLA FFI calls: the forward loop (saving what the backward
-// pass needs, or not) and the backward loop.
+// pass needs, or every step's gates and cell state to look inside, or nothing) and the
+// backward loop.
 //
 // They compute what lstm_kernel.py's loops compute (gates i, f, g, o; sigmoid(x) written as
 // (1 + tanh(x / 2)) / 2; tanh as XLA:CPU computes it), in float32, time-major:
 //   forward:  gx [T, B, 4H], w [H, 4H], c0, h0 [B, H] -> hs [T, B, H], cT, hT [B, H], and when
 //             saving for the backward pass also ts [T, B, 4H] (the gates' tanh) and cs [T, B, H]
-//             (each step's previous cell state);
+//             (each step's previous cell state); to look inside, it writes every step's h, new
+//             cell state c and gates i, f, g, o into arrays [B, P, H] it is given (forward_into);
 //   backward: dhs [T, B, H], ts, cs, cT, dcT, dhT, w -> dzs [T, B, 4H] (the gate gradients),
 //             dc0, dh0 [B, H].
 // Why not XLA's while loop: on a CPU each of its iterations runs a dozen small operations, each
@@ -185,10 +187,18 @@ void ParallelRows(ffi::ThreadPool& pool, int64_t B, F fn) {
   chunks->all_done.wait(lock, [&] { return chunks->done == chunks->count; });
 }
 
-// ts and cs are null when not saving.
+// Where the forward loop writes what each step computed besides hs, for looking inside: h, the
+// new cell state c and the gates i, f, g, o (after their sigmoid or tanh), each null or an
+// array that holds step t of batch row b at offset + b * per_b + t * per_t (floats), H floats.
+struct States {
+  float *h = nullptr, *c = nullptr, *i = nullptr, *f = nullptr, *g = nullptr, *o = nullptr;
+  int64_t per_b = 0, per_t = 0, offset = 0;
+};
+
+// ts and cs are null when not saving for the backward pass.
 void Forward(ffi::ThreadPool pool, const float* gx, const float* w, const float* c0,
              const float* h0, int64_t T, int64_t B, int64_t H, float* hs, float* ts, float* cs,
-             float* c, float* h_last) {
+             float* c, float* h_last, States states = {}) {
   const int64_t G = 4 * H;
   const std::vector<float> packed = Pack(w, H, G, G, 1);
   std::memcpy(c, c0, B * H * sizeof(float));
@@ -198,11 +208,13 @@ void Forward(ffi::ThreadPool pool, const float* gx, const float* w, const float*
       const float* h = t ? hs + ((t - 1) * B + b0) * H : h0 + b0 * H;
       Gemm(b1 - b0, G, H, h, H, packed.data(), gx + (t * B + b0) * G, G, z.data(), G);
       for (int64_t b = b0; b < b1; ++b) {
+        const int64_t row = (t * B + b) * H;
+        const int64_t at = states.offset + b * states.per_b + t * states.per_t;
         const float* zb = z.data() + (b - b0) * G;
         float* tb = ts ? ts + (t * B + b) * G : z.data() + (b - b0) * G;
         float* cb = c + b * H;
-        float* hb = hs + (t * B + b) * H;
-        if (cs) std::memcpy(cs + (t * B + b) * H, cb, H * sizeof(float));
+        float* hb = hs + row;
+        if (cs) std::memcpy(cs + row, cb, H * sizeof(float));
         for (int k = 0; k < 4; ++k) {
           const float s = k == 2 ? 1.0f : 0.5f;
           ForEach(H, [&](int64_t j, auto v) {
@@ -211,10 +223,14 @@ void Forward(ffi::ThreadPool pool, const float* gx, const float* w, const float*
         }
         ForEach(H, [&](int64_t j, auto v) {
           const auto i = 0.5f * Load(tb + j, v) + 0.5f, f = 0.5f * Load(tb + H + j, v) + 0.5f;
-          const auto o = 0.5f * Load(tb + 3 * H + j, v) + 0.5f;
-          const auto cj = f * Load(cb + j, v) + i * Load(tb + 2 * H + j, v);
+          const auto g = Load(tb + 2 * H + j, v), o = 0.5f * Load(tb + 3 * H + j, v) + 0.5f;
+          const auto cj = f * Load(cb + j, v) + i * g;
+          const auto hj = o * Tanh(cj);
           Store(cb + j, cj);
-          Store(hb + j, o * Tanh(cj));
+          Store(hb + j, hj);
+          for (auto [out, value] : {std::pair{states.h, hj}, {states.c, cj}, {states.i, i},
+                                    {states.f, f}, {states.g, g}, {states.o, o}})
+            if (out) Store(out + at + j, value);
         });
       }
     }
@@ -241,6 +257,38 @@ ffi::Error ForwardSavingCall(ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> w,
   Forward(pool, gx.typed_data(), w.typed_data(), c0.typed_data(), h0.typed_data(), d[0], d[1],
           d[2] / 4, hs->typed_data(), ts->typed_data(), cs->typed_data(), c->typed_data(),
           h->typed_data());
+  return ffi::Error::Success();
+}
+
+// The forward loop writing every step's states into arrays [B, P, H] the caller passes (and gets
+// back, aliased), from step `begin` of each row on: h, c, i, f, g, o, each empty where not
+// wanted.
+ffi::Error ForwardIntoCall(ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> w,
+                           ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> h0,
+                           ffi::Buffer<ffi::S32> begin, ffi::RemainingArgs,
+                           ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> c,
+                           ffi::ResultBuffer<ffi::F32> h, ffi::RemainingRets into,
+                           ffi::ThreadPool pool) {
+  const auto d = gx.dimensions();
+  const int64_t T = d[0], B = d[1], H = d[2] / 4, at = *begin.typed_data();
+  float* out[6] = {};
+  int64_t steps = 0;
+  if (into.size() != 6) return ffi::Error::InvalidArgument("forward_into takes 6 state arrays");
+  for (size_t k = 0; k < 6; ++k) {
+    auto buffer = into.get<ffi::AnyBuffer>(k);
+    if (buffer.has_error()) return buffer.error();
+    const auto dims = (*buffer)->dimensions();
+    if ((*buffer)->element_count() == 0) continue;
+    if (dims.size() != 3 || dims[0] != B || dims[2] != H || (steps && dims[1] != steps))
+      return ffi::Error::InvalidArgument("forward_into: state arrays must be [B, P, H]");
+    steps = dims[1];
+    out[k] = static_cast<float*>((*buffer)->untyped_data());
+  }
+  if (at < 0 || at + T > steps && steps)
+    return ffi::Error::InvalidArgument("forward_into: begin + T exceeds the state arrays");
+  const States states{out[0], out[1], out[2], out[3], out[4], out[5], steps * H, H, at * H};
+  Forward(pool, gx.typed_data(), w.typed_data(), c0.typed_data(), h0.typed_data(), T, B, H,
+          hs->typed_data(), nullptr, nullptr, c->typed_data(), h->typed_data(), states);
   return ffi::Error::Success();
 }
 
@@ -303,6 +351,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
     CharlmLstmForwardSaving, ForwardSavingCall,
     ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
         .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ctx<ffi::ThreadPool>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    CharlmLstmForwardInto, ForwardIntoCall,
+    ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<ffi::Buffer<ffi::S32>>()
+        .RemainingArgs().Ret<F32>().Ret<F32>().Ret<F32>().RemainingRets()
+        .Ctx<ffi::ThreadPool>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     CharlmLstmBackward, BackwardCall,

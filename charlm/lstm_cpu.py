@@ -8,9 +8,10 @@ directory of this user's that no one else can write, neither a symlink. Without 
 with such a library, it logs one warning and returns False; lstm_kernel then runs XLA's loops,
 which give the same results more slowly.
 
-`forward` and `backward` take time-major float32 arrays as lstm_cpu.cc describes. Under a
-sharded jit each device runs the batch rows it holds: a sharding rule names the batch axis of
-every operand and result, and nothing else may be split.
+`forward`, `forward_saving` (for the backward pass), `forward_into` (to look inside) and
+`backward` take time-major float32 arrays as lstm_cpu.cc describes. Under a sharded jit each
+device runs the batch rows it holds: a sharding rule names the batch axis of every operand and
+result, and nothing else may be split (`forward_into` has none: it runs on one device).
 """
 import contextlib
 import ctypes
@@ -25,6 +26,7 @@ import subprocess
 import tempfile
 
 import jax
+import jax.numpy as jnp
 import jaxlib
 from absl import logging
 from jax.experimental.custom_partitioning import custom_partitioning
@@ -37,6 +39,7 @@ SOURCE = pathlib.Path(__file__).with_name('lstm_cpu.cc')
 FLAGS = ('-O3', '-march=native', '-ffp-contract=fast', '-std=c++17', '-shared', '-fPIC', '-w')
 _TARGETS = {'charlm_lstm_forward': 'CharlmLstmForward',
             'charlm_lstm_forward_saving': 'CharlmLstmForwardSaving',
+            'charlm_lstm_forward_into': 'CharlmLstmForwardInto',
             'charlm_lstm_backward': 'CharlmLstmBackward'}
 
 
@@ -169,6 +172,20 @@ def _forward_saving(gx, w, c0, h0):
   t, b, g = gx.shape
   shapes = (_f32(t, b, g // 4), _f32(b, g // 4), _f32(b, g // 4), _f32(t, b, g), _f32(t, b, g // 4))
   return jax.ffi.ffi_call('charlm_lstm_forward_saving', shapes)(gx, w, c0, h0)
+
+
+def forward_into(gx, w, c0, h0, begin, into):
+  """The forward loop writing h, c, i, f, g, o (in this order) into the arrays of `into`, [B, P, H]
+  each or empty where not wanted, at steps begin .. begin + T - 1 of each row: (hs, cT, hT,
+  the arrays of `into` written). Each array of `into` is updated in place where the caller's jit
+  donates it."""
+  t, b, g = gx.shape
+  shapes = (_f32(t, b, g // 4), _f32(b, g // 4), _f32(b, g // 4),
+            *[jax.ShapeDtypeStruct(a.shape, a.dtype) for a in into])
+  call = jax.ffi.ffi_call('charlm_lstm_forward_into', shapes,
+                          input_output_aliases={5 + k: 3 + k for k in range(len(into))})
+  hs, c, h, *written = call(gx, w, c0, h0, jnp.asarray(begin, jnp.int32), *into)
+  return hs, c, h, written
 
 
 def _backward(dhs, ts, cs, c, dc, dh, w):

@@ -9,8 +9,8 @@ gradient with a small matmul per step and carries it, and it saves more than it 
 the forward loop saves the gate activations and the previous cell state; the backward loop
 carries only (dh, dc) and emits the gate gradients dz of every step; the weight gradient is
 then one large matmul over all timesteps, h_prev^T dz, and dz itself is the gradient of gx,
-so the input projection's gradients are large matmuls too. `lstm_states` is the forward loop
-alone, returning the gates it saves.
+so the input projection's gradients are large matmuls too. `lstm_states_into` is the forward
+loop alone, writing what each step computed.
 
 The loops run as `options` (lstm_cell.LoopOptions) says: natively on a CPU (`lstm_cpu`, one
 call per layer and direction), or as XLA's loops over the cell in `lstm_cell`, with the state
@@ -125,21 +125,29 @@ def _xla_backward(dhs, ts, c_prevs, c_last, dc_last, dh_last, w_h, options, dz_d
 lstm.defvjp(_lstm_fwd, _lstm_bwd)
 
 
-def lstm_states(gx, w_h, c0, h0, options: LoopOptions):
-  """`lstm`'s forward loop keeping what every step computed, to look inside (charlm.internals).
+def lstm_states_into(gx, w_h, c0, h0, options: LoopOptions, begin, into: dict):
+  """`lstm`'s forward loop writing what every step computed into the arrays of `into`, to look
+  inside (charlm.internals).
 
-  Returns (hs, cT, hT, states): states holds 'h' (hs), 'c' (each step's new cell state) and the
-  gates 'i', 'f', 'g', 'o' after their sigmoid or tanh, each [T, B, H] float32. It reuses what
-  the forward pass saves for the backward one (in float32 whatever options.saved_gates says);
-  no gradient.
+  into: {kind: array [B, P, H] float32} for kinds among 'h', 'c' (each step's new cell state)
+  and the gates 'i', 'f', 'g', 'o' after their sigmoid or tanh. Step t goes to [:, begin + t].
+  Returns (hs, cT, hT, {kind: array written}). The native loops write the arrays as they go
+  (in place where the caller's jit donates them); XLA's keep what the forward pass saves for
+  the backward one (in float32 whatever options.saved_gates says) and write it after. No
+  gradient.
   """
-  options = dataclasses.replace(options, saved_gates='float32')
+  kinds = ('h', 'c', 'i', 'f', 'g', 'o')
   if _check_native(gx, w_h, options):
-    hs, c, h, ts, c_prevs = lstm_cpu.forward_saving(gx, w_h, c0, h0)
-  else:
-    (hs, ts, c_prevs), c, h, _ = _forward(gx, w_h, c0, h0, options, save=True)
-    if options.feature_major:  # Saved in the loop's layout, [T, 4H, B] and [T, H, B].
-      ts, c_prevs = jnp.swapaxes(ts, 1, 2), jnp.swapaxes(c_prevs, 1, 2)
+    empty = jnp.zeros((0,), jnp.float32)
+    hs, c, h, written = lstm_cpu.forward_into(gx, w_h, c0, h0, begin,
+                                              [into.get(kind, empty) for kind in kinds])
+    return hs, c, h, {kind: a for kind, a in zip(kinds, written) if kind in into}
+  options = dataclasses.replace(options, saved_gates='float32')
+  (hs, ts, c_prevs), c, h, _ = _forward(gx, w_h, c0, h0, options, save=True)
+  if options.feature_major:  # Saved in the loop's layout, [T, 4H, B] and [T, H, B].
+    ts, c_prevs = jnp.swapaxes(ts, 1, 2), jnp.swapaxes(c_prevs, 1, 2)
   i, f, g, o = lstm_cell.gate_values(ts, lstm_cell.gate_scale(h0.shape[-1], False), axis=-1)
-  cs = jnp.concatenate([c_prevs[1:], c[None]])
-  return hs, c, h, {'h': hs, 'c': cs, 'i': i, 'f': f, 'g': g, 'o': o}
+  states = {'h': hs, 'c': jnp.concatenate([c_prevs[1:], c[None]]), 'i': i, 'f': f, 'g': g,
+            'o': o}
+  return hs, c, h, {kind: lstm_cell.write_steps(a, states[kind], begin)
+                    for kind, a in into.items()}

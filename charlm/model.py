@@ -35,8 +35,9 @@ from charlm.errors import UserError
 from charlm.lstm_cell import LoopOptions
 
 CELLS = ('lstm', 'gru', 'rnn')
-# What each cell's layers compute per step, as they sow it: the hidden state h, an LSTM's cell
-# state c and gates i, f, g, o (after their sigmoid or tanh), a GRU's update and reset gates.
+# What each cell's layers compute per step, as they write it out (`Recurrent`): the hidden state
+# h, an LSTM's cell state c and gates i, f, g, o (after their sigmoid or tanh), a GRU's update
+# and reset gates.
 STATES = {'lstm': ('h', 'c', 'i', 'f', 'g', 'o'), 'gru': ('h', 'z', 'r'), 'rnn': ('h',)}
 IMPLS = ('auto', 'fused', 'scan', 'wavefront')
 DTYPES = ('float32', 'bfloat16')
@@ -133,10 +134,11 @@ class Recurrent(nn.Module):
   """One recurrent layer over a time-major [T, B, features] sequence.
 
   With `tokens` [T, B], `xs` is instead an embedding table [vocab, features]: the layer
-  projects the table and looks each token's row up. When the 'intermediates' collection is
-  mutable, the layer sows what its steps computed, STATES[cell], each [T, B, H] (forward only;
-  charlm.internals reads them). In training, `weight_drop` drops entries of the recurrent matrix
-  (`drop_weight`).
+  projects the table and looks each token's row up. Given an 'into' collection (mutable) of
+  'begin' and arrays [B, P, H] named by kinds of STATES[cell], the layer writes what its steps
+  computed into them at steps begin .. begin + T - 1 (forward only; charlm.internals reads
+  them): the native CPU loops as they go, the others after the loop. In training, `weight_drop`
+  drops entries of the recurrent matrix (`drop_weight`).
   """
   cell: str
   hidden: int
@@ -158,12 +160,14 @@ class Recurrent(nn.Module):
       gx = jnp.take(gx, tokens, axis=0, mode='clip')  # Ids are in range; 'fill' costs a select.
     w_h = drop_weight(self.param('recurrent', nn.initializers.orthogonal(), (h, gates * h)),
                       self.weight_drop, train)
-    recording = self.is_mutable_collection('intermediates')
+    into = self._into()
+    recording = into is not None
     if fused:
       loop_args = (gx.astype(self.gate_inputs), w_h.astype(self.dtype), *carry, self.loops)
       if recording:
-        hs, c, h_last, states = lstm_kernel.lstm_states(*loop_args)
-        self._record(states)
+        hs, c, h_last, written = lstm_kernel.lstm_states_into(*loop_args, *into)
+        for kind, array in written.items():
+          self.put_variable('into', kind, array)
       else:
         hs, c, h_last = lstm_kernel.lstm(*loop_args)
       return (c, h_last), hs
@@ -182,20 +186,26 @@ class Recurrent(nn.Module):
     carry, ys = jax.lax.scan(step, carry, gx)
     if not recording:
       return carry, ys
-    self._record(ys)
+    begin, arrays = into
+    for kind, array in arrays.items():
+      self.put_variable('into', kind, lstm_cell.write_steps(array, ys[kind], begin))
     return carry, ys['h']
 
-  def _record(self, states):
-    for kind in STATES[self.cell]:
-      self.sow('intermediates', kind, states[kind])
+  def _into(self):
+    """(begin, {kind: array}) of the 'into' collection, or None without one."""
+    if not self.has_variable('into', 'begin'):
+      return None
+    return self.get_variable('into', 'begin'), {
+        kind: self.get_variable('into', kind) for kind in STATES[self.cell]
+        if self.has_variable('into', kind)}
 
 
 class CharRNN(nn.Module):
   """tokens [batch, time] and carry -> logits [batch, time, vocab] and the next carry.
 
   impl, dtype, gate_inputs and loops are what `resolve` made of config.model; `from_config`
-  builds the model with them. With the 'intermediates' collection mutable, each layer sows its
-  states (`Recurrent`); a wavefront model then runs its layers one by one, as 'fused' does.
+  builds the model with them. Given an 'into' collection, each layer writes its states into it
+  (`Recurrent`); a wavefront model then runs its layers one by one, as 'fused' does.
   The regularisers (dropout .. weight_drop) act only with train=True (module docstring).
   """
   vocab_size: int
@@ -220,7 +230,7 @@ class CharRNN(nn.Module):
     embed = nn.Embed(self.vocab_size, self.embed or self.hidden,
                      embedding_init=nn.initializers.normal(1.0), name='embed')
     tokens = tokens.T
-    recording = self.is_mutable_collection('intermediates')  # Only the layer loops sow.
+    recording = 'into' in self.variables  # Only the layer loops write states.
     if self.impl == 'wavefront' and self.cell == 'lstm' and self.num_layers > 1 and not recording:
       x, new_carry = self._wavefront(embed, tokens, carry, train)
     else:

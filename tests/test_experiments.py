@@ -99,6 +99,9 @@ def test_bench_internals_times_each_loop_streams_and_states(tmp_path):
       (loop, streams, kinds) for loop in ('layers', 'steps') for streams in (1, 4)
       for kinds in ('all', 'h+c', 'none')]
   assert all(r['chars_per_s'] > 0 and len(r['rounds']) == 1 for r in rows)
+  train = result['training_rounds'][0]
+  assert all(r['vs_training'] == r['round_ratios'][0] == pytest.approx(r['rounds'][0] / train)
+             for r in rows)  # Each round's rate against that round's training.
   assert result['training_chars_per_s'] > 0 and result['ablate']['cells'] == 3
   assert '| layers | 4 | h+c |' in out and 'ablate: 3 cells over 100 characters' in out
 

@@ -124,6 +124,18 @@ def test_activations_are_what_the_training_path_computes(variant, loop):
   check_all_layers(model, params, ids, acts)
 
 
+def test_native_loops_write_the_states_xla_loops_compute():
+  """The native loops write every step's states into the arrays returned themselves (lstm_cpu.cc's
+  forward_into), two chunks per stream; at 24 units they take every width of vector (16 or 8
+  floats, then 8, then one) and, over 25 streams, row blocks full and partial."""
+  model, params = make('lstm-fused-native', hidden=24)
+  xla = CharRNN(vocab_size=VOCAB, num_layers=2, hidden=24, **VARIANTS['lstm-fused-xla'])
+  ids = text_ids(400)
+  native = read(model, params, ids, streams=25, chunk=8)
+  assert_all_close(native, read(xla, params, ids, streams=25, chunk=8), atol=2e-5)
+  assert not native['layer0/c'].flags.writeable  # Returned as written: no copy.
+
+
 @pytest.mark.parametrize('loop', ['layers', 'steps'])
 def test_chunks_and_kinds_do_not_change_the_result(loop):
   model, params = make('lstm-fused-xla')
@@ -144,10 +156,12 @@ def test_streams_read_each_part_from_the_start_token(variant):
   ids = text_ids(50)
   assert internals.stream_bounds(50, 4) == [(0, 13), (13, 26), (26, 39), (39, 50)]
   assert internals.stream_bounds(3, 8) == [(0, 1), (1, 2), (2, 3)]
+  # The parts are read in whole chunks: 13 characters each round up to two chunks of 8.
+  assert internals.stream_bounds(50, 4, 8) == [(0, 16), (16, 32), (32, 48), (48, 50)]
   for loop in ('layers', 'steps'):
     together = read(model, params, ids, streams=4, chunk=8, loop=loop)
     parts = [read(model, params, ids[b:e], chunk=8, loop=loop)
-             for b, e in internals.stream_bounds(50, 4)]
+             for b, e in internals.stream_bounds(50, 4, 8)]
     assert_all_close(together, {name: np.concatenate([p[name] for p in parts])
                                 for name in together})
   with pytest.raises(UserError, match='streams must be'):
