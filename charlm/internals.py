@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from charlm import clamp as clamp_lib
+from charlm import lstm_cpu
 from charlm import model as model_lib
 from charlm import sampling
 from charlm.errors import UserError
@@ -171,11 +172,15 @@ def _read_layers(model, params, grid: _Grid, names) -> dict[str, np.ndarray]:
   chunk (`_layers_into`)."""
   carry, _ = _layers_into(model, params, model.initial_carry(grid.streams), {},
                           np.full((grid.streams, 1), grid.start_token, np.int32), np.int32(0))
-  zeros = lambda width: jnp.zeros((grid.streams, grid.per, width), jnp.float32)
-  into = {'logprobs': zeros(model.vocab_size)}
+  # Every position is written below, so the arrays start unwritten where the native library
+  # can leave them so (no pass of zeros over them first).
+  native = jax.default_backend() == 'cpu' and lstm_cpu.available()
+  empty = lambda width: (lstm_cpu.unwritten if native else jnp.zeros)(
+      (grid.streams, grid.per, width), jnp.float32)
+  into = {'logprobs': empty(model.vocab_size)}
   for name in names:
     layer, kind = name.split('/')
-    into.setdefault(layer, {})[kind] = zeros(model.hidden)
+    into.setdefault(layer, {})[kind] = empty(model.hidden)
   for begin in range(0, grid.per, grid.chunk):
     carry, into = _layers_into(model, params, carry, into,
                                grid.inputs[:, begin:begin + grid.chunk], np.int32(begin))

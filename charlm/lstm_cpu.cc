@@ -338,6 +338,10 @@ ffi::Error BackwardCall(ffi::Buffer<ffi::F32> dhs_buf, ffi::Buffer<ffi::F32> ts_
   return ffi::Error::Success();
 }
 
+// Leaves its result as XLA allocated it, unwritten: arrays that forward_into will fill, without
+// a pass that writes zeros first.
+ffi::Error UnwrittenCall(ffi::Result<ffi::AnyBuffer>) { return ffi::Error::Success(); }
+
 using F32 = ffi::Buffer<ffi::F32>;
 
 }  // namespace
@@ -357,6 +361,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
     ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<ffi::Buffer<ffi::S32>>()
         .RemainingArgs().Ret<F32>().Ret<F32>().Ret<F32>().RemainingRets()
         .Ctx<ffi::ThreadPool>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CharlmUnwritten, UnwrittenCall,
+                              ffi::Ffi::Bind().Ret<ffi::AnyBuffer>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     CharlmLstmBackward, BackwardCall,

@@ -40,7 +40,8 @@ FLAGS = ('-O3', '-march=native', '-ffp-contract=fast', '-std=c++17', '-shared', 
 _TARGETS = {'charlm_lstm_forward': 'CharlmLstmForward',
             'charlm_lstm_forward_saving': 'CharlmLstmForwardSaving',
             'charlm_lstm_forward_into': 'CharlmLstmForwardInto',
-            'charlm_lstm_backward': 'CharlmLstmBackward'}
+            'charlm_lstm_backward': 'CharlmLstmBackward',
+            'charlm_unwritten': 'CharlmUnwritten'}
 
 
 def _cpu() -> str:
@@ -186,6 +187,13 @@ def forward_into(gx, w, c0, h0, begin, into):
                           input_output_aliases={5 + k: 3 + k for k in range(len(into))})
   hs, c, h, *written = call(gx, w, c0, h0, jnp.asarray(begin, jnp.int32), *into)
   return hs, c, h, written
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def unwritten(shape: tuple[int, ...], dtype='float32'):
+  """An array of `shape` left as allocated (its values are whatever the memory held): for
+  `forward_into` to fill, without first writing zeros over it all."""
+  return jax.ffi.ffi_call('charlm_unwritten', jax.ShapeDtypeStruct(shape, dtype))()
 
 
 def _backward(dhs, ts, cs, c, dc, dh, w):
