@@ -24,8 +24,13 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <type_traits>
 #include <utility>
 #include <vector>
+
+#if defined(__SSE__)
+#include <immintrin.h>
+#endif
 
 #include "xla/ffi/api/ffi.h"
 
@@ -54,6 +59,30 @@ inline float Load(const float* p, float) { return *p; }
 template <class V>
 inline void Store(float* p, V x) { std::memcpy(p, &x, sizeof x); }
 inline void Store(float* p, float x) { *p = x; }
+
+// Store, past the caches where a whole aligned vector goes (for results read only later: the
+// line is not fetched first). Needs Fence() before another thread reads it.
+template <class V>
+inline void StoreStream(float* p, V x) {
+  if constexpr (std::is_same_v<V, vec>) {
+    if (reinterpret_cast<uintptr_t>(p) % sizeof(vec) == 0) {
+#if defined(__AVX512F__)
+      _mm512_stream_ps(p, reinterpret_cast<__m512>(x));
+      return;
+#elif defined(__AVX__)
+      _mm256_stream_ps(p, reinterpret_cast<__m256>(x));
+      return;
+#endif
+    }
+  }
+  Store(p, x);
+}
+
+inline void Fence() {
+#if defined(__SSE__)
+  _mm_sfence();
+#endif
+}
 
 // f(j, tag) for j = 0, kLanes, ... with a vec tag while kLanes remain, then 8 at a time (v8
 // tag), then one at a time (float tag).
@@ -230,10 +259,11 @@ void Forward(ffi::ThreadPool pool, const float* gx, const float* w, const float*
           Store(hb + j, hj);
           for (auto [out, value] : {std::pair{states.h, hj}, {states.c, cj}, {states.i, i},
                                     {states.f, f}, {states.g, g}, {states.o, o}})
-            if (out) Store(out + at + j, value);
+            if (out) StoreStream(out + at + j, value);
         });
       }
     }
+    Fence();  // The states streamed past the caches are in memory before the call returns.
   });
   std::memcpy(h_last, T ? hs + (T - 1) * B * H : h0, B * H * sizeof(float));
 }
