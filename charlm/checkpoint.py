@@ -12,6 +12,7 @@ import shutil
 import sys
 import threading
 import time
+import warnings
 
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
@@ -50,6 +51,16 @@ class _QuietOrphanedReadFutures(logging.Filter):
                           'Task exception was never retrieved') and 'tensorstore' in message)
 
 
+def quiet_abandoned_writes():
+  """Drops the warning Python gives, when it collects them (exit included), for the array
+  writes a failed save created but never started (jax's `async_serialize_from_host` fragments):
+  the save's own error already said what failed."""
+  warnings.filterwarnings(
+      'ignore', category=RuntimeWarning,
+      message=r"coroutine 'async_serialize\w*\.<locals>\.\w+' was never awaited")
+
+
+quiet_abandoned_writes()
 logging.getLogger('absl').addFilter(_QuietMissingMetrics())
 for _name in ('absl', 'asyncio'):
   logging.getLogger(_name).addFilter(_QuietDiskFull())
