@@ -38,6 +38,7 @@ def test_profile_step_names_the_operations_of_a_step(tmp_path):
   assert list((tmp_path / 'trace').rglob('*.trace.json.gz'))
 
 
+@pytest.mark.slow  # About 20 s of compiles for a benchmark's bookkeeping: make test-slow.
 def test_lstm_loop_candidates_are_timed_against_the_first(tmp_path):
   out_json = tmp_path / 'loops.json'
   candidates = ['model.native_cpu=true', f'{BM},model.unroll=3,model.unroll_backward=2',
