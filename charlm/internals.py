@@ -34,9 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from charlm import clamp as clamp_lib
-from charlm import lstm_cpu
+from charlm import lstm_cpu, sampling
 from charlm import model as model_lib
-from charlm import sampling
 from charlm.errors import UserError
 
 # Characters per compiled call (streams x chunk) when no chunk is given: fewer pay the call's
@@ -172,10 +171,9 @@ def _read_layers(model, params, grid: _Grid, names) -> dict[str, np.ndarray]:
   chunk (`_layers_into`)."""
   carry, _ = _layers_into(model, params, model.initial_carry(grid.streams), {},
                           np.full((grid.streams, 1), grid.start_token, np.int32), np.int32(0))
-  # Every position is written below, so the arrays start unwritten where the native library
-  # can leave them so (no pass of zeros over them first).
-  native = jax.default_backend() == 'cpu' and lstm_cpu.available()
-  empty = lambda width: (lstm_cpu.unwritten if native else jnp.zeros)(
+  # Every position is written below, so where the model runs the native loops (their library
+  # is loaded) the arrays start unwritten: no pass of zeros over them first.
+  empty = lambda width: (lstm_cpu.unwritten if model.loops.native else jnp.zeros)(
       (grid.streams, grid.per, width), jnp.float32)
   into = {'logprobs': empty(model.vocab_size)}
   for name in names:
@@ -184,9 +182,11 @@ def _read_layers(model, params, grid: _Grid, names) -> dict[str, np.ndarray]:
   for begin in range(0, grid.per, grid.chunk):
     carry, into = _layers_into(model, params, carry, into,
                                grid.inputs[:, begin:begin + grid.chunk], np.int32(begin))
-  return {name: np.asarray(into[name] if name == 'logprobs' else
-                           into[name.split('/')[0]][name.split('/')[1]])
-          for name in ['logprobs', *names]}
+  out = {'logprobs': np.asarray(into['logprobs'])}
+  for name in names:
+    layer, kind = name.split('/')
+    out[name] = np.asarray(into[layer][kind])
+  return out
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=3)

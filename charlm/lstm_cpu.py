@@ -175,11 +175,15 @@ def _forward_saving(gx, w, c0, h0):
   return jax.ffi.ffi_call('charlm_lstm_forward_saving', shapes)(gx, w, c0, h0)
 
 
+# The states forward_into writes, in the order it takes their arrays.
+INTO_KINDS = ('h', 'c', 'i', 'f', 'g', 'o')
+
+
 def forward_into(gx, w, c0, h0, begin, into):
-  """The forward loop writing h, c, i, f, g, o (in this order) into the arrays of `into`, [B, P, H]
-  each or empty where not wanted, at steps begin .. begin + T - 1 of each row: (hs, cT, hT,
-  the arrays of `into` written). Each array of `into` is updated in place where the caller's jit
-  donates it."""
+  """The forward loop writing the states of INTO_KINDS into the arrays of `into` (in that
+  order), [B, P, H] each or empty where not wanted, at steps begin .. begin + T - 1 of each row:
+  (hs, cT, hT, the arrays of `into` written). Each array of `into` is updated in place where the
+  caller's jit donates it."""
   t, b, g = gx.shape
   shapes = (_f32(t, b, g // 4), _f32(b, g // 4), _f32(b, g // 4),
             *[jax.ShapeDtypeStruct(a.shape, a.dtype) for a in into])

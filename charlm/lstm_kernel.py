@@ -136,12 +136,11 @@ def lstm_states_into(gx, w_h, c0, h0, options: LoopOptions, begin, into: dict):
   the backward one (in float32 whatever options.saved_gates says) and write it after. No
   gradient.
   """
-  kinds = ('h', 'c', 'i', 'f', 'g', 'o')
   if _check_native(gx, w_h, options):
-    empty = jnp.zeros((0,), jnp.float32)
+    empty, kinds = jnp.zeros((0,), jnp.float32), lstm_cpu.INTO_KINDS
     hs, c, h, written = lstm_cpu.forward_into(gx, w_h, c0, h0, begin,
                                               [into.get(kind, empty) for kind in kinds])
-    return hs, c, h, {kind: a for kind, a in zip(kinds, written) if kind in into}
+    return hs, c, h, {kind: a for kind, a in zip(kinds, written, strict=True) if kind in into}
   options = dataclasses.replace(options, saved_gates='float32')
   (hs, ts, c_prevs), c, h, _ = _forward(gx, w_h, c0, h0, options, save=True)
   if options.feature_major:  # Saved in the loop's layout, [T, 4H, B] and [T, H, B].
